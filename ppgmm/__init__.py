@@ -1,0 +1,15 @@
+"""ppgmm: Gaussian mixtures on data with missing values, by EM, ADVI and NUTS from one spec."""
+
+from .api import fit
+from .data import MissingData, prepare
+from .exceptions import ConvergenceWarning, DataError, PpgmmError, SpecError
+from .fit import Fit, load
+from .spec import GMM, Params, Prior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GMM", "Prior", "Params", "Fit", "MissingData",
+    "fit", "load", "prepare",
+    "PpgmmError", "DataError", "SpecError", "ConvergenceWarning",
+]

@@ -1,0 +1,84 @@
+"""``ppgmm.fit``: a thin dispatcher over a table of backends."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from typing import Any
+
+from .data import prepare
+from .exceptions import SpecError
+from .fit import Fit
+from .spec import GMM
+
+__all__ = ["fit", "BACKENDS"]
+
+#: backend name -> (module, function); each function takes (spec, md, *, seed, **options)
+BACKENDS = {
+    "em": ("ppgmm.backends.em", "em_backend"),
+    "advi": ("ppgmm.backends.advi", "advi_backend"),
+    "nuts": ("ppgmm.backends.nuts", "nuts_backend"),
+}
+
+
+def _backend(name: str):
+    if name not in BACKENDS:
+        raise SpecError(f"backend should be one of {sorted(BACKENDS)}, but got {name!r}")
+    module, func = BACKENDS[name]
+    return getattr(importlib.import_module(module), func)
+
+
+def _options_of(name: str) -> set[str]:
+    """Keyword options a backend accepts (its implementation's keyword-only parameters)."""
+    if name == "em":
+        from .backends.em import fit_em
+
+        impl = fit_em
+    else:
+        impl = _backend(name)
+    return {
+        p.name
+        for p in inspect.signature(impl).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name not in ("seed", "warn")
+    }
+
+
+def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
+        **options: Any) -> Fit:
+    """Fit the mixture ``spec`` to ``data`` with one backend.
+
+    Parameters
+    ----------
+    spec : ppgmm.GMM
+        The model specification.
+    data : ndarray, pandas.DataFrame or xarray.DataArray, shape (n, d)
+        NaN marks a missing entry; missing entries are marginalised exactly (MAR).
+    backend : {"em", "advi", "nuts"}, default "em"
+    seed : int, optional
+        Seed for everything random (initialisation, bootstrap, draws).
+    **options
+        Backend options. EM: ``n_init`` (1), ``init`` ("kmeans++", "random" or parameters
+        such as ``fit.point()``), ``max_iter`` (1000), ``tol`` (1e-8, on the gain in the
+        objective per row), ``reg_covar`` (1e-6 for MLE, 0 under a prior),
+        ``uncertainty`` (None or "bootstrap"), ``n_bootstrap`` (200),
+        ``imputation_draws`` (20). See the ADVI and NUTS backends for theirs.
+
+    Returns
+    -------
+    ppgmm.Fit
+    """
+    if not isinstance(spec, GMM):
+        raise SpecError(f"spec should be a ppgmm.GMM, but got {type(spec).__name__}")
+    func = _backend(backend)
+    unknown = set(options) - _options_of(backend)
+    if unknown:
+        raise SpecError(
+            f"unknown option(s) {sorted(unknown)} for backend {backend!r}; valid options are "
+            f"{sorted(_options_of(backend))}"
+        )
+    md = prepare(data, n_components=spec.n_components)
+    start = time.perf_counter()
+    result: Fit = func(spec, md, seed=seed, **options)
+    result.idata.posterior.attrs["wall_time"] = time.perf_counter() - start
+    return result

@@ -1,0 +1,534 @@
+r"""The EM backend: exact marginalisation of missing entries, MLE or MAP.
+
+Notation (see docs/em.md). Row :math:`i` has observed index set :math:`o` (its pattern)
+and missing set :math:`m`. For component :math:`k` with mean :math:`\mu_k` and
+covariance :math:`\Sigma_k`:
+
+- E-step: :math:`\log p(x_{i,o} \mid k) = \log N(x_{i,o} \mid \mu_{k,o}, \Sigma_{k,oo})`,
+  :math:`r_{ik} \propto w_k\,p(x_{i,o} \mid k)`.
+- Conditional moments: :math:`\hat x_{ik,m} = \mu_{k,m} + \Sigma_{k,mo}\Sigma_{k,oo}^{-1}
+  (x_{i,o} - \mu_{k,o})` and :math:`C_{pk} = \Sigma_{k,mm} - \Sigma_{k,mo}\Sigma_{k,oo}^{-1}
+  \Sigma_{k,om}` (zero outside the missing block).
+- M-step on expected sufficient statistics: :math:`n_k = \sum_i r_{ik}`,
+  :math:`\bar y_k = \sum_i r_{ik}\hat x_{ik}/n_k`,
+  :math:`W_k = \sum_i r_{ik}(\hat x_{ik}-\bar y_k)(\hat x_{ik}-\bar y_k)^T + \sum_i r_{ik} C_{p(i)k}`,
+  then the MLE or the closed-form MAP of the prior (``ppgmm.prior``).
+
+Every (pattern, component) pair gets one Cholesky factor of the "embedded" matrix
+:math:`S_{pk}` that equals :math:`\Sigma_{k,oo}` on the observed block and the identity
+on the missing block, so all patterns are factorised in one batched call. Rows are
+sorted by pattern and each pattern's rows go through a single matrix product that yields,
+for all components at once, the whitened residuals (for the density) and the conditional
+means (for the M-step).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy.linalg import solve_triangular
+from scipy.special import logsumexp
+
+from ..data import MissingData
+from ..exceptions import ConvergenceWarning, ObjectiveDecreaseError, PpgmmError, SpecError
+from ..prior import ResolvedPrior, log_prior, resolve_prior
+from ..spec import GMM, Params
+
+__all__ = ["fit_em", "fit_single_gaussian", "e_step", "row_loglik", "EMResult"]
+
+_LOG_2PI = np.log(2 * np.pi)
+_EPS = 10 * np.finfo(float).eps
+
+# --------------------------------------------------------------------------- pattern algebra
+
+
+class PatternFactors(NamedTuple):
+    """Per (pattern, component) factors of the observed sub-covariances."""
+
+    logdet: np.ndarray  # (P, K) log|Sigma_k,oo|
+    maps: np.ndarray  # (P, D, K * 2D): x0 -> [whitened residual | xhat - mu]
+    offsets: np.ndarray  # (P, K * 2D)
+    cond_cov: np.ndarray  # (P, K, D, D) C_pk, zero outside the missing block
+    n_obs: np.ndarray  # (P,) observed entries per pattern
+
+
+def pattern_factors(params: Params, patterns: np.ndarray) -> PatternFactors:
+    """Factorise every observed sub-covariance, batched over patterns and components."""
+    _, mu, sigma = params
+    k, d = mu.shape
+    o = patterns.astype(float)  # (P, D)
+    oo = o[:, None, :, None] * o[:, None, None, :]  # (P, 1, D, D)
+    eye = np.eye(d)
+    s = oo * sigma[None] + (1.0 - o)[:, None, :, None] * eye  # (P, K, D, D)
+    try:
+        chol = np.linalg.cholesky(s)
+    except np.linalg.LinAlgError:
+        raise PpgmmError(
+            "a component covariance is not positive definite (a component collapsed onto too "
+            "few points); increase reg_covar, use fewer components, or rescale the data"
+        ) from None
+    logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    chol_inv = solve_triangular(chol, np.broadcast_to(eye, chol.shape), lower=True)
+    s_inv = np.swapaxes(chol_inv, -1, -2) @ chol_inv * oo  # Sigma_oo^-1, embedded
+    gain = sigma[None] @ s_inv  # xhat - mu = gain @ r  (identity on observed rows)
+    cond = (sigma[None] - gain @ sigma[None]) * ((1.0 - o)[:, None, :, None] * (1.0 - o)[:, None, None, :])
+    cond = 0.5 * (cond + np.swapaxes(cond, -1, -2))
+    # row form: [z | xhat - mu] = r @ [chol_inv^T | gain^T]
+    per_k = np.concatenate([np.swapaxes(chol_inv, -1, -2), np.swapaxes(gain, -1, -2)], axis=-1)
+    maps = np.ascontiguousarray(np.moveaxis(per_k, 1, 2).reshape(len(o), d, k * 2 * d))
+    offsets = np.einsum("pkd,pkde->pke", o[:, None, :] * mu[None], per_k).reshape(len(o), -1)
+    return PatternFactors(logdet, maps, offsets, cond, patterns.sum(axis=1))
+
+
+def _transform(xs: np.ndarray, starts: np.ndarray, factors: PatternFactors, k: int) -> np.ndarray:
+    """Whitened residuals and conditional means of pattern-sorted rows, shape (N, K, 2D)."""
+    n, d = xs.shape
+    out = np.empty((n, k * 2 * d))
+    for p in range(len(starts) - 1):
+        a, b = starts[p], starts[p + 1]
+        np.matmul(xs[a:b], factors.maps[p], out=out[a:b])
+        out[a:b] -= factors.offsets[p]
+    return out.reshape(n, k, 2 * d)
+
+
+class EStep(NamedTuple):
+    """What one E-step returns, rows in pattern-sorted order."""
+
+    row_loglik: np.ndarray  # (N,)
+    resp: np.ndarray  # (N, K)
+    dev: np.ndarray  # (N, K, D) xhat_ik - mu_k
+    factors: PatternFactors
+
+
+def e_step(params: Params, xs: np.ndarray, pat: np.ndarray, patterns: np.ndarray,
+           starts: np.ndarray) -> EStep:
+    """Responsibilities and conditional means for pattern-sorted zero-filled rows ``xs``."""
+    w = params.weights
+    k, d = params.means.shape
+    f = pattern_factors(params, patterns)
+    t = _transform(xs, starts, f, k)
+    quad = np.einsum("nkd,nkd->nk", t[..., :d], t[..., :d])
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w)
+    log_prob = log_w - 0.5 * (f.n_obs[pat, None] * _LOG_2PI + f.logdet[pat] + quad)
+    ll = logsumexp(log_prob, axis=1)
+    resp = np.exp(log_prob - ll[:, None])
+    return EStep(ll, resp, t[..., d:], f)
+
+
+def m_step(
+    params: Params,
+    e: EStep,
+    starts: np.ndarray,
+    covariance: str,
+    reg_covar: float,
+    prior: ResolvedPrior | None,
+) -> Params:
+    """Closed-form MLE or MAP from expected sufficient statistics."""
+    mu_old = params.means
+    k, d = mu_old.shape
+    resp = e.resp
+    nk = resp.sum(axis=0) + _EPS
+    dbar = np.einsum("nk,nkd->kd", resp, e.dev) / nk[:, None]
+    ybar = mu_old + dbar
+    w_k = np.empty((k, d, d))
+    for j in range(k):
+        dev = e.dev[:, j, :] - dbar[j]
+        w_k[j] = (resp[:, j, None] * dev).T @ dev
+    r_pk = np.add.reduceat(resp, starts[:-1], axis=0)  # (P, K)
+    w_k += np.einsum("pk,pkde->kde", r_pk, e.factors.cond_cov)
+    w_k = 0.5 * (w_k + np.swapaxes(w_k, -1, -2))
+    eye = np.eye(d)
+    if prior is None:
+        means = ybar
+        if covariance == "full":
+            cov = w_k / nk[:, None, None]
+        elif covariance == "tied":
+            cov = np.broadcast_to(w_k.sum(0) / nk.sum(), (k, d, d))
+        elif covariance == "diag":
+            cov = np.diagonal(w_k, axis1=1, axis2=2)[:, :, None] * eye / nk[:, None, None]
+        else:
+            var = np.trace(w_k, axis1=1, axis2=2) / (nk * d)
+            cov = var[:, None, None] * eye
+    else:
+        kap, mp, nu, sc = prior.kappa, prior.mean, prior.dof, prior.scale
+        means = (nk[:, None] * ybar + kap * mp) / (nk + kap)[:, None]
+        diff = ybar - mp
+        b_k = (kap * nk / (nk + kap))[:, None, None] * diff[:, :, None] * diff[:, None, :]
+        if covariance == "full":
+            cov = (sc + b_k + w_k) / (nu + nk + d + 2)[:, None, None]
+        elif covariance == "tied":
+            n = nk.sum()
+            cov = np.broadcast_to((sc + b_k.sum(0) + w_k.sum(0)) / (nu + n + d + 1 + k), (k, d, d))
+        elif covariance == "diag":
+            num = sc + np.diagonal(b_k + w_k, axis1=1, axis2=2)
+            cov = (num / (nu + nk + 3)[:, None])[:, :, None] * eye
+        else:
+            num = sc + np.trace(b_k + w_k, axis1=1, axis2=2)
+            cov = (num / (nu + (nk + 1) * d + 2))[:, None, None] * eye
+    cov = np.array(cov)
+    cov += reg_covar * eye
+    return Params(nk / nk.sum(), means, cov)
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class Sorted:
+    """Rows of a MissingData in pattern order, the layout the kernels read."""
+
+    xs: np.ndarray
+    pat: np.ndarray
+    patterns: np.ndarray
+    starts: np.ndarray
+    order: np.ndarray
+
+    @classmethod
+    def of(cls, md: MissingData) -> Sorted:
+        """Sort ``md``'s rows by missingness pattern."""
+        return cls(
+            md.zero_filled[md.order], md.pattern_index[md.order], md.patterns, md.starts, md.order
+        )
+
+    def run_e_step(self, params: Params) -> EStep:
+        """E-step on these rows."""
+        return e_step(params, self.xs, self.pat, self.patterns, self.starts)
+
+
+@dataclass
+class EMRun:
+    """One EM run from one start."""
+
+    params: Params
+    e: EStep
+    objective: list[float] = field(default_factory=list)
+    converged: bool = False
+
+    @property
+    def n_iter(self) -> int:
+        """Number of M-steps taken."""
+        return len(self.objective) - 1
+
+
+def _objective(e: EStep, params: Params, prior: ResolvedPrior | None) -> float:
+    ll = float(e.row_loglik.sum())
+    return ll if prior is None else ll + log_prior(params, prior)
+
+
+def run_em(
+    params: Params,
+    data: Sorted,
+    covariance: str,
+    prior: ResolvedPrior | None,
+    *,
+    max_iter: int,
+    tol: float,
+    reg_covar: float,
+) -> EMRun:
+    """Iterate EM from ``params``; stop when the per-row objective gains less than ``tol``."""
+    n = data.xs.shape[0]
+    e = data.run_e_step(params)
+    run = EMRun(params, e, [_objective(e, params, prior)])
+    for _ in range(max_iter):
+        new = m_step(run.params, run.e, data.starts, covariance, reg_covar, prior)
+        e = data.run_e_step(new)
+        obj = _objective(e, new, prior)
+        prev = run.objective[-1]
+        if obj < prev - 1e-9 * (1.0 + abs(prev)):
+            raise ObjectiveDecreaseError(
+                f"EM objective decreased from {prev!r} to {obj!r} at iteration "
+                f"{len(run.objective)}; this is a bug in ppgmm, please report it with the data"
+            )
+        run.params, run.e = new, e
+        run.objective.append(obj)
+        if (obj - prev) / n < tol:
+            run.converged = True
+            break
+    return run
+
+
+def fit_single_gaussian(md: MissingData, max_iter: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood mean and covariance (N denominator) of one Gaussian under MAR."""
+    x = md.values
+    mean = np.nanmean(x, axis=0)
+    var = np.nanvar(x, axis=0)
+    var = np.where(var > 0, var, 1.0)
+    p0 = Params(np.ones(1), mean[None], np.diag(var)[None])
+    run = run_em(p0, Sorted.of(md), "full", None, max_iter=max_iter, tol=1e-13, reg_covar=0.0)
+    return run.params.means[0], run.params.covariances[0]
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def _mean_imputed(md: MissingData) -> np.ndarray:
+    return np.where(md.observed, md.values, np.nanmean(md.values, axis=0))
+
+
+def _params_from_resp(x: np.ndarray, resp: np.ndarray, covariance: str, reg: float) -> Params:
+    """Complete-data M-step (on mean-imputed rows) for a starting point."""
+    n, d = x.shape
+    nk = resp.sum(0) + _EPS
+    means = resp.T @ x / nk[:, None]
+    floor = 1e-6 * np.var(x, axis=0).mean() + reg
+    cov = np.empty((len(nk), d, d))
+    for j in range(len(nk)):
+        dev = x - means[j]
+        cov[j] = (resp[:, j, None] * dev).T @ dev / nk[j]
+    if covariance == "tied":
+        cov[:] = (cov * nk[:, None, None]).sum(0) / nk.sum()
+    elif covariance == "diag":
+        cov = np.diagonal(cov, axis1=1, axis2=2)[:, :, None] * np.eye(d)
+    elif covariance == "spherical":
+        cov = np.trace(cov, axis1=1, axis2=2)[:, None, None] / d * np.eye(d)
+    cov += floor * np.eye(d)
+    return Params(nk / nk.sum(), means, cov)
+
+
+def _init_kmeans(md: MissingData, k: int, rng: np.random.Generator) -> np.ndarray:
+    from scipy.cluster.vq import kmeans2
+
+    x = _mean_imputed(md)
+    sd = x.std(axis=0)
+    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    for _ in range(10):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, labels = kmeans2(z, k, minit="++", seed=rng)
+        if len(np.unique(labels)) == k:
+            return np.eye(k)[labels]
+    raise PpgmmError(
+        f"k-means++ could not find {k} non-empty clusters; the data may have fewer than "
+        f"{k} distinct rows. Use fewer components."
+    )
+
+
+def _coerce_init(init: Any, spec: GMM, d: int) -> Params:
+    """Explicit starting parameters from an xarray Dataset, a Params or a mapping."""
+    get = (lambda name: init[name].values) if hasattr(init, "data_vars") else (
+        lambda name: getattr(init, name) if isinstance(init, Params) else init[name]
+    )
+    try:
+        w, mu, cov = (np.asarray(get(n), dtype=float) for n in ("weights", "means", "covariances"))
+    except (KeyError, AttributeError, TypeError):
+        raise SpecError(
+            "init should be 'kmeans++', 'random', or parameters with weights, means and "
+            f"covariances (e.g. fit.point()), but got {type(init).__name__}"
+        ) from None
+    k = spec.n_components
+    if w.shape != (k,) or mu.shape != (k, d) or cov.shape != (k, d, d):
+        raise SpecError(
+            f"init parameters should have the shapes {(k,)}, {(k, d)}, {(k, d, d)}, but got "
+            f"{w.shape}, {mu.shape}, {cov.shape}"
+        )
+    if not (np.all(np.isfinite(w)) and np.all(w > 0) and abs(w.sum() - 1) < 1e-8):
+        raise SpecError("init weights should be positive and sum to 1")
+    try:
+        np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise SpecError("init covariances should be symmetric positive definite") from None
+    return Params(w, mu, cov)
+
+
+def initial_params(spec: GMM, md: MissingData, init: Any, rng: np.random.Generator,
+                   reg: float) -> Params:
+    """Starting parameters by k-means++ on observed data, random responsibilities, or given."""
+    k = spec.n_components
+    if isinstance(init, str):
+        if init == "kmeans++":
+            resp = _init_kmeans(md, k, rng)
+        elif init == "random":
+            resp = rng.uniform(size=(md.n, k))
+            resp /= resp.sum(1, keepdims=True)
+        else:
+            raise SpecError(
+                f"init should be 'kmeans++', 'random' or explicit parameters, but got {init!r}"
+            )
+        return _params_from_resp(_mean_imputed(md), resp, spec.covariance, reg)
+    return _coerce_init(init, spec, md.d)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class EMResult:
+    """What the EM backend hands to the Fit builder."""
+
+    params: Params
+    run: EMRun
+    prior: ResolvedPrior | None
+    reg_covar: float
+    n_init: int
+    draws: list[Params] = field(default_factory=list)  # bootstrap refits, aligned
+
+
+def conditional_draws(
+    params: Params, e: EStep, sorted_: Sorted, rng: np.random.Generator, n_draws: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """E[x | x_obs] (N, D) and ``n_draws`` predictive draws (S, N, D), in the original row order.
+
+    Each draw picks a component from the row's responsibilities and draws the missing
+    entries from their conditional normal :math:`N(\\hat x_{ik,m}, C_{pk})`.
+    """
+    n, k, d = e.dev.shape
+    cond_mean = params.means[None] + e.dev  # (N, K, D)
+    mean = np.einsum("nk,nkd->nd", e.resp, cond_mean)
+    o = sorted_.patterns[sorted_.pat]  # (N, D)
+    # Cholesky of C_pk with the identity on the observed block
+    c = e.factors.cond_cov + (sorted_.patterns.astype(float)[:, None, :, None] * np.eye(d))
+    chol = np.linalg.cholesky(c)  # (P, K, D, D)
+    rows = np.flatnonzero(~o.all(axis=1))
+    out = np.empty((n_draws, n, d))
+    out[:] = sorted_.xs
+    cum = np.cumsum(e.resp[rows], axis=1)
+    for s in range(n_draws):
+        u = rng.random(len(rows))[:, None]
+        comp = np.minimum((u > cum).sum(1), k - 1)
+        eps = rng.standard_normal((len(rows), d))
+        draw = cond_mean[rows, comp] + np.einsum(
+            "nde,ne->nd", chol[sorted_.pat[rows], comp], eps
+        )
+        out[s, rows] = np.where(o[rows], sorted_.xs[rows], draw)
+    inv = np.argsort(sorted_.order)
+    mean = np.where(o, sorted_.xs, mean)
+    return mean[inv], out[:, inv]
+
+
+def row_loglik(params: Params, md: MissingData) -> np.ndarray:
+    """Observed-data log-likelihood of each row of ``md``, in its original order."""
+    s = Sorted.of(md)
+    ll = s.run_e_step(params).row_loglik
+    return ll[np.argsort(s.order)]
+
+
+def fit_em(
+    spec: GMM,
+    md: MissingData,
+    *,
+    seed: int | None = None,
+    n_init: int = 1,
+    init: Any = "kmeans++",
+    max_iter: int = 1000,
+    tol: float = 1e-8,
+    reg_covar: float | None = None,
+    uncertainty: str | None = None,
+    n_bootstrap: int = 200,
+    imputation_draws: int = 20,
+    warn: bool = True,
+) -> EMResult:
+    """Fit by EM. See :func:`ppgmm.fit` for the options."""
+    if not isinstance(n_init, int) or n_init < 1:
+        raise SpecError(f"n_init should be a positive integer, but got {n_init!r}")
+    if not isinstance(max_iter, int) or max_iter < 0:
+        raise SpecError(f"max_iter should be a non-negative integer, but got {max_iter!r}")
+    if not tol >= 0:
+        raise SpecError(f"tol should be non-negative, but got {tol!r}")
+    if uncertainty not in (None, "bootstrap"):
+        raise SpecError(f"uncertainty should be None or 'bootstrap', but got {uncertainty!r}")
+    prior = resolve_prior(spec, md)
+    reg = (0.0 if prior is not None else 1e-6) if reg_covar is None else float(reg_covar)
+    if not reg >= 0:
+        raise SpecError(f"reg_covar should be non-negative, but got {reg_covar!r}")
+    rng = np.random.default_rng(seed)
+    data = Sorted.of(md)
+    if not isinstance(init, str):
+        n_init = 1
+    best: EMRun | None = None
+    for _ in range(n_init):
+        p0 = initial_params(spec, md, init, rng, reg)
+        run = run_em(p0, data, spec.covariance, prior, max_iter=max_iter, tol=tol, reg_covar=reg)
+        if best is None or run.objective[-1] > best.objective[-1]:
+            best = run
+    assert best is not None
+    if warn and not best.converged:
+        warnings.warn(
+            f"EM did not converge in max_iter={max_iter} iterations (last per-row gain "
+            f"{np.diff(best.objective[-2:]) / md.n if best.n_iter else np.nan}); increase "
+            "max_iter or loosen tol.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    result = EMResult(best.params, best, prior, reg, n_init)
+    if uncertainty == "bootstrap":
+        result.draws = _bootstrap(spec, md, result, rng, n_bootstrap, max_iter, tol)
+    return result
+
+
+def _bootstrap(spec: GMM, md: MissingData, main: EMResult, rng: np.random.Generator, b: int,
+               max_iter: int, tol: float) -> list[Params]:
+    """Refit on ``b`` row-resampled data sets from the main fit, aligned to its labels."""
+    from ..align import align_to
+
+    if not isinstance(b, int) or b < 2:
+        raise SpecError(f"n_bootstrap should be an integer >= 2, but got {b!r}")
+    draws = []
+    for _ in range(b):
+        idx = rng.integers(0, md.n, md.n)
+        sub = MissingData.from_arrays(md.values[idx], md.feature_names, md.obs_names[idx])
+        try:
+            run = run_em(main.params, Sorted.of(sub), spec.covariance, main.prior,
+                         max_iter=max_iter, tol=tol, reg_covar=main.reg_covar)
+        except PpgmmError:
+            continue  # a resample on which a component collapsed: skip, counted below
+        draws.append(run.params)
+    if len(draws) < b:
+        warnings.warn(
+            f"{b - len(draws)} of {b} bootstrap refits failed (a component collapsed) and were "
+            "skipped; consider fewer components or a prior.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return [align_to(p, main.params)[0] for p in draws]
+
+
+def em_backend(spec: GMM, md: MissingData, *, seed: int | None = None, **options: Any):
+    """Run :func:`fit_em` and package its result in the Fit schema."""
+    import xarray as xr
+
+    from ..fit import Fit, build_idata
+
+    res = fit_em(spec, md, seed=seed, **options)
+    n_draws = options.get("imputation_draws", 20)
+    rng = np.random.default_rng(np.random.default_rng(seed).integers(2**63))
+    sorted_ = Sorted.of(md)
+    inv = np.argsort(sorted_.order)
+    sets = res.draws or [res.params]
+    # with bootstrap, one predictive draw per refit: multiple imputation that carries
+    # parameter uncertainty; otherwise draws at the estimate
+    per = 1 if res.draws else n_draws
+    means, sims, lls = [], [], []
+    for p in sets:
+        e = sorted_.run_e_step(p)
+        m, x = conditional_draws(p, e, sorted_, rng, per)
+        means.append(m)
+        sims.append(x)
+        lls.append(e.row_loglik[inv])
+    sims_arr = np.concatenate(sims)[None]
+    stack = [np.stack([getattr(p, n) for p in sets])[None] for n in Params._fields]
+    run = res.run
+    stats = xr.Dataset(
+        {"objective": ("iteration", np.asarray(run.objective))},
+        coords={"iteration": np.arange(len(run.objective))},
+    )
+    attrs = {
+        "seed": -1 if seed is None else int(seed),
+        "converged": int(run.converged),
+        "n_iter": int(run.n_iter),
+        "n_init": int(res.n_init),
+        "objective": "log-posterior" if res.prior is not None else "log-likelihood",
+        "reg_covar": float(res.reg_covar),
+        "uncertainty": options.get("uncertainty") or "none",
+        "n_bootstrap": len(res.draws),
+    }
+    idata = build_idata(
+        md, spec, backend="em",
+        weights=stack[0], means=stack[1], covariances=stack[2],
+        imputed_mean=np.stack(means)[None], x_missing=sims_arr, loglik=np.stack(lls)[None],
+        attrs=attrs, sample_stats=stats, estimate=res.params,
+    )
+    return Fit(idata)

@@ -1,0 +1,262 @@
+"""The missing-data layer: validation at the boundary and rows grouped by missingness pattern.
+
+This module is the one owner of missingness patterns. Every backend reads a
+:class:`MissingData`; none re-derives the grouping.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .exceptions import DataError
+
+__all__ = ["MissingData", "prepare"]
+
+
+@dataclass(frozen=True, eq=False)
+class MissingData:
+    """Validated data with rows grouped by missingness pattern.
+
+    Rows are stored in their original order. ``order`` sorts them by pattern, so the
+    rows of pattern ``p`` are ``order[starts[p]:starts[p + 1]]``.
+
+    Attributes
+    ----------
+    values : ndarray of shape (n, d)
+        The data, NaN where missing.
+    observed : ndarray of bool, shape (n, d)
+        True where an entry is observed.
+    feature_names : list of str
+    obs_names : ndarray of shape (n,)
+        Row labels (the DataFrame index, DataArray ``obs`` coordinate, or 0..n-1).
+    patterns : ndarray of bool, shape (p, d)
+        The distinct observed-masks, complete pattern first when present.
+    pattern_index : ndarray of int, shape (n,)
+        Pattern of each row.
+    order, starts : ndarray of int
+        Row permutation grouping rows by pattern, and the segment boundaries (length p + 1).
+    input_kind : {"ndarray", "DataFrame", "DataArray"}
+        The type the data came in, so imputations are returned in the same type.
+    """
+
+    values: np.ndarray
+    observed: np.ndarray
+    feature_names: list[str]
+    obs_names: np.ndarray
+    patterns: np.ndarray
+    pattern_index: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+    input_kind: str = "ndarray"
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return self.values.shape[0]
+
+    @property
+    def d(self) -> int:
+        """Number of features."""
+        return self.values.shape[1]
+
+    @property
+    def n_patterns(self) -> int:
+        """Number of distinct missingness patterns."""
+        return self.patterns.shape[0]
+
+    @property
+    def zero_filled(self) -> np.ndarray:
+        """The values with missing entries replaced by 0."""
+        return np.where(self.observed, self.values, 0.0)
+
+    @property
+    def missing_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row, feature) positions of the missing entries, row-major."""
+        return np.nonzero(~self.observed)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        values: np.ndarray,
+        feature_names: list[str],
+        obs_names: np.ndarray,
+        input_kind: str = "ndarray",
+    ) -> MissingData:
+        """Group already validated values by missingness pattern."""
+        observed = ~np.isnan(values)
+        patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        # complete pattern first, then by number observed (descending): stable and readable
+        rank = np.lexsort((np.arange(len(patterns)), -patterns.sum(axis=1)))
+        relabel = np.empty_like(rank)
+        relabel[rank] = np.arange(len(rank))
+        patterns = patterns[rank]
+        pattern_index = relabel[inverse]
+        order = np.argsort(pattern_index, kind="stable")
+        counts = np.bincount(pattern_index, minlength=len(patterns))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        return cls(
+            values=values,
+            observed=observed,
+            feature_names=list(feature_names),
+            obs_names=np.asarray(obs_names),
+            patterns=patterns,
+            pattern_index=pattern_index,
+            order=order,
+            starts=starts,
+            input_kind=input_kind,
+        )
+
+    def wrap(self, values: np.ndarray) -> Any:
+        """Return ``values`` (n, d) in the type and labels the data came in."""
+        if self.input_kind == "DataFrame":
+            return pd.DataFrame(values, index=self.obs_names, columns=self.feature_names)
+        if self.input_kind == "DataArray":
+            return xr.DataArray(
+                values,
+                dims=("obs", "feature"),
+                coords={"obs": self.obs_names, "feature": self.feature_names},
+            )
+        return values
+
+
+def _to_array(data: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
+    if isinstance(data, pd.DataFrame):
+        bad = [str(c) for c in data.columns if not pd.api.types.is_numeric_dtype(data[c])]
+        bad += [str(c) for c in data.columns if pd.api.types.is_bool_dtype(data[c])]
+        if bad:
+            raise DataError(
+                f"column(s) {sorted(set(bad))} are not numeric; ppgmm models numeric features "
+                "only. Drop or encode them first (e.g. df.select_dtypes('number'))."
+            )
+        values = data.to_numpy(dtype=float, na_value=np.nan)
+        return values, [str(c) for c in data.columns], np.asarray(data.index), "DataFrame"
+    if isinstance(data, xr.DataArray):
+        if data.ndim != 2:
+            raise DataError(
+                f"data should be 2-D (obs, feature), but got a DataArray with dims {data.dims}"
+            )
+        if set(data.dims) == {"obs", "feature"}:
+            data = data.transpose("obs", "feature")
+        values = _numeric(data.values)
+        obs_dim, feat_dim = data.dims
+        feats = (
+            [str(f) for f in data[feat_dim].values]
+            if feat_dim in data.coords
+            else [f"x{j}" for j in range(values.shape[1])]
+        )
+        obs = data[obs_dim].values if obs_dim in data.coords else np.arange(values.shape[0])
+        return values, feats, np.asarray(obs), "DataArray"
+    values = _numeric(np.asarray(data))
+    if values.ndim != 2:
+        raise DataError(
+            f"data should have the shape (n_samples, n_features), but got an array of shape "
+            f"{values.shape}; reshape a single feature with x.reshape(-1, 1)."
+        )
+    return values, [f"x{j}" for j in range(values.shape[1])], np.arange(values.shape[0]), "ndarray"
+
+
+def _numeric(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == object
+    ):
+        raise DataError(f"data should be numeric, but got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise DataError(
+            f"data should have the shape (n_samples, n_features), but got an array of shape "
+            f"{arr.shape}; reshape a single feature with x.reshape(-1, 1)."
+        )
+    if np.iscomplexobj(arr):
+        raise DataError("data should be real-valued, but got complex numbers")
+    try:
+        return arr.astype(float)
+    except (TypeError, ValueError):
+        bad = []
+        for j in range(arr.shape[1]):
+            try:
+                arr[:, j].astype(float)
+            except (TypeError, ValueError):
+                bad.append(j)
+        raise DataError(
+            f"column(s) {bad} are not numeric; ppgmm models numeric features only"
+        ) from None
+
+
+def prepare(
+    data: Any,
+    *,
+    n_components: int | None = None,
+    feature_names: list[str] | None = None,
+    drop_empty: bool = True,
+) -> MissingData:
+    """Validate ``data`` and group its rows by missingness pattern.
+
+    Parameters
+    ----------
+    data : ndarray, pandas.DataFrame or xarray.DataArray, shape (n, d)
+        NaN (or pandas NA) marks a missing entry.
+    n_components : int, optional
+        When given, at least this many usable rows are required.
+    feature_names : list of str, optional
+        Expected features (for new data given to a fitted model). A DataFrame is
+        reordered to them by name; other inputs must have this many columns.
+    drop_empty : bool, default True
+        Drop rows with no observed entry, with a warning saying how many. New data
+        passed for prediction keeps them (``False``): such rows get the prior weights.
+
+    Raises
+    ------
+    DataError
+        For non-numeric columns, infinite values, a column with no observed value,
+        fewer usable rows than components, or data that is not 2-D.
+    """
+    values, feats, obs, kind = _to_array(data)
+    if feature_names is not None:
+        if kind == "DataFrame" and set(feature_names) <= set(feats):
+            cols = [feats.index(f) for f in feature_names]
+            values, feats = values[:, cols], list(feature_names)
+        elif values.shape[1] != len(feature_names):
+            raise DataError(
+                f"data should have the {len(feature_names)} features {feature_names} the model "
+                f"was fitted on, but got {values.shape[1]} columns"
+            )
+        else:
+            feats = list(feature_names)
+    if values.shape[1] == 0:
+        raise DataError("data should have at least one feature, but got 0 columns")
+    if np.isinf(values).any():
+        rows, cols = np.nonzero(np.isinf(values))
+        raise DataError(
+            f"data contain {len(rows)} infinite value(s) (first at row {obs[rows[0]]!r}, "
+            f"column {feats[cols[0]]!r}); use NaN for missing entries and remove or clip infinities"
+        )
+    if len(set(feats)) != len(feats):
+        raise DataError(f"feature names should be unique, but got {feats}")
+    if drop_empty:
+        empty = np.isnan(values).all(axis=1)
+        if empty.any():
+            warnings.warn(
+                f"dropped {int(empty.sum())} of {len(empty)} rows with no observed entry: they "
+                "carry no information about the mixture.",
+                UserWarning,
+                stacklevel=3,
+            )
+            values, obs = values[~empty], obs[~empty]
+        all_nan = np.isnan(values).all(axis=0) if values.shape[0] else np.ones(len(feats), bool)
+        if all_nan.any():
+            names = [feats[j] for j in np.flatnonzero(all_nan)]
+            raise DataError(
+                f"column(s) {names} have no observed value; remove them before fitting"
+            )
+    if n_components is not None and values.shape[0] < n_components:
+        raise DataError(
+            f"data should have at least n_components={n_components} usable rows, but got "
+            f"{values.shape[0]}; use fewer components or more data"
+        )
+    return MissingData.from_arrays(values, feats, obs, kind)

@@ -1,0 +1,326 @@
+"""The result schema: one ``arviz.InferenceData`` layout that every backend fills.
+
+This module is the one owner of the schema. Groups, variables and dims:
+
+============================  =====================  =====================================
+group                         variable               dims
+============================  =====================  =====================================
+posterior                     weights                chain, draw, component
+posterior                     means                  chain, draw, component, feature
+posterior                     covariances            chain, draw, component, feature, feature\\_
+posterior                     imputed_mean           chain, draw, missing
+posterior_predictive          x_missing              chain, draw, missing
+log_likelihood                x                      chain, draw, obs
+observed_data                 x                      obs, feature
+sample_stats                  objective / elbo       iteration  (EM / ADVI traces)
+estimate (EM only)            weights, means, ...    component, feature, feature\\_
+============================  =====================  =====================================
+
+The ``missing`` dim carries coordinates ``missing_obs`` and ``missing_feature``. The EM
+estimate is stored twice over when there is no bootstrap (posterior chain=1, draw=1 and
+the ``estimate`` group); with ``uncertainty="bootstrap"`` the posterior holds the B
+refits and ``estimate`` the fit itself. Run attributes live in ``posterior.attrs``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .data import MissingData, prepare
+from .spec import GMM, Params
+
+__all__ = ["Fit", "build_idata", "load", "params_dataset"]
+
+PARAM_NAMES = ("weights", "means", "covariances")
+
+
+def _versions() -> str:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("ppgmm", "numpy", "scipy", "xarray", "arviz", "pymc", "pytensor"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return json.dumps(out)
+
+
+def params_dataset(params: Params, features: list[str]) -> xr.Dataset:
+    """Parameters as an xarray Dataset (component, feature, feature_)."""
+    k = len(params.weights)
+    coords = {"component": np.arange(k), "feature": features, "feature_": features}
+    return xr.Dataset(
+        {
+            "weights": ("component", np.asarray(params.weights)),
+            "means": (("component", "feature"), np.asarray(params.means)),
+            "covariances": (("component", "feature", "feature_"), np.asarray(params.covariances)),
+        },
+        coords=coords,
+    )
+
+
+def build_idata(
+    md: MissingData,
+    spec: GMM,
+    *,
+    backend: str,
+    weights: np.ndarray,
+    means: np.ndarray,
+    covariances: np.ndarray,
+    imputed_mean: np.ndarray,
+    x_missing: np.ndarray,
+    loglik: np.ndarray,
+    attrs: dict[str, Any],
+    sample_stats: xr.Dataset | None = None,
+    estimate: Params | None = None,
+    extra: dict[str, xr.Dataset] | None = None,
+) -> Any:
+    """Assemble the InferenceData of the schema from (chain, draw, ...) arrays.
+
+    ``imputed_mean`` and ``x_missing`` are (chain, draw, N, D) arrays over all entries; only
+    the missing entries are stored. ``attrs`` are added to ``posterior.attrs`` after the
+    common ones (backend, spec, versions, input kind); values must be str, int or float.
+    """
+    import arviz as az
+
+    rows, cols = md.missing_index
+    feats = md.feature_names
+    obs = md.obs_names
+    k = spec.n_components
+    miss_coords = {
+        "missing_obs": ("missing", obs[rows]),
+        "missing_feature": ("missing", np.asarray(feats, dtype=object)[cols]),
+    }
+
+    def cd(a: np.ndarray) -> dict[str, np.ndarray]:
+        return {"chain": np.arange(a.shape[0]), "draw": np.arange(a.shape[1])}
+
+    comp = {"component": np.arange(k), "feature": feats, "feature_": feats}
+    posterior = xr.Dataset(
+        {
+            "weights": (("chain", "draw", "component"), weights),
+            "means": (("chain", "draw", "component", "feature"), means),
+            "covariances": (
+                ("chain", "draw", "component", "feature", "feature_"),
+                covariances,
+            ),
+            "imputed_mean": (("chain", "draw", "missing"), imputed_mean[:, :, rows, cols]),
+        },
+        coords={**cd(weights), **comp, **miss_coords},
+    )
+    posterior.attrs.update(
+        backend=backend,
+        spec=spec.to_json(),
+        versions=_versions(),
+        input_kind=md.input_kind,
+        n_obs=int(md.n),
+        n_patterns=int(md.n_patterns),
+    )
+    posterior.attrs.update(attrs)
+    groups: dict[str, xr.Dataset] = {
+        "posterior": posterior,
+        "posterior_predictive": xr.Dataset(
+            {"x_missing": (("chain", "draw", "missing"), x_missing[:, :, rows, cols])},
+            coords={**cd(x_missing), **miss_coords},
+        ),
+        "log_likelihood": xr.Dataset(
+            {"x": (("chain", "draw", "obs"), loglik)}, coords={**cd(loglik), "obs": obs}
+        ),
+        "observed_data": xr.Dataset(
+            {"x": (("obs", "feature"), md.values)}, coords={"obs": obs, "feature": feats}
+        ),
+    }
+    if sample_stats is not None:
+        groups["sample_stats"] = sample_stats
+    if estimate is not None:
+        groups["estimate"] = params_dataset(estimate, feats)
+    groups.update(extra or {})
+    return az.InferenceData(**groups)
+
+
+def _stack(da: xr.DataArray) -> np.ndarray:
+    """(chain * draw, ...) values."""
+    return da.stack(sample=("chain", "draw")).transpose("sample", ...).values
+
+
+@dataclass(eq=False)
+class Fit:
+    """A fitted mixture from any backend, wrapping its ``arviz.InferenceData``.
+
+    Everything is derived from ``idata``, so a fit read back with :func:`ppgmm.load`
+    behaves exactly as the one that was saved.
+    """
+
+    idata: Any
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Run attributes: backend, spec, seed, wall time, versions, convergence, options."""
+        return dict(self.idata.posterior.attrs)
+
+    @property
+    def backend(self) -> str:
+        """"em", "advi" or "nuts"."""
+        return str(self.attrs["backend"])
+
+    @cached_property
+    def spec(self) -> GMM:
+        """The model specification this fit was made from."""
+        return GMM.from_json(self.attrs["spec"])
+
+    @property
+    def converged(self) -> bool:
+        """Whether the backend met its convergence criterion."""
+        return bool(self.attrs.get("converged", 0))
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature names, in column order."""
+        return [str(f) for f in self.idata.observed_data["feature"].values]
+
+    @cached_property
+    def data(self) -> MissingData:
+        """The fitted data (rows with no observed entry were dropped at fit time)."""
+        x = self.idata.observed_data["x"]
+        return MissingData.from_arrays(
+            np.asarray(x.values, dtype=float),
+            self.feature_names,
+            np.asarray(x["obs"].values),
+            str(self.attrs.get("input_kind", "ndarray")),
+        )
+
+    def __repr__(self) -> str:
+        post = self.idata.posterior
+        return (
+            f"<ppgmm.Fit backend={self.backend!r} {self.spec!r} n_obs={self.data.n} "
+            f"draws={post.sizes['chain']}x{post.sizes['draw']} converged={self.converged}>"
+        )
+
+    # ------------------------------------------------------------------ parameters
+    def point(self) -> xr.Dataset:
+        """Point estimate: the EM estimate, or the (aligned) posterior mean."""
+        if "estimate" in self.idata.groups():
+            return self.idata["estimate"][list(PARAM_NAMES)]
+        return self.idata.posterior[list(PARAM_NAMES)].mean(("chain", "draw"))
+
+    @cached_property
+    def params(self) -> Params:
+        """:meth:`point` as plain arrays."""
+        p = self.point()
+        return Params(*(np.asarray(p[n].values, dtype=float) for n in PARAM_NAMES))
+
+    @cached_property
+    def loglik(self) -> float:
+        """Observed-data log-likelihood of the fitted data at :meth:`point`."""
+        return float(self.score_samples().sum())
+
+    def score_samples(self, data: Any = None) -> np.ndarray:
+        """Observed-data log-likelihood of each row at :meth:`point` (NaN allowed)."""
+        from .backends.em import row_loglik
+
+        return row_loglik(self.params, self._data_or(data))
+
+    def bic(self) -> float:
+        """Bayesian information criterion, -2 loglik + p log n (smaller is better).
+
+        mclust reports the negative of this (larger is better); the parameter count p is
+        the same (:meth:`ppgmm.GMM.n_parameters`).
+        """
+        return -2 * self.loglik + self.spec.n_parameters(self.data.d) * np.log(self.data.n)
+
+    def aic(self) -> float:
+        """Akaike information criterion, -2 loglik + 2 p (smaller is better)."""
+        return -2 * self.loglik + 2 * self.spec.n_parameters(self.data.d)
+
+    # ------------------------------------------------------------------ prediction
+    def _data_or(self, data: Any) -> MissingData:
+        if data is None:
+            return self.data
+        return prepare(data, feature_names=self.feature_names, drop_empty=False)
+
+    def predict_proba(self, data: Any = None) -> np.ndarray:
+        """Component membership probabilities given each row's observed entries."""
+        from .backends.em import Sorted
+
+        md = self._data_or(data)
+        s = Sorted.of(md)
+        return s.run_e_step(self.params).resp[np.argsort(s.order)]
+
+    def predict(self, data: Any = None) -> np.ndarray:
+        """Most probable component of each row."""
+        return self.predict_proba(data).argmax(axis=1)
+
+    def impute(self, data: Any = None, *, draws: int | None = None, seed: int | None = None):
+        """Fill missing entries.
+
+        Parameters
+        ----------
+        data : array-like, optional
+            New data; default the fitted data.
+        draws : int, optional
+            None gives one completed data set with :math:`E[x_{mis} \\mid x_{obs}]`
+            (responsibility-weighted conditional means). An integer m gives a list of m
+            completed data sets for multiple imputation: for the fitted data, m of the
+            stored predictive draws ``x_missing`` (spread evenly over chains and draws,
+            so a Bayesian or bootstrap fit carries parameter uncertainty); for new data,
+            draws from the predictive distribution at :meth:`point`.
+        seed : int, optional
+            Seed for draws on new data.
+
+        Returns
+        -------
+        Same type as the input (ndarray, DataFrame or DataArray), or a list of them.
+        """
+        from .backends.em import Sorted, conditional_draws
+
+        md = self._data_or(data)
+        if data is None and draws is None and "estimate" not in self.idata.groups():
+            mean = self.idata.posterior["imputed_mean"].mean(("chain", "draw")).values
+            return md.wrap(self._fill(md, mean))
+        if data is None and draws is not None:
+            stored = _stack(self.idata.posterior_predictive["x_missing"])
+            if not (isinstance(draws, int) and 1 <= draws <= len(stored)):
+                raise ValueError(
+                    f"draws should be an integer between 1 and the {len(stored)} stored "
+                    f"predictive draws, but got {draws!r}; refit with more draws"
+                )
+            pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)
+            return [md.wrap(self._fill(md, stored[i])) for i in pick]
+        s = Sorted.of(md)
+        e = s.run_e_step(self.params)
+        n_draws = 0 if draws is None else int(draws)
+        mean, sims = conditional_draws(self.params, e, s, np.random.default_rng(seed), n_draws)
+        if draws is None:
+            return md.wrap(mean)
+        return [md.wrap(x) for x in sims]
+
+    @staticmethod
+    def _fill(md: MissingData, missing_values: np.ndarray) -> np.ndarray:
+        out = md.values.copy()
+        out[md.missing_index] = missing_values
+        return out
+
+    # ------------------------------------------------------------------ i/o
+    def to_netcdf(self, path: str) -> str:
+        """Write every group to one netCDF file; :func:`ppgmm.load` reads it back unchanged."""
+        return self.idata.to_netcdf(str(path))
+
+    def to_datatree(self) -> xr.DataTree:
+        """The same groups as an ``xarray.DataTree`` (the ArviZ 1.x layout)."""
+        return xr.DataTree.from_dict({g: self.idata[g] for g in self.idata.groups()})
+
+
+def load(path: str) -> Fit:
+    """Read a fit written by :meth:`Fit.to_netcdf`."""
+    import arviz as az
+
+    return Fit(az.from_netcdf(str(path)))

@@ -1,0 +1,140 @@
+r"""The conjugate prior of Fraley & Raftery (2007): resolution against data and log density.
+
+This module owns the prior. The PyMC graph writes the same density in PyTensor; a test
+checks both against ``scipy.stats``.
+
+With :math:`\mu_P` the column means, :math:`V` the sample covariance (N - 1 denominator)
+and :math:`f = K^{-2/D}`, mclust's ``defaultPrior`` sets :math:`\kappa = 0.01`,
+:math:`\nu = D + 2`, :math:`\Lambda = f V` (full, tied) and :math:`s^2 = f\,\mathrm{tr}(V)/D`
+(diag, spherical). When entries are missing, :math:`\mu_P` and :math:`V` come from the
+one-component maximum-likelihood fit under MAR (EM with K = 1, V rescaled by N/(N-1)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import gammaln, multigammaln
+
+from .data import MissingData
+from .spec import GMM, Params
+
+__all__ = ["ResolvedPrior", "resolve_prior", "log_prior"]
+
+
+@dataclass(frozen=True)
+class ResolvedPrior:
+    """A prior with every hyperparameter set to a number.
+
+    ``scale`` is the (d, d) matrix :math:`\\Lambda` for full and tied covariances, and
+    the scalar :math:`s^2` for diag and spherical.
+    """
+
+    kappa: float
+    mean: np.ndarray  # (d,)
+    dof: float
+    scale: np.ndarray  # (d, d) or ()
+    covariance: str
+
+
+def data_moments(md: MissingData) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and sample covariance (N - 1), by the K=1 MAR MLE when entries are missing."""
+    x = md.values
+    n = md.n
+    if md.observed.all():
+        return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
+    from .backends.em import fit_single_gaussian
+
+    mean, cov = fit_single_gaussian(md)
+    return mean, cov * n / (n - 1)
+
+
+def resolve_prior(spec: GMM, md: MissingData) -> ResolvedPrior | None:
+    """Fill the spec's prior hyperparameters from the data as mclust's ``defaultPrior`` does."""
+    prior = spec.prior
+    if prior is None:
+        return None
+    assert not isinstance(prior, str)
+    d, k = md.d, spec.n_components
+    need_moments = prior.mean is None or prior.scale is None
+    mean, cov = data_moments(md) if need_moments else (None, None)
+    mu_p = np.asarray(prior.mean if prior.mean is not None else mean, dtype=float)
+    dof = float(prior.dof) if prior.dof is not None else d + 2.0
+    if prior.scale is not None:
+        scale = np.asarray(prior.scale, dtype=float)
+    else:
+        f = (1.0 / k) ** (2.0 / d)
+        assert cov is not None
+        scale = f * cov if spec.covariance in ("full", "tied") else np.asarray(
+            f * np.trace(cov) / d
+        )
+    want = (d, d) if spec.covariance in ("full", "tied") else ()
+    if scale.shape != want:
+        raise ValueError(f"prior scale should have the shape {want}, but got {scale.shape}")
+    if mu_p.shape != (d,):
+        raise ValueError(f"prior mean should have the shape {(d,)}, but got {mu_p.shape}")
+    return ResolvedPrior(float(prior.shrinkage), mu_p, dof, scale, spec.covariance)
+
+
+# --------------------------------------------------------------------------- densities
+
+
+def _chol_logdet(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    chol = np.linalg.cholesky(a)
+    return chol, 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+
+
+def _log_mvn(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    chol, logdet = _chol_logdet(cov)
+    z = np.linalg.solve(chol, (x - mean)[..., None])[..., 0]
+    d = x.shape[-1]
+    return -0.5 * (d * np.log(2 * np.pi) + logdet + (z**2).sum(-1))
+
+
+def _log_invwishart(sigma: np.ndarray, dof: float, scale: np.ndarray) -> np.ndarray:
+    d = scale.shape[-1]
+    chol, logdet = _chol_logdet(sigma)
+    _, logdet_scale = _chol_logdet(scale)
+    # tr(Lambda Sigma^-1) = ||L^-1 C||_F^2 with C C^T = Lambda
+    cs = np.linalg.cholesky(scale)
+    m = np.linalg.solve(chol, np.broadcast_to(cs, sigma.shape))
+    tr = (m**2).sum((-2, -1))
+    return (
+        0.5 * dof * logdet_scale
+        - 0.5 * dof * d * np.log(2.0)
+        - multigammaln(0.5 * dof, d)
+        - 0.5 * (dof + d + 1) * logdet
+        - 0.5 * tr
+    )
+
+
+def _log_invgamma(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    return a * np.log(b) - gammaln(a) - (a + 1) * np.log(x) - b / x
+
+
+def log_prior(params: Params, prior: ResolvedPrior) -> float:
+    """Log prior density of ``params`` (weights on the simplex, covariances as matrices).
+
+    Densities are with respect to Lebesgue measure on (w_1..w_{K-1}), the means and the
+    free covariance entries (the lower triangle, the diagonal, or one variance), so the
+    value equals the sum of the matching ``scipy.stats`` log densities.
+    """
+    w, mu, cov = params
+    k = len(w)
+    out = float(gammaln(k))  # Dirichlet(1, ..., 1)
+    kappa = prior.kappa
+    if prior.covariance == "full":
+        out += float(_log_mvn(mu, prior.mean, cov / kappa).sum())
+        out += float(_log_invwishart(cov, prior.dof, prior.scale).sum())
+    elif prior.covariance == "tied":
+        out += float(_log_mvn(mu, prior.mean, cov / kappa).sum())
+        out += float(_log_invwishart(cov[0], prior.dof, prior.scale))
+    else:
+        var = np.diagonal(cov, axis1=1, axis2=2)  # (K, D)
+        out += float(
+            (-0.5 * (np.log(2 * np.pi * var / kappa) + kappa * (mu - prior.mean) ** 2 / var)).sum()
+        )
+        s = var if prior.covariance == "diag" else var[:, 0]
+        out += float(_log_invgamma(s, prior.dof / 2, float(prior.scale) / 2).sum())
+    return out

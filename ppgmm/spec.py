@@ -1,0 +1,154 @@
+"""The model specification shared by every backend."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .exceptions import SpecError
+
+__all__ = ["GMM", "Prior", "Params", "COVARIANCE_TYPES"]
+
+#: covariance types and their mclust model names
+COVARIANCE_TYPES = {"full": "VVV", "diag": "VVI", "spherical": "VII", "tied": "EEE"}
+
+
+class Params(NamedTuple):
+    """Mixture parameters as plain arrays.
+
+    Covariances are always stored as full (K, D, D) matrices whatever the type.
+    """
+
+    weights: np.ndarray  # (K,)
+    means: np.ndarray  # (K, D)
+    covariances: np.ndarray  # (K, D, D)
+
+
+@dataclass(frozen=True)
+class Prior:
+    r"""The conjugate prior of Fraley & Raftery (2007), as mclust's ``priorControl()``.
+
+    Fields left as ``None`` take mclust's defaults from the data (see
+    :meth:`ppgmm.prior.resolve_prior`):
+
+    - weights: flat Dirichlet(1, ..., 1);
+    - means: :math:`\mu_k \mid \Sigma_k \sim N(\mu_P, \Sigma_k/\kappa)`;
+    - full: :math:`\Sigma_k \sim IW(\nu, \Lambda)`; tied: one shared :math:`\Sigma \sim IW(\nu,\Lambda)`;
+    - diag: :math:`\sigma^2_{kj} \sim IG(\nu/2, s^2/2)`; spherical: :math:`\sigma^2_k \sim IG(\nu/2, s^2/2)`.
+
+    Parameters
+    ----------
+    shrinkage : float, default 0.01
+        :math:`\kappa`, the number of pseudo-observations behind :math:`\mu_P`.
+    mean : array of shape (d,), optional
+        :math:`\mu_P`; default the column means (the K=1 MLE when entries are missing).
+    dof : float, optional
+        :math:`\nu`; default d + 2.
+    scale : float or array of shape (d, d), optional
+        :math:`\Lambda` (full, tied) or :math:`s^2` (diag, spherical); default
+        :math:`f V` or :math:`f\,\mathrm{tr}(V)/d` with :math:`f = K^{-2/d}` and V the
+        sample covariance.
+    """
+
+    shrinkage: float = 0.01
+    mean: tuple[float, ...] | None = None
+    dof: float | None = None
+    scale: Any = None
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.shrinkage) and self.shrinkage > 0):
+            raise SpecError(f"shrinkage should be a positive number, but got {self.shrinkage}")
+        if self.dof is not None and not (np.isfinite(self.dof) and self.dof > 0):
+            raise SpecError(f"dof should be a positive number, but got {self.dof}")
+        if self.mean is not None:
+            object.__setattr__(self, "mean", tuple(float(v) for v in np.ravel(self.mean)))
+        if self.scale is not None:
+            s = np.asarray(self.scale, dtype=float)
+            object.__setattr__(self, "scale", float(s) if s.ndim == 0 else tuple(map(tuple, s)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GMM:
+    """A Gaussian mixture model specification, the one input every backend reads.
+
+    Parameters
+    ----------
+    n_components : int
+        Number of mixture components K.
+    covariance : {"full", "diag", "spherical", "tied"}, default "full"
+        Covariance structure (mclust's VVV, VVI, VII, EEE).
+    prior : "default", None or Prior, default "default"
+        ``"default"`` is the Fraley & Raftery (2007) conjugate prior with mclust's
+        defaults; ``None`` means maximum likelihood for EM (the PyMC backends then use
+        the default prior and say so in the result's attrs).
+
+    Examples
+    --------
+    >>> import ppgmm
+    >>> ppgmm.GMM(3, covariance="diag")
+    GMM(n_components=3, covariance='diag', prior='default')
+    """
+
+    n_components: int
+    covariance: str = "full"
+    prior: Prior | str | None = field(default="default")
+
+    def __post_init__(self) -> None:
+        k = self.n_components
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise SpecError(f"n_components should be a positive integer, but got {k!r}")
+        object.__setattr__(self, "n_components", int(k))
+        if self.covariance not in COVARIANCE_TYPES:
+            raise SpecError(
+                f"covariance should be one of {sorted(COVARIANCE_TYPES)}, but got "
+                f"{self.covariance!r}"
+            )
+        if isinstance(self.prior, str):
+            if self.prior != "default":
+                raise SpecError(
+                    f"prior should be 'default', None or a ppgmm.Prior, but got {self.prior!r}"
+                )
+            object.__setattr__(self, "prior", Prior())
+        elif self.prior is not None and not isinstance(self.prior, Prior):
+            raise SpecError(
+                f"prior should be 'default', None or a ppgmm.Prior, but got {type(self.prior)}"
+            )
+
+    def __repr__(self) -> str:
+        prior = self.prior
+        p = "None" if prior is None else "'default'" if prior == Prior() else repr(prior)
+        return (
+            f"GMM(n_components={self.n_components}, covariance={self.covariance!r}, prior={p})"
+        )
+
+    def n_parameters(self, d: int) -> int:
+        """Free parameters, counted as mclust (and scikit-learn) count them."""
+        k = self.n_components
+        cov = {
+            "full": k * d * (d + 1) // 2,
+            "tied": d * (d + 1) // 2,
+            "diag": k * d,
+            "spherical": k,
+        }[self.covariance]
+        return (k - 1) + k * d + cov
+
+    def to_json(self) -> str:
+        """Serialise (for attrs and files)."""
+        prior = None if self.prior is None else self.prior.to_dict()  # type: ignore[union-attr]
+        return json.dumps(
+            {"n_components": self.n_components, "covariance": self.covariance, "prior": prior}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> GMM:
+        """Inverse of :meth:`to_json`."""
+        d = json.loads(text)
+        prior = None if d["prior"] is None else Prior(**d["prior"])
+        return cls(d["n_components"], d["covariance"], prior)

@@ -24,6 +24,7 @@ means (for the M-step).
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -365,6 +366,7 @@ class EMResult:
     reg_covar: float
     n_init: int
     draws: list[Params] = field(default_factory=list)  # bootstrap refits, aligned
+    messages: list[str] = field(default_factory=list)  # warnings in plain words
 
 
 def conditional_draws(
@@ -445,15 +447,15 @@ def fit_em(
         if best is None or run.objective[-1] > best.objective[-1]:
             best = run
     assert best is not None
-    if warn and not best.converged:
-        warnings.warn(
-            f"EM did not converge in max_iter={max_iter} iterations (last per-row gain "
-            f"{np.diff(best.objective[-2:]) / md.n if best.n_iter else np.nan}); increase "
-            "max_iter or loosen tol.",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
     result = EMResult(best.params, best, prior, reg, n_init)
+    if not best.converged:
+        gain = (best.objective[-1] - best.objective[-2]) / md.n if best.n_iter else np.nan
+        result.messages.append(
+            f"EM did not converge in max_iter={max_iter} iterations (last per-row gain "
+            f"{gain:.3g} > tol={tol:g}); increase max_iter or loosen tol."
+        )
+        if warn:
+            warnings.warn(result.messages[-1], ConvergenceWarning, stacklevel=3)
     if uncertainty == "bootstrap":
         result.draws = _bootstrap(spec, md, result, rng, n_bootstrap, max_iter, tol)
     return result
@@ -524,6 +526,7 @@ def em_backend(spec: GMM, md: MissingData, *, seed: int | None = None, **options
         "reg_covar": float(res.reg_covar),
         "uncertainty": options.get("uncertainty") or "none",
         "n_bootstrap": len(res.draws),
+        "warnings": json.dumps(res.messages),
     }
     idata = build_idata(
         md, spec, backend="em",

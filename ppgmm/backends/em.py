@@ -455,7 +455,7 @@ def fit_em(
             f"{gain:.3g} > tol={tol:g}); increase max_iter or loosen tol."
         )
         if warn:
-            warnings.warn(result.messages[-1], ConvergenceWarning, stacklevel=3)
+            warnings.warn(result.messages[-1], ConvergenceWarning, stacklevel=4)
     if uncertainty == "bootstrap":
         result.draws = _bootstrap(spec, md, result, rng, n_bootstrap, max_iter, tol)
     return result

@@ -2,14 +2,17 @@
 
 from .api import fit
 from .data import MissingData, prepare
+from .estimator import GaussianMixture
 from .exceptions import ConvergenceWarning, DataError, PpgmmError, SpecError
 from .fit import Fit, load
+from .simulate import Truth, simulate
 from .spec import GMM, Params, Prior
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GMM", "Prior", "Params", "Fit", "MissingData",
-    "fit", "load", "prepare",
+    "GaussianMixture", "Truth",
+    "fit", "load", "prepare", "simulate",
     "PpgmmError", "DataError", "SpecError", "ConvergenceWarning",
 ]

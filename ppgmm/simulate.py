@@ -1,0 +1,172 @@
+r"""Simulate mixture data with entries missing completely at random, at random, or not at random.
+
+Mechanisms, for a target fraction :math:`\rho` of missing entries:
+
+- ``"MCAR"``: each entry is missing with probability :math:`\rho`, independently of the data.
+- ``"MAR"``: the first feature is always observed; entry :math:`x_{ij}`, :math:`j > 0`, is
+  missing with probability :math:`\mathrm{logit}^{-1}(a + b z_{i0})`, :math:`z_{i0}` the
+  standardised first feature, so missingness depends on an observed value only.
+- ``"MNAR"``: entry :math:`x_{ij}` is missing with probability
+  :math:`\mathrm{logit}^{-1}(a_j + b z_{ij})`, depending on the value itself.
+
+The intercepts are solved so the expected fraction missing is :math:`\rho`; ``strength``
+is the slope :math:`b`. Under MCAR and MNAR a row that lost every entry gets one entry
+back (chosen at random), so every row carries information.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import brentq
+from scipy.special import expit
+
+from .exceptions import SpecError
+from .spec import GMM, Params
+
+__all__ = ["simulate", "Truth", "random_params"]
+
+MECHANISMS = ("MCAR", "MAR", "MNAR")
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What generated a simulated data set.
+
+    Attributes
+    ----------
+    params : Params
+        The true weights, means and covariances.
+    values : ndarray of shape (n, d)
+        The complete data, before masking.
+    mask : ndarray of bool, shape (n, d)
+        True where an entry was made missing.
+    labels : ndarray of int, shape (n,)
+        The component each row was drawn from.
+    mechanism : str
+    """
+
+    params: Params
+    values: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+    mechanism: str
+
+    def point(self) -> Any:
+        """The true parameters as an xarray Dataset, like :meth:`ppgmm.Fit.point`."""
+        from .fit import params_dataset
+
+        return params_dataset(self.params, [f"x{j}" for j in range(self.values.shape[1])])
+
+
+def random_params(spec: GMM, n_features: int, rng: np.random.Generator,
+                  separation: float = 3.0) -> Params:
+    """Well-separated random parameters of the spec's covariance type.
+
+    Weights ~ Dirichlet(5, ..., 5); means ~ N(0, separation^2 I); covariances have
+    eigenvalues in [0.5, 1.5] and random orientation (full), are shared (tied), or are
+    reduced to their diagonal (diag) or mean variance (spherical).
+    """
+    k, d = spec.n_components, n_features
+    w = rng.dirichlet(np.full(k, 5.0))
+    mu = rng.normal(0.0, separation, (k, d))
+    q, _ = np.linalg.qr(rng.normal(size=(k, d, d)))
+    lam = rng.uniform(0.5, 1.5, (k, d))
+    cov = q @ (lam[:, :, None] * np.swapaxes(q, 1, 2))
+    if spec.covariance == "tied":
+        cov[:] = cov[0]
+    elif spec.covariance == "diag":
+        cov = np.diagonal(cov, axis1=1, axis2=2)[:, :, None] * np.eye(d)
+    elif spec.covariance == "spherical":
+        cov = lam.mean(1)[:, None, None] * np.eye(d)
+    return Params(w, mu, 0.5 * (cov + np.swapaxes(cov, 1, 2)))
+
+
+def _coerce_params(obj: Any) -> Params:
+    if isinstance(obj, Params):
+        return obj
+    get = (lambda n: obj[n].values) if hasattr(obj, "data_vars") else (lambda n: obj[n])
+    return Params(*(np.asarray(get(n), dtype=float) for n in Params._fields))
+
+
+def _rate_intercept(z: np.ndarray, slope: float, rate: float) -> float:
+    return brentq(lambda a: expit(a + slope * z).mean() - rate, -50.0, 50.0)
+
+
+def simulate(
+    spec_or_params: Any,
+    n: int = 500,
+    *,
+    n_features: int = 2,
+    missing: float = 0.2,
+    mechanism: str = "MCAR",
+    strength: float = 2.0,
+    seed: int | None = 0,
+) -> tuple[np.ndarray, Truth]:
+    """Draw ``n`` rows from a Gaussian mixture and mask entries.
+
+    Parameters
+    ----------
+    spec_or_params : GMM, Params, xarray.Dataset or mapping
+        A spec (parameters drawn by :func:`random_params`) or explicit parameters with
+        weights (K,), means (K, D) and covariances (K, D, D), such as ``fit.point()``.
+    n : int, default 500
+    n_features : int, default 2
+        Dimension D when a spec is given.
+    missing : float, default 0.2
+        Expected fraction of missing entries, in [0, 1).
+    mechanism : {"MCAR", "MAR", "MNAR"}, default "MCAR"
+    strength : float, default 2.0
+        Slope of the logistic missingness model for MAR and MNAR.
+    seed : int, optional
+
+    Returns
+    -------
+    data : ndarray of shape (n, d)
+        The data with NaN where missing.
+    truth : Truth
+    """
+    if mechanism not in MECHANISMS:
+        raise SpecError(f"mechanism should be one of {MECHANISMS}, but got {mechanism!r}")
+    if not 0 <= missing < 1:
+        raise SpecError(f"missing should be a fraction in [0, 1), but got {missing!r}")
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise SpecError(f"n should be a positive integer, but got {n!r}")
+    rng = np.random.default_rng(seed)
+    if isinstance(spec_or_params, GMM):
+        params = random_params(spec_or_params, n_features, rng)
+    else:
+        params = _coerce_params(spec_or_params)
+    w, mu, cov = params
+    k, d = mu.shape
+    labels = rng.choice(k, size=n, p=w / w.sum())
+    chol = np.linalg.cholesky(cov)
+    x = mu[labels] + np.einsum("nde,ne->nd", chol[labels], rng.standard_normal((n, d)))
+    if mechanism != "MCAR" and missing > 0:
+        sd = x.std(0)
+        z = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+    if missing == 0:
+        mask = np.zeros((n, d), dtype=bool)
+    elif mechanism == "MCAR":
+        mask = rng.random((n, d)) < missing
+    elif mechanism == "MAR":
+        if d < 2:
+            raise SpecError("MAR needs at least 2 features: one always observed to depend on")
+        rate = missing * d / (d - 1)
+        if rate >= 1:
+            raise SpecError(f"missing={missing} is too high for MAR with {d} features")
+        a = _rate_intercept(z[:, 0], strength, rate)
+        p = expit(a + strength * z[:, 0])
+        mask = rng.random((n, d)) < p[:, None]
+        mask[:, 0] = False
+    else:
+        mask = np.zeros((n, d), dtype=bool)
+        for j in range(d):
+            a = _rate_intercept(z[:, j], strength, missing)
+            mask[:, j] = rng.random(n) < expit(a + strength * z[:, j])
+    empty = np.flatnonzero(mask.all(axis=1))
+    mask[empty, rng.integers(0, d, len(empty))] = False
+    data = np.where(mask, np.nan, x)
+    return data, Truth(params, x, mask, labels, mechanism)

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.linalg import solve_triangular
 from scipy.special import logsumexp
 
 from ..data import MissingData
@@ -50,8 +49,8 @@ class PatternFactors(NamedTuple):
     """Per (pattern, component) factors of the observed sub-covariances."""
 
     logdet: np.ndarray  # (P, K) log|Sigma_k,oo|
-    maps: np.ndarray  # (P, D, K * 2D): x0 -> [whitened residual | xhat - mu]
-    offsets: np.ndarray  # (P, K * 2D)
+    maps: np.ndarray  # (P, D, K * D): Sigma_k,oo^-1 embedded, all components side by side
+    offsets: np.ndarray  # (P, K * D): (mu_k on o) @ Sigma_k,oo^-1
     cond_cov: np.ndarray  # (P, K, D, D) C_pk, zero outside the missing block
     n_obs: np.ndarray  # (P,) observed entries per pattern
 
@@ -62,8 +61,9 @@ def pattern_factors(params: Params, patterns: np.ndarray) -> PatternFactors:
     k, d = mu.shape
     o = patterns.astype(float)  # (P, D)
     oo = o[:, None, :, None] * o[:, None, None, :]  # (P, 1, D, D)
+    mm = (1.0 - o)[:, None, :, None] * (1.0 - o)[:, None, None, :]
     eye = np.eye(d)
-    s = oo * sigma[None] + (1.0 - o)[:, None, :, None] * eye  # (P, K, D, D)
+    s = oo * sigma[None] + (1.0 - o)[:, None, :, None] * eye  # S_pk, (P, K, D, D)
     try:
         chol = np.linalg.cholesky(s)
     except np.linalg.LinAlgError:
@@ -72,52 +72,63 @@ def pattern_factors(params: Params, patterns: np.ndarray) -> PatternFactors:
             "few points); increase reg_covar, use fewer components, or rescale the data"
         ) from None
     logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
-    chol_inv = solve_triangular(chol, np.broadcast_to(eye, chol.shape), lower=True)
-    s_inv = np.swapaxes(chol_inv, -1, -2) @ chol_inv * oo  # Sigma_oo^-1, embedded
-    gain = sigma[None] @ s_inv  # xhat - mu = gain @ r  (identity on observed rows)
-    cond = (sigma[None] - gain @ sigma[None]) * ((1.0 - o)[:, None, :, None] * (1.0 - o)[:, None, None, :])
+    # the inverse Cholesky factor is the precision Cholesky (a triangular solve, batched)
+    chol_inv = np.linalg.solve(chol, np.broadcast_to(eye, chol.shape))
+    prec = np.swapaxes(chol_inv, -1, -2) @ chol_inv * oo  # Sigma_oo^-1 embedded, (P, K, D, D)
+    cond = (sigma[None] - sigma[None] @ prec @ sigma[None]) * mm
     cond = 0.5 * (cond + np.swapaxes(cond, -1, -2))
-    # row form: [z | xhat - mu] = r @ [chol_inv^T | gain^T]
-    per_k = np.concatenate([np.swapaxes(chol_inv, -1, -2), np.swapaxes(gain, -1, -2)], axis=-1)
-    maps = np.ascontiguousarray(np.moveaxis(per_k, 1, 2).reshape(len(o), d, k * 2 * d))
-    offsets = np.einsum("pkd,pkde->pke", o[:, None, :] * mu[None], per_k).reshape(len(o), -1)
+    maps = np.ascontiguousarray(np.moveaxis(prec, 1, 2).reshape(len(o), d, k * d))
+    offsets = np.einsum("pkd,pkde->pke", o[:, None, :] * mu[None], prec).reshape(len(o), -1)
     return PatternFactors(logdet, maps, offsets, cond, patterns.sum(axis=1))
 
 
 def _transform(xs: np.ndarray, starts: np.ndarray, factors: PatternFactors, k: int) -> np.ndarray:
-    """Whitened residuals and conditional means of pattern-sorted rows, shape (N, K, 2D)."""
+    r"""Precision-weighted residuals :math:`v_{ik} = \Sigma_{k,oo}^{-1}(x_{i,o} - \mu_{k,o})`.
+
+    Rows are pattern-sorted; the result has shape (N, K, D), zero on missing entries.
+    """
     n, d = xs.shape
-    out = np.empty((n, k * 2 * d))
+    out = np.empty((n, k * d))
     for p in range(len(starts) - 1):
         a, b = starts[p], starts[p + 1]
         np.matmul(xs[a:b], factors.maps[p], out=out[a:b])
         out[a:b] -= factors.offsets[p]
-    return out.reshape(n, k, 2 * d)
+    return out.reshape(n, k, d)
 
 
 class EStep(NamedTuple):
-    """What one E-step returns, rows in pattern-sorted order."""
+    r"""What one E-step returns, rows in pattern-sorted order.
+
+    ``v`` holds :math:`v_{ik} = \Sigma_{k,oo}^{-1} r_{ik}` (embedded, zero on missing
+    entries). Then the Mahalanobis term is :math:`r_{ik}^T v_{ik}` and the conditional mean
+    is :math:`\hat x_{ik} = \mu_k + \Sigma_k v_{ik}`, exact on the observed entries too.
+    """
 
     row_loglik: np.ndarray  # (N,)
     resp: np.ndarray  # (N, K)
-    dev: np.ndarray  # (N, K, D) xhat_ik - mu_k
+    v: np.ndarray  # (N, K, D)
     factors: PatternFactors
+
+    def deviations(self, params: Params) -> np.ndarray:
+        """:math:`\hat x_{ik} - \mu_k = \Sigma_k v_{ik}`, shape (N, K, D)."""
+        return np.einsum("nkd,kde->nke", self.v, params.covariances)
 
 
 def e_step(params: Params, xs: np.ndarray, pat: np.ndarray, patterns: np.ndarray,
            starts: np.ndarray) -> EStep:
-    """Responsibilities and conditional means for pattern-sorted zero-filled rows ``xs``."""
-    w = params.weights
-    k, d = params.means.shape
+    """Responsibilities and precision-weighted residuals for pattern-sorted zero-filled ``xs``."""
+    w, mu, _ = params
+    k, d = mu.shape
     f = pattern_factors(params, patterns)
-    t = _transform(xs, starts, f, k)
-    quad = np.einsum("nkd,nkd->nk", t[..., :d], t[..., :d])
+    v = _transform(xs, starts, f, k)
+    # r_ik . v_ik with r_ik = x0_i - mu_k on the observed entries (v is zero elsewhere)
+    quad = np.einsum("nd,nkd->nk", xs, v) - np.einsum("kd,nkd->nk", mu, v)
     with np.errstate(divide="ignore"):
         log_w = np.log(w)
     log_prob = log_w - 0.5 * (f.n_obs[pat, None] * _LOG_2PI + f.logdet[pat] + quad)
     ll = logsumexp(log_prob, axis=1)
     resp = np.exp(log_prob - ll[:, None])
-    return EStep(ll, resp, t[..., d:], f)
+    return EStep(ll, resp, v, f)
 
 
 def m_step(
@@ -128,17 +139,23 @@ def m_step(
     reg_covar: float,
     prior: ResolvedPrior | None,
 ) -> Params:
-    """Closed-form MLE or MAP from expected sufficient statistics."""
-    mu_old = params.means
+    r"""Closed-form MLE or MAP from expected sufficient statistics.
+
+    With :math:`\hat x_{ik} - \mu_k = \Sigma_k v_{ik}`, the scatter is
+    :math:`W_k = \Sigma_k \left[\sum_i r_{ik}(v_{ik}-\bar v_k)(v_{ik}-\bar v_k)^T\right]
+    \Sigma_k + \sum_p R_{pk} C_{pk}`, one Gram matrix per component.
+    """
+    mu_old, sigma = params.means, params.covariances
     k, d = mu_old.shape
     resp = e.resp
     nk = resp.sum(axis=0) + _EPS
-    dbar = np.einsum("nk,nkd->kd", resp, e.dev) / nk[:, None]
-    ybar = mu_old + dbar
-    w_k = np.empty((k, d, d))
+    vbar = np.einsum("nk,nkd->kd", resp, e.v) / nk[:, None]
+    ybar = mu_old + np.einsum("kde,ke->kd", sigma, vbar)
+    gram = np.empty((k, d, d))
     for j in range(k):
-        dev = e.dev[:, j, :] - dbar[j]
-        w_k[j] = (resp[:, j, None] * dev).T @ dev
+        dev = e.v[:, j, :] - vbar[j]
+        gram[j] = (resp[:, j, None] * dev).T @ dev
+    w_k = sigma @ gram @ sigma
     r_pk = np.add.reduceat(resp, starts[:-1], axis=0)  # (P, K)
     w_k += np.einsum("pk,pkde->kde", r_pk, e.factors.cond_cov)
     w_k = 0.5 * (w_k + np.swapaxes(w_k, -1, -2))
@@ -377,8 +394,8 @@ def conditional_draws(
     Each draw picks a component from the row's responsibilities and draws the missing
     entries from their conditional normal :math:`N(\\hat x_{ik,m}, C_{pk})`.
     """
-    n, k, d = e.dev.shape
-    cond_mean = params.means[None] + e.dev  # (N, K, D)
+    n, k, d = e.v.shape
+    cond_mean = params.means[None] + e.deviations(params)  # (N, K, D)
     mean = np.einsum("nk,nkd->nd", e.resp, cond_mean)
     o = sorted_.patterns[sorted_.pat]  # (N, D)
     # Cholesky of C_pk with the identity on the observed block

@@ -59,7 +59,7 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
         Seed for everything random (initialisation, bootstrap, draws).
     **options
         Backend options. EM: ``n_init`` (1), ``init`` ("kmeans++", "random" or parameters
-        such as ``fit.point()``), ``max_iter`` (1000), ``tol`` (1e-8, on the gain in the
+        such as ``fit.point()``), ``max_iter`` (1000), ``tol`` (1e-10, on the gain in the
         objective per row), ``reg_covar`` (1e-6 for MLE, 0 under a prior),
         ``uncertainty`` (None or "bootstrap"), ``n_bootstrap`` (200),
         ``imputation_draws`` (20). See the ADVI and NUTS backends for theirs.

@@ -433,7 +433,7 @@ def fit_em(
     n_init: int = 1,
     init: Any = "kmeans++",
     max_iter: int = 1000,
-    tol: float = 1e-8,
+    tol: float = 1e-10,
     reg_covar: float | None = None,
     uncertainty: str | None = None,
     n_bootstrap: int = 200,

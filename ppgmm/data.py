@@ -230,10 +230,12 @@ def prepare(
             feats = list(feature_names)
     if values.shape[1] == 0:
         raise DataError("data should have at least one feature, but got 0 columns")
+    if values.shape[0] == 0:
+        raise DataError("data should have at least one row, but got 0 rows")
     if np.isinf(values).any():
         rows, cols = np.nonzero(np.isinf(values))
         raise DataError(
-            f"data contain {len(rows)} infinite value(s) (first at row {obs[rows[0]]!r}, "
+            f"data contain {len(rows)} infinite value(s) (first at row {obs[rows[0]].tolist()!r}, "
             f"column {feats[cols[0]]!r}); use NaN for missing entries and remove or clip infinities"
         )
     if len(set(feats)) != len(feats):

@@ -36,8 +36,10 @@ class Prior:
 
     - weights: flat Dirichlet(1, ..., 1);
     - means: :math:`\mu_k \mid \Sigma_k \sim N(\mu_P, \Sigma_k/\kappa)`;
-    - full: :math:`\Sigma_k \sim IW(\nu, \Lambda)`; tied: one shared :math:`\Sigma \sim IW(\nu,\Lambda)`;
-    - diag: :math:`\sigma^2_{kj} \sim IG(\nu/2, s^2/2)`; spherical: :math:`\sigma^2_k \sim IG(\nu/2, s^2/2)`.
+    - full: :math:`\Sigma_k \sim IW(\nu, \Lambda)`;
+      tied: one shared :math:`\Sigma \sim IW(\nu,\Lambda)`;
+    - diag: :math:`\sigma^2_{kj} \sim IG(\nu/2, s^2/2)`;
+      spherical: :math:`\sigma^2_k \sim IG(\nu/2, s^2/2)`.
 
     Parameters
     ----------

@@ -11,7 +11,8 @@ covariance :math:`\Sigma_k`:
   \Sigma_{k,om}` (zero outside the missing block).
 - M-step on expected sufficient statistics: :math:`n_k = \sum_i r_{ik}`,
   :math:`\bar y_k = \sum_i r_{ik}\hat x_{ik}/n_k`,
-  :math:`W_k = \sum_i r_{ik}(\hat x_{ik}-\bar y_k)(\hat x_{ik}-\bar y_k)^T + \sum_i r_{ik} C_{p(i)k}`,
+  :math:`W_k = \sum_i r_{ik}(\hat x_{ik}-\bar y_k)(\hat x_{ik}-\bar y_k)^T
+  + \sum_i r_{ik} C_{p(i)k}`,
   then the MLE or the closed-form MAP of the prior (``ppgmm.prior``).
 
 Every (pattern, component) pair gets one Cholesky factor of the "embedded" matrix
@@ -110,7 +111,7 @@ class EStep(NamedTuple):
     factors: PatternFactors
 
     def deviations(self, params: Params) -> np.ndarray:
-        """:math:`\hat x_{ik} - \mu_k = \Sigma_k v_{ik}`, shape (N, K, D)."""
+        r""":math:`\hat x_{ik} - \mu_k = \Sigma_k v_{ik}`, shape (N, K, D)."""
         return np.einsum("nkd,kde->nke", self.v, params.covariances)
 
 
@@ -389,10 +390,10 @@ class EMResult:
 def conditional_draws(
     params: Params, e: EStep, sorted_: Sorted, rng: np.random.Generator, n_draws: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """E[x | x_obs] (N, D) and ``n_draws`` predictive draws (S, N, D), in the original row order.
+    r"""E[x | x_obs] (N, D) and ``n_draws`` predictive draws (S, N, D), in the original row order.
 
     Each draw picks a component from the row's responsibilities and draws the missing
-    entries from their conditional normal :math:`N(\\hat x_{ik,m}, C_{pk})`.
+    entries from their conditional normal :math:`N(\hat x_{ik,m}, C_{pk})`.
     """
     n, k, d = e.v.shape
     cond_mean = params.means[None] + e.deviations(params)  # (N, K, D)

@@ -1,0 +1,692 @@
+r"""``ppgmm.compare``: what the backends agree and disagree on, side by side.
+
+Everything is read from each fit's InferenceData by dimension name. Parameters are put on
+one labelling (the reference fit's, the EM fit by default) with :func:`ppgmm.align.align_to`,
+then summarised per backend; imputations are compared entry by entry and, when the
+complete data are known, scored against them.
+
+The NumPy kernels sit at module level:
+
+- :func:`l2_distance`: the closed-form :math:`L_2` distance between two Gaussian mixtures,
+  :math:`\|f-g\|_2^2 = \int f^2 - 2\int fg + \int g^2`, using
+  :math:`\int N(x \mid a, A)\,N(x \mid b, B)\,dx = N(a \mid b, A + B)`;
+- :func:`crps_ensemble`: the continuous ranked probability score of predictive draws,
+  :math:`E|X-y| - \tfrac12 E|X-X'|`;
+- :func:`crps_normal`: the same score for a normal predictive distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.special import ndtr, ndtri
+
+from .align import align_to
+from .exceptions import DataError, PpgmmError
+from .fit import PARAM_NAMES, Fit
+from .spec import Params
+
+__all__ = ["Comparison", "compare", "l2_distance", "crps_ensemble", "crps_normal"]
+
+STATS = ("point", "sd", "hdi_lower", "hdi_upper")
+
+# --------------------------------------------------------------------------- NumPy kernels
+
+
+def _gaussian_products(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray,
+                       s2: np.ndarray) -> np.ndarray:
+    r""":math:`\int N(x \mid m_{1i}, S_{1i}) N(x \mid m_{2j}, S_{2j}) dx`, shape (K1, K2)."""
+    d = m1.shape[-1]
+    cov = s1[:, None] + s2[None, :]  # (K1, K2, D, D)
+    chol = np.linalg.cholesky(cov)
+    diff = (m1[:, None] - m2[None, :])[..., None]
+    z = np.linalg.solve(chol, diff)[..., 0]
+    logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    return np.exp(-0.5 * ((z**2).sum(-1) + logdet + d * np.log(2 * np.pi)))
+
+
+def l2_distance(p: Params, q: Params) -> float:
+    r"""Closed-form :math:`L_2` distance :math:`(\int (f - g)^2 dx)^{1/2}` between two mixtures.
+
+    Parameters
+    ----------
+    p, q : Params
+        Weights (K,), means (K, D) and covariances (K, D, D); K may differ between them.
+
+    Returns
+    -------
+    float
+        0 for identical mixtures; in units of density (it shrinks as the data's scale grows,
+        so compare distances on one data set only).
+    """
+    w, v = np.asarray(p.weights, float), np.asarray(q.weights, float)
+    ff = w @ _gaussian_products(p.means, p.covariances, p.means, p.covariances) @ w
+    gg = v @ _gaussian_products(q.means, q.covariances, q.means, q.covariances) @ v
+    fg = w @ _gaussian_products(p.means, p.covariances, q.means, q.covariances) @ v
+    return float(np.sqrt(max(ff + gg - 2 * fg, 0.0)))
+
+
+def crps_ensemble(draws: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r"""CRPS of predictive draws, :math:`E|X - y| - \tfrac12 E|X - X'|`, along the last axis.
+
+    :math:`E|X-y|` is the mean over draws and :math:`E|X-X'|` the mean over the
+    :math:`m(m-1)` ordered pairs of distinct draws, so the estimate is unbiased for the
+    CRPS of the predictive distribution the draws come from (the "fair" CRPS); it is
+    computed in :math:`O(m \log m)` from the sorted draws.
+
+    Parameters
+    ----------
+    draws : ndarray of shape (..., m), m >= 2
+    y : ndarray broadcastable to shape (...)
+
+    Returns
+    -------
+    ndarray of shape (...)
+    """
+    x = np.sort(np.asarray(draws, dtype=float), axis=-1)
+    m = x.shape[-1]
+    if m < 2:
+        raise ValueError(f"draws should have at least 2 draws on the last axis, but got {m}")
+    abs_err = np.abs(x - np.asarray(y, dtype=float)[..., None]).mean(-1)
+    # sum_{i,j} |x_i - x_j| = 2 sum_i (2i - m - 1) x_(i), i = 1..m
+    coef = 2 * np.arange(1, m + 1) - m - 1
+    pair_sum = 2 * (x * coef).sum(-1)
+    return abs_err - 0.5 * pair_sum / (m * (m - 1))
+
+
+def crps_normal(mu: np.ndarray, sigma: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r"""CRPS of :math:`N(\mu, \sigma^2)` at ``y`` (closed form, Gneiting et al. 2005)."""
+    sigma = np.asarray(sigma, dtype=float)
+    z = (np.asarray(y, dtype=float) - mu) / sigma
+    pdf = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
+    return sigma * (z * (2 * ndtr(z) - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(eq=False)
+class Comparison:
+    """Fits from several backends, side by side.
+
+    Attributes
+    ----------
+    fits : dict of str to Fit
+        The fits, by label (the backend name, or ``"em K=3"`` when one backend has several).
+    reference : str
+        Label of the fit whose component labelling every other fit was put on.
+    parameters : xarray.Dataset
+        ``weights`` (backend, stat, component), ``means`` (backend, stat, component,
+        feature), ``covariances`` (backend, stat, component, feature, feature_), with
+        ``stat`` one of point, sd, hdi_lower, hdi_upper; for the fits with the reference's
+        number of components.
+    em_in_hdi : xarray.Dataset
+        Whether the EM estimate lies inside each other backend's HDI (backend, component,
+        ...); empty without an EM fit or without another backend with draws.
+    distance : xarray.DataArray
+        L2 distance between fitted mixtures (their point estimates), dims (backend, backend_).
+    imputations : xarray.Dataset
+        Per missing entry (dim ``missing``, coords ``missing_obs``, ``missing_feature``) and
+        backend: ``mean`` (E[x_mis | x_obs]), ``lower``, ``upper`` (central interval of the
+        predictive draws), ``crps`` and ``truth`` when the truth is known. The backend
+        ``"column mean"`` is the baseline: observed column mean, normal interval with the
+        observed column standard deviation.
+    imputation_scores : pandas.DataFrame or None
+        With ``truth``: RMSE, interval coverage and CRPS per backend and feature (feature
+        ``"all"`` pools the entries).
+    convergence : pandas.DataFrame
+        One row per fit: converged, wall time, EM objective trace (iterations, monotone),
+        ADVI ELBO, R-hat, ESS bulk/tail, divergences, relabelled draws, the permutation
+        applied to put the fit on the reference's labels.
+    model_comparison : pandas.DataFrame or None
+        When a backend has several fits (different K or covariance): BIC for EM, LOO
+        (``arviz.compare``) for the Bayesian backends.
+    posteriors : dict of str to xarray.Dataset
+        Each fit's parameter draws (chain, draw, ...) on the reference's labelling.
+    truth_params : xarray.Dataset or None
+        The true parameters, relabelled to the reference, when ``truth`` carries them.
+    warnings : list of str
+        Everything worth a reader's attention, in plain words, each prefixed by its fit.
+    hdi_prob, interval_prob : float
+    """
+
+    fits: dict[str, Fit]
+    reference: str
+    parameters: xr.Dataset
+    em_in_hdi: xr.Dataset
+    distance: xr.DataArray
+    imputations: xr.Dataset
+    imputation_scores: pd.DataFrame | None
+    convergence: pd.DataFrame
+    model_comparison: pd.DataFrame | None
+    posteriors: dict[str, xr.Dataset]
+    truth_params: xr.Dataset | None = None
+    warnings: list[str] = field(default_factory=list)
+    hdi_prob: float = 0.94
+    interval_prob: float = 0.94
+
+    @property
+    def labels(self) -> list[str]:
+        """Labels of all fits, in the order given."""
+        return list(self.fits)
+
+    @property
+    def compared(self) -> list[str]:
+        """Labels of the fits whose parameters are compared (the reference's K)."""
+        return [str(b) for b in self.parameters["backend"].values]
+
+    def __repr__(self) -> str:
+        return (
+            f"<ppgmm.Comparison fits={self.labels} reference={self.reference!r} "
+            f"missing={self.imputations.sizes.get('missing', 0)}>"
+        )
+
+    def summary(self) -> pd.DataFrame:
+        """Tidy parameter table: one row per parameter entry and backend.
+
+        Columns: parameter, component, feature, feature_ (covariances: upper triangle
+        only), backend, point, sd, hdi_lower, hdi_upper, em_in_hdi (nullable boolean:
+        whether the EM estimate lies in this backend's HDI) and truth when known.
+        """
+        return _tidy(self.parameters, self.em_in_hdi, self.truth_params)
+
+    def report(self, path: str) -> str:
+        """Write one self-contained HTML report to ``path`` and return the path."""
+        from .report import write_report
+
+        return write_report(self, path)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _labels(fits: Any) -> dict[str, Fit]:
+    if isinstance(fits, Fit):
+        fits = [fits]
+    if isinstance(fits, Mapping):
+        out = {str(k): v for k, v in fits.items()}
+    elif isinstance(fits, Sequence) and not isinstance(fits, str):
+        fits = list(fits)
+        backends = [f.backend if isinstance(f, Fit) else None for f in fits]
+        out = {}
+        for f, b in zip(fits, backends, strict=True):
+            if not isinstance(f, Fit):
+                break
+            label = b if backends.count(b) == 1 else f"{b} K={f.spec.n_components}"
+            if label in out:
+                label = f"{label} ({f.spec.covariance})"
+            base, i = label, 2
+            while label in out:
+                label, i = f"{base} #{i}", i + 1
+            out[label] = f
+    else:
+        out = {}
+    bad = [type(f).__name__ for f in out.values() if not isinstance(f, Fit)]
+    if not out or bad or len(out) != len(fits):
+        raise PpgmmError(
+            "fits should be a non-empty list (or dict) of ppgmm.Fit objects from ppgmm.fit or "
+            f"ppgmm.load, but got {type(fits).__name__}"
+            + (f" holding {sorted(set(bad))}" if bad else "")
+        )
+    return out
+
+
+def _n_draws(ds: xr.Dataset) -> int:
+    return int(ds.sizes["chain"] * ds.sizes["draw"])
+
+
+def _relabel(ds: xr.Dataset, perm: np.ndarray) -> xr.Dataset:
+    return ds.isel(component=perm).assign_coords(component=np.arange(len(perm)))
+
+
+def _param_stats(post: xr.Dataset, point: xr.Dataset, hdi_prob: float) -> xr.Dataset:
+    """point / sd / HDI of each parameter, stacked along a ``stat`` dim."""
+    import arviz as az
+
+    if _n_draws(post) >= 2:
+        sd = post.std(("chain", "draw"), ddof=1)
+        hdi = az.hdi(post, hdi_prob=hdi_prob)
+        lo, hi = hdi.sel(hdi="lower", drop=True), hdi.sel(hdi="higher", drop=True)
+    else:
+        sd = lo = hi = xr.full_like(point, np.nan)
+    return xr.concat([point, sd, lo, hi], dim=pd.Index(list(STATS), name="stat"))
+
+
+def _truth_array(truth: Any, fit: Fit) -> np.ndarray:
+    """Complete values (n, d) matching the fit's rows and features."""
+    md = fit.data
+    values = getattr(truth, "values", truth)
+    if isinstance(truth, pd.DataFrame):
+        if set(md.feature_names) <= {str(c) for c in truth.columns}:
+            truth = truth.rename(columns=str)[md.feature_names]
+        if set(md.obs_names.tolist()) <= set(truth.index.tolist()):
+            truth = truth.loc[md.obs_names]
+        values = truth.to_numpy(dtype=float, na_value=np.nan)
+    elif isinstance(truth, xr.DataArray):
+        values = truth.values
+    elif callable(values):  # e.g. a dict's .values
+        values = truth
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise DataError(
+            "truth should be a ppgmm.Truth (from ppgmm.simulate) or the complete data as an "
+            f"array or DataFrame of numbers, but got {type(truth).__name__}"
+        ) from None
+    if arr.ndim != 2 or arr.shape[1] != md.d:
+        raise DataError(
+            f"truth should have the shape of the data ({md.n}, {md.d}), but got {arr.shape}"
+        )
+    if arr.shape[0] != md.n:
+        obs = md.obs_names
+        if np.issubdtype(obs.dtype, np.integer) and obs.min() >= 0 and obs.max() < len(arr):
+            arr = arr[obs]  # rows with no observed entry were dropped at fit time
+        else:
+            raise DataError(
+                f"truth should have one row per data row ({md.n}), but got {arr.shape[0]}"
+            )
+    rows, cols = md.missing_index
+    if np.isnan(arr[rows, cols]).any():
+        raise DataError(
+            f"truth should be complete at the missing entries, but {int(np.isnan(arr[rows, cols]).sum())}"
+            " of them are NaN; pass the complete data"
+        )
+    return arr
+
+
+def _same_data(a: Fit, b: Fit) -> bool:
+    xa, xb = a.idata.observed_data["x"], b.idata.observed_data["x"]
+    return (
+        xa.shape == xb.shape
+        and a.feature_names == b.feature_names
+        and bool(np.array_equal(xa.values, xb.values, equal_nan=True))
+    )
+
+
+def _warnings_of(fit: Fit) -> list[str]:
+    try:
+        return [str(w) for w in json.loads(fit.attrs.get("warnings", "[]"))]
+    except (TypeError, ValueError):
+        return [str(fit.attrs["warnings"])]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _parameters(fits: dict[str, Fit], ref: str, hdi_prob: float, notes: list[str]):
+    ref_fit = fits[ref]
+    k, feats = ref_fit.spec.n_components, ref_fit.feature_names
+    posteriors: dict[str, xr.Dataset] = {}
+    perms: dict[str, np.ndarray] = {}
+    stats: dict[str, xr.Dataset] = {}
+    for label, f in fits.items():
+        post = f.idata.posterior[list(PARAM_NAMES)]
+        point = f.point()
+        if f.spec.n_components == k and f.feature_names == feats and label != ref:
+            _, perm = align_to(f.params, ref_fit.params)
+        else:
+            perm = np.arange(f.spec.n_components)
+        perms[label] = perm
+        posteriors[label] = _relabel(post, perm)
+        if f.spec.n_components != k or f.feature_names != feats:
+            if f.feature_names != feats:
+                notes.append(
+                    f"{label}: fitted on features {f.feature_names}, not the reference's "
+                    f"{feats}; left out of the parameter comparison."
+                )
+            continue
+        stats[label] = _param_stats(posteriors[label], _relabel(point, perm), hdi_prob)
+    params = xr.concat(list(stats.values()), dim=pd.Index(list(stats), name="backend"))
+    return params, posteriors, perms
+
+
+def _em_in_hdi(params: xr.Dataset, fits: dict[str, Fit]) -> xr.Dataset:
+    labels = [str(b) for b in params["backend"].values]
+    em = [b for b in labels if fits[b].backend == "em"]
+    others = [
+        b for b in labels
+        if fits[b].backend != "em" and bool(np.isfinite(params["weights"].sel(
+            backend=b, stat="hdi_lower")).all())
+    ]
+    if not em or not others:
+        return xr.Dataset()
+    est = params.sel(backend=em[0], stat="point", drop=True)
+    sub = params.sel(backend=others)
+    lo, hi = sub.sel(stat="hdi_lower", drop=True), sub.sel(stat="hdi_upper", drop=True)
+    out = (lo <= est) & (est <= hi)
+    out.attrs["em"] = em[0]
+    return out
+
+
+def _distance(fits: dict[str, Fit], labels: list[str]) -> xr.DataArray:
+    n = len(labels)
+    dist = np.full((n, n), np.nan)
+    for i, a in enumerate(labels):
+        for j, b in enumerate(labels[i:], start=i):
+            if fits[a].feature_names == fits[b].feature_names:
+                dist[i, j] = dist[j, i] = 0.0 if i == j else l2_distance(
+                    fits[a].params, fits[b].params
+                )
+    return xr.DataArray(
+        dist, dims=("backend", "backend_"), coords={"backend": labels, "backend_": labels},
+        name="l2_distance",
+        attrs={"description": "L2 distance between fitted mixture densities (point estimates)"},
+    )
+
+
+def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
+                 interval_prob: float, notes: list[str]):
+    ref_fit = fits[ref]
+    md = ref_fit.data
+    rows, cols = md.missing_index
+    n_mis = len(rows)
+    miss = ref_fit.idata.posterior["imputed_mean"]["missing"]
+    coords = {"missing_obs": miss["missing_obs"].values,
+              "missing_feature": miss["missing_feature"].values}
+    q = [(1 - interval_prob) / 2, (1 + interval_prob) / 2]
+    means, lows, highs, draws = {}, {}, {}, {}
+    for label in labels:
+        f = fits[label]
+        if not _same_data(f, ref_fit):
+            notes.append(f"{label}: fitted on other data than {ref}; imputations not compared.")
+            continue
+        means[label] = np.asarray(f.impute(), dtype=float)[rows, cols]
+        x = f.idata.posterior_predictive["x_missing"].stack(sample=("chain", "draw"))
+        x = x.transpose("missing", "sample").values
+        draws[label] = x
+        if x.shape[1] >= 2:
+            lows[label], highs[label] = np.quantile(x, q, axis=1)
+        else:
+            lows[label] = highs[label] = np.full(n_mis, np.nan)
+    # baseline: observed column means, normal interval from the observed column sd
+    obs_mean = np.nanmean(md.values, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_obs = md.observed.sum(0)
+        obs_sd = np.where(n_obs > 1, np.nanstd(md.values, axis=0, ddof=min(1, n_obs.min() - 1)),
+                          np.nan)
+    z = ndtri(q[1])
+    base = "column mean"
+    means[base] = obs_mean[cols]
+    lows[base], highs[base] = obs_mean[cols] - z * obs_sd[cols], obs_mean[cols] + z * obs_sd[cols]
+    names = list(means)
+    ds = xr.Dataset(
+        {
+            "mean": (("backend", "missing"), np.stack([means[b] for b in names])),
+            "lower": (("backend", "missing"), np.stack([lows[b] for b in names])),
+            "upper": (("backend", "missing"), np.stack([highs[b] for b in names])),
+        },
+        coords={"backend": names, "missing_obs": ("missing", coords["missing_obs"]),
+                "missing_feature": ("missing", coords["missing_feature"])},
+        attrs={"interval_prob": interval_prob, "baseline": base},
+    )
+    scores = None
+    if truth is not None and n_mis:
+        y = _truth_array(truth, ref_fit)[rows, cols]
+        crps = np.stack([
+            crps_ensemble(draws[b], y) if b in draws and draws[b].shape[1] >= 2
+            else crps_normal(obs_mean[cols], obs_sd[cols], y) if b == base
+            else np.abs(means[b] - y)
+            for b in names
+        ])
+        ds["truth"] = ("missing", y)
+        ds["crps"] = (("backend", "missing"), crps)
+        scores = _scores(ds, md.feature_names)
+    return ds, scores
+
+
+def _scores(ds: xr.Dataset, features: list[str]) -> pd.DataFrame:
+    """RMSE, coverage and CRPS per backend, per feature and pooled."""
+    err2 = (ds["mean"] - ds["truth"]) ** 2
+    inside = ((ds["lower"] <= ds["truth"]) & (ds["truth"] <= ds["upper"])).where(
+        ds["lower"].notnull()
+    )
+    feat = ds["missing_feature"].values
+    rows = []
+    groups = [("all", np.ones(len(feat), bool))] + [
+        (f, feat == f) for f in features if (feat == f).any()
+    ]
+    for b in ds["backend"].values:
+        for name, sel in groups:
+            e = err2.sel(backend=b).values[sel]
+            cov = inside.sel(backend=b).values[sel]
+            rows.append({
+                "backend": str(b), "feature": str(name), "n_missing": int(sel.sum()),
+                "rmse": float(np.sqrt(e.mean())),
+                "coverage": float(np.mean(cov)) if np.isfinite(cov).all() else np.nan,
+                "crps": float(ds["crps"].sel(backend=b).values[sel].mean()),
+            })
+    return pd.DataFrame(rows)
+
+
+def _convergence(fits: dict[str, Fit], perms: dict[str, np.ndarray]) -> pd.DataFrame:
+    import arviz as az
+
+    rows = []
+    for label, f in fits.items():
+        a = f.attrs
+        post = f.idata.posterior
+        k = f.spec.n_components
+        row: dict[str, Any] = {
+            "label": label, "backend": f.backend, "K": k, "covariance": f.spec.covariance,
+            "draws": _n_draws(post), "converged": f.converged,
+            "wall_time_s": float(a.get("wall_time", np.nan)),
+            "seed": a.get("seed"),
+        }
+        stats = f.idata.sample_stats if "sample_stats" in f.idata.groups() else xr.Dataset()
+        if "objective" in stats:
+            obj = np.asarray(stats["objective"].values, float)
+            tol = 1e-9 * np.maximum(1.0, np.abs(obj[1:]))
+            row.update(n_iter=int(a.get("n_iter", len(obj) - 1)),
+                       objective_final=float(obj[-1]),
+                       objective_monotone=bool(np.all(np.diff(obj) >= -tol)))
+        if "elbo" in stats:
+            elbo = np.asarray(stats["elbo"].values, float)
+            tail = elbo[-max(1, len(elbo) // 10):]
+            row.update(n_iter=int(a.get("n_iter", len(elbo))), elbo_final=float(np.mean(tail)))
+        if post.sizes["chain"] >= 2 and post.sizes["draw"] >= 4:
+            diag = xr.Dataset({
+                "weights": post["weights"], "means": post["means"],
+                "variances": xr.apply_ufunc(np.diagonal, post["covariances"],
+                                            input_core_dims=[["feature", "feature_"]],
+                                            output_core_dims=[["feature"]],
+                                            kwargs={"axis1": -2, "axis2": -1}),
+            })
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                rhat = az.rhat(diag)
+                bulk = az.ess(diag, method="bulk")
+                tail_ess = az.ess(diag, method="tail")
+            row.update(
+                rhat_max=float(np.nanmax([rhat[v].max() for v in rhat.data_vars])),
+                ess_bulk_min=float(np.nanmin([bulk[v].min() for v in bulk.data_vars])),
+                ess_tail_min=float(np.nanmin([tail_ess[v].min() for v in tail_ess.data_vars])),
+            )
+        if "diverging" in stats:
+            row["divergences"] = int(stats["diverging"].sum())
+        elif "divergences" in a:
+            row["divergences"] = int(a["divergences"])
+        if "permutation" in stats:
+            p = stats["permutation"].transpose("chain", "draw", "component").values
+            row["relabelled_draws"] = int((p != np.arange(k)).any(-1).sum())
+        elif "relabelled_draws" in a:
+            row["relabelled_draws"] = int(a["relabelled_draws"])
+        perm = perms.get(label, np.arange(k))
+        row["relabelled_to_reference"] = (
+            "none" if np.array_equal(perm, np.arange(k)) else
+            ", ".join(f"{i}<-{j}" for i, j in enumerate(perm))
+        )
+        rows.append(row)
+    cols = ["label", "backend", "K", "covariance", "draws", "converged", "wall_time_s", "seed",
+            "n_iter", "objective_final", "objective_monotone", "elbo_final", "rhat_max",
+            "ess_bulk_min", "ess_tail_min", "divergences", "relabelled_draws",
+            "relabelled_to_reference"]
+    df = pd.DataFrame(rows)
+    return df[[c for c in cols if c in df.columns]]
+
+
+def _model_comparison(fits: dict[str, Fit], notes: list[str]) -> pd.DataFrame | None:
+    import arviz as az
+
+    by_backend: dict[str, list[str]] = {}
+    for label, f in fits.items():
+        by_backend.setdefault(f.backend, []).append(label)
+    rows = []
+    for backend, labels in by_backend.items():
+        if len(labels) < 2:
+            continue
+        if backend == "em":
+            bic = {b: fits[b].bic() for b in labels}
+            order = sorted(labels, key=bic.get)
+            for rank, b in enumerate(order):
+                rows.append({"backend": backend, "label": b, "K": fits[b].spec.n_components,
+                             "covariance": fits[b].spec.covariance, "criterion": "BIC",
+                             "value": bic[b], "se": np.nan, "rank": rank,
+                             "loglik": fits[b].loglik})
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                table = az.compare({b: fits[b].idata for b in labels}, ic="loo")
+            except (ValueError, TypeError, KeyError) as err:
+                notes.append(f"{backend}: LOO comparison failed ({err}).")
+                continue
+        for w in {str(w.message).strip().splitlines()[0] for w in caught}:
+            notes.append(f"{backend} LOO: {w}")
+        for b, r in table.iterrows():
+            rows.append({"backend": backend, "label": str(b),
+                         "K": fits[str(b)].spec.n_components,
+                         "covariance": fits[str(b)].spec.covariance, "criterion": "LOO elpd",
+                         "value": float(r["elpd_loo"]), "se": float(r["se"]),
+                         "rank": int(r["rank"]), "loglik": np.nan})
+    return pd.DataFrame(rows) if rows else None
+
+
+def _tidy(params: xr.Dataset, inside: xr.Dataset, truth: xr.Dataset | None) -> pd.DataFrame:
+    frames = []
+    for name in PARAM_NAMES:
+        da = params[name]
+        df = da.to_dataset(dim="stat").to_dataframe().reset_index()
+        df.insert(0, "parameter", name)
+        if name in inside:
+            flag = inside[name].rename("em_in_hdi").to_dataframe().reset_index()
+            df = df.merge(flag, how="left", on=list(inside[name].dims))
+        if truth is not None:
+            t = truth[name].rename("truth").to_dataframe().reset_index()
+            df = df.merge(t, how="left", on=[d for d in truth[name].dims])
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    for col in ("feature", "feature_"):
+        if col not in out:
+            out[col] = None
+    if "feature" in params.coords:
+        pos = {str(f): i for i, f in enumerate(params["feature"].values)}
+        fi = out["feature"].map(lambda f: pos.get(str(f), -1))
+        fj = out["feature_"].map(lambda f: pos.get(str(f), -1))
+        out = out[(out["parameter"] != "covariances") | (fi <= fj)]
+    out["em_in_hdi"] = (out["em_in_hdi"] if "em_in_hdi" in out else pd.NA)
+    out["em_in_hdi"] = out["em_in_hdi"].astype("boolean")
+    cols = ["parameter", "component", "feature", "feature_", "backend", *STATS, "em_in_hdi"]
+    cols += ["truth"] if "truth" in out else []
+    out = out[cols].astype({"feature": object, "feature_": object})
+    return out.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def compare(
+    fits: Sequence[Fit] | Mapping[str, Fit],
+    truth: Any = None,
+    reference: Fit | str | None = None,
+    *,
+    hdi_prob: float = 0.94,
+    interval_prob: float = 0.94,
+) -> Comparison:
+    """Compare fits of one data set from several backends (and several K).
+
+    Parameters
+    ----------
+    fits : list of ppgmm.Fit, or dict of label to Fit
+        Fits of the same data, e.g. ``[fit_em, fit_advi, fit_nuts]``. With one fit per
+        backend the labels are the backend names; with several (e.g. K = 2, 3) they read
+        ``"em K=2"``. Pass a dict to choose the labels.
+    truth : ppgmm.Truth, ndarray or DataFrame, optional
+        The complete data (``ppgmm.simulate`` returns a Truth with them): imputations are
+        then scored (RMSE, interval coverage, CRPS) against the hidden values, and the true
+        parameters, when known, are shown beside the estimates.
+    reference : ppgmm.Fit or str, optional
+        The fit (or its label) whose component labels all others are put on; default the
+        first EM fit, else the first fit. Parameters are compared across the fits with the
+        reference's number of components.
+    hdi_prob : float, default 0.94
+        Probability mass of the highest-density intervals of the parameters.
+    interval_prob : float, default 0.94
+        Probability of the central predictive intervals of the imputations.
+
+    Returns
+    -------
+    Comparison
+
+    Examples
+    --------
+    >>> cmp = ppgmm.compare([fit_em, fit_advi, fit_nuts])  # doctest: +SKIP
+    >>> cmp.summary().head()  # doctest: +SKIP
+    >>> cmp.report("report.html")  # doctest: +SKIP
+    """
+    for name, p in (("hdi_prob", hdi_prob), ("interval_prob", interval_prob)):
+        if not (isinstance(p, float | int) and 0 < p < 1):
+            raise PpgmmError(f"{name} should be a probability in (0, 1), but got {p!r}")
+    fits = _labels(fits)
+    if reference is None:
+        ems = [b for b, f in fits.items() if f.backend == "em"]
+        ref = ems[0] if ems else next(iter(fits))
+    elif isinstance(reference, Fit):
+        matches = [b for b, f in fits.items() if f is reference]
+        if not matches:
+            raise PpgmmError("reference should be one of the fits passed to compare()")
+        ref = matches[0]
+    else:
+        if str(reference) not in fits:
+            raise PpgmmError(
+                f"reference should be one of the labels {list(fits)}, but got {reference!r}"
+            )
+        ref = str(reference)
+    notes: list[str] = []
+    for label, f in fits.items():
+        notes += [f"{label}: {w}" for w in _warnings_of(f)]
+        if not f.converged:
+            notes.append(f"{label}: the {f.backend} fit did not meet its convergence criterion.")
+    params, posteriors, perms = _parameters(fits, ref, hdi_prob, notes)
+    compared = [str(b) for b in params["backend"].values]
+    truth_params = None
+    if truth is not None and isinstance(getattr(truth, "params", None), Params):
+        tp = truth.params
+        if tp.means.shape == fits[ref].params.means.shape:
+            aligned, _ = align_to(tp, fits[ref].params)
+            from .fit import params_dataset
+
+            truth_params = params_dataset(aligned, fits[ref].feature_names)
+    imputations, scores = _imputations(fits, compared, ref, truth, interval_prob, notes)
+    return Comparison(
+        fits=fits,
+        reference=ref,
+        parameters=params,
+        em_in_hdi=_em_in_hdi(params, fits),
+        distance=_distance(fits, list(fits)),
+        imputations=imputations,
+        imputation_scores=scores,
+        convergence=_convergence(fits, perms),
+        model_comparison=_model_comparison(fits, notes),
+        posteriors=posteriors,
+        truth_params=truth_params,
+        warnings=notes,
+        hdi_prob=float(hdi_prob),
+        interval_prob=float(interval_prob),
+    )

@@ -293,10 +293,11 @@ def _truth_array(truth: Any, fit: Fit) -> np.ndarray:
                 f"truth should have one row per data row ({md.n}), but got {arr.shape[0]}"
             )
     rows, cols = md.missing_index
-    if np.isnan(arr[rows, cols]).any():
+    n_nan = int(np.isnan(arr[rows, cols]).sum())
+    if n_nan:
         raise DataError(
-            f"truth should be complete at the missing entries, but {int(np.isnan(arr[rows, cols]).sum())}"
-            " of them are NaN; pass the complete data"
+            f"truth should be complete at the missing entries, but {n_nan} of them are NaN; "
+            "pass the complete data"
         )
     return arr
 

@@ -282,7 +282,7 @@ def _fig_imputations(cmp: Comparison) -> str | None:
     ref = cmp.reference if cmp.reference in labels else labels[0]
     for ax, f in zip(axes[:, 0], feats, strict=True):
         sel = np.flatnonzero(imp["missing_feature"].values == f)
-        key = imp["truth"].values[sel] if "truth" in imp else imp["mean"].sel(backend=ref).values[sel]
+        key = (imp["truth"] if "truth" in imp else imp["mean"].sel(backend=ref)).values[sel]
         sel = sel[np.argsort(key, kind="stable")]
         pos = np.arange(len(sel))
         for n, b in enumerate(labels):

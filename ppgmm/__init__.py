@@ -1,6 +1,7 @@
 """ppgmm: Gaussian mixtures on data with missing values, by EM, ADVI and NUTS from one spec."""
 
 from .api import fit
+from .compare import Comparison, compare
 from .data import MissingData, prepare
 from .estimator import GaussianMixture
 from .exceptions import ConvergenceWarning, DataError, PpgmmError, SpecError
@@ -13,6 +14,6 @@ __version__ = "0.1.0"
 __all__ = [
     "GMM", "Prior", "Params", "Fit", "MissingData",
     "GaussianMixture", "Truth",
-    "fit", "load", "prepare", "simulate",
+    "fit", "load", "prepare", "simulate", "compare", "Comparison",
     "PpgmmError", "DataError", "SpecError", "ConvergenceWarning",
 ]

@@ -197,11 +197,14 @@ class Comparison:
         """
         return _tidy(self.parameters, self.em_in_hdi, self.truth_params)
 
-    def report(self, path: str) -> str:
-        """Write one self-contained HTML report to ``path`` and return the path."""
+    def report(self, path: str, title: str = "ppgmm comparison") -> str:
+        """Write one self-contained HTML report to ``path`` and return the path.
+
+        See :func:`ppgmm.report.write_report`.
+        """
         from .report import write_report
 
-        return write_report(self, path)
+        return write_report(self, path, title=title)
 
 
 # --------------------------------------------------------------------------- helpers

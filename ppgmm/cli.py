@@ -1,0 +1,340 @@
+"""The ``ppgmm`` command: ``demo``, ``fit``, ``compare`` and ``report``.
+
+Every user error (a missing file, a non-numeric column, a bad K, an unknown option) ends
+with one line on stderr, ``ppgmm: error: ...``, and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+__all__ = ["main", "DEMO_SETTINGS"]
+
+#: backend options of ``ppgmm demo``: small enough to finish in about a minute on 2 cores,
+#: compilation included, large enough for stable intervals
+DEMO_SETTINGS: dict[str, dict[str, Any]] = {
+    "em": {"n_init": 5, "uncertainty": "bootstrap", "n_bootstrap": 100},
+    "advi": {"n_iter": 10_000},
+    "nuts": {"draws": 300, "tune": 300, "chains": 2},
+}
+
+#: options passed to a backend only when it accepts them (quiet runs from the command line)
+_QUIET = {"progressbar": False}
+
+
+class UsageError(Exception):
+    """A command-line usage error, reported in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _k_list(text: str) -> list[int]:
+    try:
+        ks = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"K should be a positive integer or a comma-separated list such as 2,3, but got "
+            f"{text!r}"
+        ) from None
+    if not ks or any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError(
+            f"K should be a positive integer (number of components), but got {text!r}"
+        )
+    return ks
+
+
+def _positive_k(text: str) -> int:
+    ks = _k_list(text)
+    if len(ks) != 1:
+        raise argparse.ArgumentTypeError(f"K should be one positive integer, but got {text!r}")
+    return ks[0]
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"options should read KEY=VALUE, but got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_csv(path: str, columns: str | None) -> Any:
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise UsageError(f"no such file: {path!r}")
+    df = pd.read_csv(path)
+    if columns:
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in df.columns]
+        if unknown:
+            raise UsageError(
+                f"column(s) {unknown} are not in {path}; its columns are {list(df.columns)}"
+            )
+        df = df[wanted]
+    bad = [str(c) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        raise UsageError(
+            f"column(s) {bad} of {path} are not numeric; choose numeric columns with "
+            "--columns A,B,..."
+        )
+    if df.shape[1] == 0 or df.shape[0] == 0:
+        raise UsageError(f"{path} has no data rows or no columns")
+    return df
+
+
+def _backend_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Options for ``backend`` plus the quiet defaults it accepts."""
+    from .api import _options_of
+
+    accepted = _options_of(backend)
+    out = {k: v for k, v in _QUIET.items() if k in accepted}
+    out.update(options)
+    return out
+
+
+def _available(backend: str) -> bool:
+    from .api import BACKENDS
+
+    return importlib.util.find_spec(BACKENDS[backend][0]) is not None
+
+
+def _fit(spec, data, backend: str, seed: int | None, options: dict[str, Any]):
+    import ppgmm
+
+    start = time.perf_counter()
+    f = ppgmm.fit(spec, data, backend=backend, seed=seed, **_backend_options(backend, options))
+    print(f"  {backend:<5} K={spec.n_components}: {time.perf_counter() - start:6.1f} s, "
+          f"converged={f.converged}", flush=True)
+    return f
+
+
+def _summary(f) -> str:
+    p = f.point()
+    lines = [repr(f), f"log-likelihood {f.loglik:.4f}   BIC {f.bic():.4f}   "
+             f"wall time {float(f.attrs.get('wall_time', float('nan'))):.2f} s"]
+    lines.append("weights: " + ", ".join(f"{w:.3f}" for w in p["weights"].values))
+    for k, mu in enumerate(p["means"].values):
+        pairs = ", ".join(f"{n}={v:.4g}" for n, v in zip(f.feature_names, mu, strict=True))
+        lines.append(f"mean[{k}]: {pairs}")
+    for w in json.loads(f.attrs.get("warnings", "[]") or "[]"):
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def _split_options(pairs: list[tuple[str, Any]], backends: list[str]) -> dict[str, dict]:
+    """``backend.key=value`` pairs to per-backend option dicts."""
+    out: dict[str, dict] = {b: {} for b in backends}
+    for key, value in pairs:
+        backend, dot, name = key.partition(".")
+        if not dot or backend not in out:
+            raise UsageError(
+                f"compare options should read BACKEND.KEY=VALUE with BACKEND one of {backends}, "
+                f"but got {key!r}"
+            )
+        out[backend][name] = value
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_demo(args) -> int:
+    import ppgmm
+    from ppgmm.datasets import load_airquality
+
+    os.makedirs(args.out, exist_ok=True)
+    df = load_airquality()
+    spec = ppgmm.GMM(n_components=2, covariance="full", prior="default")
+    backends = [b for b in ("em", "advi", "nuts") if _available(b)]
+    missing = sorted({"em", "advi", "nuts"} - set(backends))
+    print(f"ppgmm demo: {spec!r} on airquality ({len(df)} days; Ozone, Solar.R, Wind, Temp)",
+          flush=True)
+    if missing:
+        print(f"  (backends not installed here: {', '.join(missing)})", flush=True)
+    start = time.perf_counter()
+    fits = []
+    for b in backends:
+        f = _fit(spec, df, b, args.seed, DEMO_SETTINGS[b])
+        f.to_netcdf(os.path.join(args.out, f"fit_{b}.nc"))
+        fits.append(f)
+    cmp = ppgmm.compare(fits)
+    path = cmp.report(os.path.join(args.out, "report.html"), title="ppgmm demo: airquality")
+    print(f"report: {os.path.abspath(path)}")
+    print(f"fits:   {', '.join(os.path.join(args.out, f'fit_{b}.nc') for b in backends)}")
+    print(f"total time {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    import ppgmm
+
+    df = _read_csv(args.data, args.columns)
+    spec = ppgmm.GMM(args.k, covariance=args.covariance)
+    f = _fit(spec, df, args.backend, args.seed, dict(args.option or []))
+    f.to_netcdf(args.out)
+    print(_summary(f))
+    print(f"saved: {args.out}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    import pandas as pd
+
+    import ppgmm
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in ("em", "advi", "nuts")]
+    if unknown or not backends:
+        raise UsageError(
+            f"--backends should list some of em, advi, nuts, but got {args.backends!r}"
+        )
+    options = _split_options(args.option or [], backends)
+    df = _read_csv(args.data, args.columns)
+    truth = None
+    if args.truth:
+        truth = _read_csv(args.truth, args.columns)
+    fits = []
+    for k in args.k:
+        spec = ppgmm.GMM(k, covariance=args.covariance)
+        for b in backends:
+            fits.append(_fit(spec, df, b, args.seed, options[b]))
+    if args.save_fits:
+        os.makedirs(args.save_fits, exist_ok=True)
+    cmp = ppgmm.compare(fits, truth=truth)
+    if args.save_fits:
+        for label, f in cmp.fits.items():
+            f.to_netcdf(os.path.join(args.save_fits, f"fit_{label.replace(' ', '_')}.nc"))
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(cmp.convergence.to_string(index=False))
+        if cmp.imputation_scores is not None:
+            print(cmp.imputation_scores.query("feature == 'all'").to_string(index=False))
+    if args.report:
+        print(f"report: {os.path.abspath(cmp.report(args.report))}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    import ppgmm
+
+    for path in args.fits:
+        if not os.path.isfile(path):
+            raise UsageError(f"no such file: {path!r}")
+    fits = [ppgmm.load(p) for p in args.fits]
+    truth = _read_csv(args.truth, None) if args.truth else None
+    cmp = ppgmm.compare(fits, truth=truth)
+    print(f"report: {os.path.abspath(cmp.report(args.out))}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ppgmm`` command."""
+    p = _Parser(prog="ppgmm", description=(
+        "Fit Gaussian mixtures to data with missing values by EM, ADVI and NUTS, and compare."
+    ))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    d = sub.add_parser("demo", help="fit EM, ADVI and NUTS on airquality and write a report")
+    d.add_argument("--out", default="ppgmm-demo", help="output folder (default ppgmm-demo)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(run=_cmd_demo)
+
+    def data_args(q):
+        q.add_argument("data", metavar="DATA.csv", help="CSV with a header; empty cells = missing")
+        q.add_argument("--columns", help="comma-separated columns to model (default all)")
+        q.add_argument("--covariance", default="full",
+                       choices=["full", "diag", "spherical", "tied"])
+        q.add_argument("--seed", type=int, default=0)
+
+    f = sub.add_parser("fit", help="fit one backend and save the fit as netCDF")
+    data_args(f)
+    f.add_argument("-k", type=_positive_k, required=True, metavar="K",
+                   help="number of components")
+    f.add_argument("--backend", default="em", choices=["em", "advi", "nuts"])
+    f.add_argument("-o", "--option", type=_option, action="append", metavar="KEY=VALUE",
+                   help="backend option, e.g. -o n_init=5 (repeatable)")
+    f.add_argument("--out", required=True, metavar="FIT.nc")
+    f.set_defaults(run=_cmd_fit)
+
+    c = sub.add_parser("compare", help="fit several backends (and K) and compare them")
+    data_args(c)
+    c.add_argument("-k", type=_k_list, required=True, metavar="K",
+                   help="number of components, or a list such as 2,3 to compare K")
+    c.add_argument("--backends", default="em,advi,nuts",
+                   help="comma-separated backends (default em,advi,nuts)")
+    c.add_argument("-o", "--option", type=_option, action="append",
+                   metavar="BACKEND.KEY=VALUE", help="e.g. -o nuts.draws=500 (repeatable)")
+    c.add_argument("--truth", metavar="TRUTH.csv",
+                   help="the complete data, to score the imputations")
+    c.add_argument("--report", metavar="report.html", help="write the HTML report here")
+    c.add_argument("--save-fits", metavar="DIR", help="also save every fit as netCDF in DIR")
+    c.set_defaults(run=_cmd_compare)
+
+    r = sub.add_parser("report", help="write a report from saved fits")
+    r.add_argument("fits", nargs="+", metavar="FIT.nc")
+    r.add_argument("--out", required=True, metavar="report.html")
+    r.add_argument("--truth", metavar="TRUTH.csv",
+                   help="the complete data, to score the imputations")
+    r.set_defaults(run=_cmd_report)
+    return p
+
+
+def _fail(message: str) -> int:
+    text = " ".join(str(message).split())
+    print(f"ppgmm: error: {text}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ppgmm`` command; returns the exit status (0 ok, 2 user error)."""
+    from .exceptions import PpgmmError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        return _fail(str(err))
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    try:
+        import matplotlib
+
+        if "matplotlib.pyplot" not in sys.modules:
+            matplotlib.use("Agg")
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return int(args.run(args))
+    except (UsageError, PpgmmError, ValueError, OSError) as err:
+        return _fail(str(err) or type(err).__name__)
+    except KeyboardInterrupt:
+        print("ppgmm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -258,6 +258,11 @@ def run_em(
         obj = _objective(e, new, prior)
         prev = run.objective[-1]
         if obj < prev - 1e-9 * (1.0 + abs(prev)):
+            if reg_covar > 0:
+                # reg_covar on the diagonals is not part of the objective: near the fixed point
+                # it can cost more than the EM step gains. Keep the better parameters and stop.
+                run.converged = True
+                break
             raise ObjectiveDecreaseError(
                 f"EM objective decreased from {prev!r} to {obj!r} at iteration "
                 f"{len(run.objective)}; this is a bug in ppgmm, please report it with the data"

@@ -1,0 +1,467 @@
+"""The EM backend against independent references: scikit-learn, scipy.stats, scipy.optimize."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from helpers import (
+    mcar,
+    mixture,
+    precisions_init,
+    scipy_log_prior,
+    scipy_row_loglik,
+    to_full,
+    typed_cov,
+)
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+from scipy import optimize, stats
+from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+import ppgmm
+from ppgmm.backends.em import fit_em
+
+COV_TYPES = ["full", "diag", "spherical", "tied"]
+
+
+def _init(x: np.ndarray, k: int, covariance_type: str, seed: int = 3):
+    """Deterministic starting parameters of the given type."""
+    rng = np.random.default_rng(seed)
+    n, d = x.shape
+    xf = np.where(np.isnan(x), np.nanmean(x, axis=0), x)
+    means = xf[rng.choice(n, k, replace=False)]
+    base = (np.atleast_2d(np.cov(xf, rowvar=False)) + 0.1 * np.eye(d)) * rng.uniform(
+        0.5, 1.5, (k, 1, 1))
+    covs = typed_cov(base, covariance_type)
+    w = rng.dirichlet(np.full(k, 5.0))
+    return w, means, covs
+
+
+def _sklearn(x, k, covariance_type, init, **kw):
+    w, means, covs = init
+    gm = GaussianMixture(
+        k, covariance_type=covariance_type, weights_init=w, means_init=means,
+        precisions_init=precisions_init(covs, covariance_type), **kw,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkConvergenceWarning)
+        gm.fit(x)
+    return gm
+
+
+def _ppgmm(x, k, covariance_type, init, prior=None, **kw):
+    w, means, covs = init
+    spec = ppgmm.GMM(k, covariance_type, prior=prior)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
+        return ppgmm.fit(spec, x, init={"weights": w, "means": means, "covariances": covs},
+                         imputation_draws=1, **kw)
+
+
+# --------------------------------------------------------------------------- scikit-learn
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_trajectory_matches_sklearn(covariance_type):
+    """Complete data, same start, tol=0: every iterate equals scikit-learn's (1e-6)."""
+    x, _, _ = mixture(seed=0, n=300, d=3, k=3)
+    k, d = 3, 3
+    init = _init(x, k, covariance_type)
+    for t in (1, 2, 5, 20):
+        sk = _sklearn(x, k, covariance_type, init, tol=0.0, max_iter=t)
+        fit = _ppgmm(x, k, covariance_type, init, tol=0.0, max_iter=t)
+        w, mu, cov = fit.params
+        assert fit.attrs["n_iter"] == t
+        assert_allclose(w, sk.weights_, rtol=1e-6, atol=1e-9)
+        assert_allclose(mu, sk.means_, rtol=1e-6, atol=1e-9)
+        assert_allclose(cov, to_full(sk.covariances_, covariance_type, k, d), rtol=1e-6,
+                        atol=1e-9)
+        assert fit.loglik == pytest.approx(sk.score(x) * len(x), rel=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_converged_parameters_match_sklearn(covariance_type):
+    """Both run to a tight fixed point from the same start: the same estimate (1e-6)."""
+    x, _, _ = mixture(seed=5, n=400, d=2, k=2, sep=5.0)
+    k, d = 2, 2
+    init = _init(x, k, covariance_type, seed=1)
+    sk = _sklearn(x, k, covariance_type, init, tol=1e-13, max_iter=5000)
+    fit = _ppgmm(x, k, covariance_type, init, tol=1e-13, max_iter=5000)
+    assert fit.converged and sk.converged_
+    w, mu, cov = fit.params
+    assert_allclose(w, sk.weights_, rtol=1e-6)
+    assert_allclose(mu, sk.means_, rtol=1e-6, atol=1e-8)
+    assert_allclose(cov, to_full(sk.covariances_, covariance_type, k, d), rtol=1e-6, atol=1e-8)
+    assert fit.loglik == pytest.approx(sk.score(x) * len(x), rel=1e-10)
+
+
+# --------------------------------------------------------------------------- log-likelihood
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_loglik_equals_scipy_on_observed_subvectors(covariance_type):
+    """fit.loglik, score_samples and the stored per-row log-likelihood equal scipy's."""
+    x, _, _ = mixture(seed=1, n=120, d=4, k=2)
+    xm = mcar(x, 0.3, seed=2)
+    k = 2
+    fit = _ppgmm(xm, k, covariance_type, _init(xm, k, covariance_type), max_iter=5)
+    w, mu, cov = fit.params
+    ref = scipy_row_loglik(xm, w, mu, cov)
+    assert_allclose(fit.score_samples(), ref, rtol=1e-10)
+    assert_allclose(fit.idata.log_likelihood["x"].values[0, 0], ref, rtol=1e-10)
+    assert fit.loglik == pytest.approx(ref.sum(), rel=1e-10)
+    # new data with other missingness patterns
+    new = mcar(mixture(seed=9, n=40, d=4, k=2)[0], 0.5, seed=4)
+    assert_allclose(fit.score_samples(new), scipy_row_loglik(new, w, mu, cov), rtol=1e-10)
+
+
+def test_objective_is_loglik_plus_log_prior():
+    """Under the prior, the recorded objective is loglik + the scipy.stats log prior."""
+    x, _, _ = mixture(seed=2, n=150, d=3, k=2)
+    fit = _ppgmm(x, 2, "full", _init(x, 2, "full"), prior="default", max_iter=3, tol=0.0)
+    w, mu, cov = fit.params
+    d, k = 3, 2
+    lam = (1 / k) ** (2 / d) * np.cov(x, rowvar=False)
+    lp = scipy_log_prior(w, mu, cov, "full", 0.01, x.mean(0), d + 2, lam)
+    obj = float(fit.idata.sample_stats["objective"].values[-1])
+    assert obj == pytest.approx(scipy_row_loglik(x, w, mu, cov).sum() + lp, rel=1e-10)
+
+
+# --------------------------------------------------------------------------- direct optimisation
+
+
+def _unpack_chol(theta: np.ndarray, d: int):
+    """Mean and covariance from (mean, lower Cholesky with log diagonal)."""
+    mu = theta[:d]
+    low = np.zeros((d, d))
+    low[np.tril_indices(d)] = theta[d:]
+    low[np.diag_indices(d)] = np.exp(np.diag(low))
+    return mu, low @ low.T
+
+
+def _pack_chol(mu: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    low = np.linalg.cholesky(cov)
+    low[np.diag_indices(len(mu))] = np.log(np.diag(low))
+    return np.concatenate([mu, low[np.tril_indices(len(mu))]])
+
+
+def _observed_nll(theta: np.ndarray, x: np.ndarray) -> float:
+    d = x.shape[1]
+    mu, cov = _unpack_chol(theta, d)
+    total = 0.0
+    for row in x:
+        o = ~np.isnan(row)
+        total += stats.multivariate_normal(mu[o], cov[np.ix_(o, o)]).logpdf(row[o])
+    return -total
+
+
+def test_single_gaussian_mle_with_missing_equals_direct_optimisation():
+    """K=1 with MAR-missing entries: EM's MLE is the maximiser found by BFGS (no EM)."""
+    x, _, _ = mixture(seed=3, n=80, d=3, k=1)
+    xm = mcar(x, 0.3, seed=5)
+    start = _pack_chol(np.nanmean(xm, 0), np.diag(np.nanvar(xm, 0)))
+    res = optimize.minimize(_observed_nll, start, args=(xm,), method="BFGS",
+                            options={"gtol": 1e-9, "maxiter": 2000})
+    mu_opt, cov_opt = _unpack_chol(res.x, 3)
+    fit = _ppgmm(xm, 1, "full", (np.ones(1), np.nanmean(xm, 0)[None],
+                                 np.diag(np.nanvar(xm, 0))[None]),
+                 reg_covar=0.0, tol=1e-15, max_iter=20_000)
+    _, mu, cov = fit.params
+    assert_allclose(mu[0], mu_opt, atol=1e-5)
+    assert_allclose(cov[0], cov_opt, atol=1e-5)
+    # the optimiser cannot beat EM, and EM's point is stationary
+    assert -res.fun <= fit.loglik + 1e-9
+    assert fit.loglik == pytest.approx(-res.fun, abs=1e-8)
+    grad = optimize.approx_fprime(_pack_chol(mu[0], cov[0]), _observed_nll, 1e-7, xm)
+    assert np.abs(grad).max() < 1e-4
+    # and the naive complete-case estimate is not the MLE here
+    cc = xm[~np.isnan(xm).any(1)]
+    assert np.abs(cc.mean(0) - mu[0]).max() > 1e-3
+
+
+# --------------------------------------------------------------------------- MAP
+
+
+def _unpack_type(theta, d, covariance_type):
+    mu = theta[:d]
+    if covariance_type in ("full", "tied"):
+        return _unpack_chol(theta, d)
+    if covariance_type == "diag":
+        return mu, np.diag(np.exp(theta[d:]))
+    return mu, np.exp(theta[d]) * np.eye(d)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("missing", [False, True])
+def test_single_gaussian_map_equals_direct_optimisation(covariance_type, missing):
+    """K=1: EM's MAP maximises loglik + the scipy.stats log prior (found by BFGS, no EM)."""
+    x, _, _ = mixture(seed=4, n=40, d=3, k=1)
+    d = 3
+    if missing:
+        x = mcar(x, 0.25, seed=6)
+    # hyperparameters stated explicitly so the reference does not depend on resolve_prior
+    mu_p = np.array([0.3, -0.2, 0.1])
+    v = np.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 1.5]])
+    if covariance_type in ("full", "tied"):
+        scale = v
+    else:
+        scale = float(np.trace(v) / d)
+    prior = ppgmm.Prior(shrinkage=0.5, mean=mu_p, dof=d + 2, scale=scale)
+
+    def neg_post(theta):
+        mu, cov = _unpack_type(theta, d, covariance_type)
+        lp = scipy_log_prior(np.ones(1), mu[None], cov[None], covariance_type, 0.5, mu_p,
+                             d + 2, scale)
+        return _observed_nll(_pack_chol(mu, cov), x) - lp
+
+    m0 = np.nanmean(x, 0)
+    n_cov = {"full": d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": d, "spherical": 1}
+    start = np.concatenate([m0, np.zeros(n_cov[covariance_type])])
+    res = optimize.minimize(neg_post, start, method="BFGS", options={"gtol": 1e-9})
+    mu_opt, cov_opt = _unpack_type(res.x, d, covariance_type)
+    fit = _ppgmm(x, 1, covariance_type, (np.ones(1), m0[None], np.eye(d)[None]), prior=prior,
+                 tol=1e-15, max_iter=20_000)
+    _, mu, cov = fit.params
+    assert_allclose(mu[0], mu_opt, atol=1e-5)
+    assert_allclose(cov[0], cov_opt, atol=1e-5)
+    obj = float(fit.idata.sample_stats["objective"].values[-1])
+    assert obj == pytest.approx(-res.fun, abs=1e-8)
+
+
+def _mixture_theta(params, covariance_type):
+    w, mu, cov = params
+    k, d = mu.shape
+    parts = [np.log(w[1:] / w[0]), mu.ravel()]
+    for j in range(1 if covariance_type == "tied" else k):
+        if covariance_type in ("full", "tied"):
+            parts.append(_pack_chol(mu[j], cov[j])[d:])
+        elif covariance_type == "diag":
+            parts.append(np.log(np.diag(cov[j])))
+        else:
+            parts.append(np.log(cov[j][:1, 0]))
+    return np.concatenate(parts)
+
+
+def _mixture_params(theta, k, d, covariance_type):
+    a = np.concatenate([[0.0], theta[: k - 1]])
+    w = np.exp(a - a.max())
+    w /= w.sum()
+    pos = k - 1
+    mu = theta[pos: pos + k * d].reshape(k, d)
+    pos += k * d
+    covs = []
+    for _ in range(1 if covariance_type == "tied" else k):
+        if covariance_type in ("full", "tied"):
+            m = d * (d + 1) // 2
+            covs.append(_unpack_chol(np.concatenate([np.zeros(d), theta[pos: pos + m]]), d)[1])
+        elif covariance_type == "diag":
+            m = d
+            covs.append(np.diag(np.exp(theta[pos: pos + m])))
+        else:
+            m = 1
+            covs.append(np.exp(theta[pos]) * np.eye(d))
+        pos += m
+    cov = np.stack(covs * k if covariance_type == "tied" else covs)
+    return w, mu, cov
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_two_component_map_is_stationary(covariance_type):
+    """K=2 with missing data: the MAP fixed point is a stationary point of the log posterior.
+
+    The log posterior is written with scipy.stats (observed sub-vectors + Dirichlet, normal,
+    inverse-Wishart / inverse-gamma); its central-difference gradient vanishes at the EM
+    estimate and no random perturbation increases it.
+    """
+    x, _, _ = mixture(seed=6, n=150, d=2, k=2)
+    xm = mcar(x, 0.25, seed=7)
+    k, d = 2, 2
+    fit = _ppgmm(xm, k, covariance_type, _init(xm, k, covariance_type), prior="default",
+                 tol=1e-15, max_iter=20_000)
+    # default hyperparameters: K=1 MAR MLE for mu_P, V (checked in test_prior.py)
+    from ppgmm.prior import resolve_prior
+
+    rp = resolve_prior(fit.spec, ppgmm.prepare(xm))
+
+    def log_post(theta):
+        w, mu, cov = _mixture_params(theta, k, d, covariance_type)
+        return scipy_row_loglik(xm, w, mu, cov).sum() + scipy_log_prior(
+            w, mu, cov, covariance_type, rp.kappa, rp.mean, rp.dof, rp.scale)
+
+    theta = _mixture_theta(fit.params, covariance_type)
+    f0 = log_post(theta)
+    obj = float(fit.idata.sample_stats["objective"].values[-1])
+    assert f0 == pytest.approx(obj, rel=1e-10)
+    grad = optimize.approx_fprime(theta, lambda t: -log_post(t), 1e-6)
+    assert np.abs(grad).max() < 1e-3, grad
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        u = rng.normal(size=theta.shape)
+        u /= np.linalg.norm(u)
+        for eps in (1e-3, -1e-3, 1e-2, -1e-2):
+            assert log_post(theta + eps * u) <= f0 + 1e-9
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def test_decreasing_objective_never_happens_and_trace_is_recorded():
+    x, _, _ = mixture(seed=7, n=200, d=3, k=3)
+    xm = mcar(x, 0.3)
+    for prior in (None, "default"):
+        fit = ppgmm.fit(ppgmm.GMM(3, "full", prior=prior), xm, seed=0, n_init=2)
+        trace = fit.idata.sample_stats["objective"].values
+        assert len(trace) == fit.attrs["n_iter"] + 1
+        assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:]))
+        assert fit.converged
+
+
+def test_convergence_warning_names_max_iter():
+    x, _, _ = mixture(seed=7, n=200, d=3, k=3)
+    with pytest.warns(ppgmm.ConvergenceWarning, match="max_iter=2"):
+        fit = ppgmm.fit(ppgmm.GMM(3, prior=None), x, seed=0, max_iter=2)
+    assert not fit.converged
+    assert "max_iter=2" in fit.attrs["warnings"]
+
+
+def test_more_starts_never_worse():
+    x, _, _ = mixture(seed=8, n=200, d=2, k=4, sep=2.0)
+    one = ppgmm.fit(ppgmm.GMM(4, prior=None), x, seed=1, n_init=1)
+    five = ppgmm.fit(ppgmm.GMM(4, prior=None), x, seed=1, n_init=5)
+    assert five.loglik >= one.loglik - 1e-8
+
+
+def test_seed_reproducible_and_random_init():
+    x, _, _ = mixture(seed=8, n=150, d=2, k=2)
+    a = ppgmm.fit(ppgmm.GMM(2), x, seed=3, init="random")
+    b = ppgmm.fit(ppgmm.GMM(2), x, seed=3, init="random")
+    assert_allclose(a.params.means, b.params.means, rtol=0, atol=0)
+
+
+def test_collapsing_component_gives_helpful_error_then_reg_covar_fixes_it():
+    # three distinct points repeated, four components: a component collapses onto a point
+    x = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0], [10.0, 0.0], [3.0, 8.0]]), 10, axis=0)
+    init = {"weights": np.full(4, 0.25), "means": x[::10] + 0.1,
+            "covariances": np.stack([np.eye(2)] * 4)}
+    spec = ppgmm.GMM(4, prior=None)
+    with pytest.raises(ppgmm.PpgmmError, match="reg_covar"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
+            ppgmm.fit(spec, x, init=init, reg_covar=0.0, max_iter=50)
+    fit = ppgmm.fit(spec, x, init=init, reg_covar=1e-3, max_iter=50)
+    assert np.isfinite(fit.loglik)
+
+
+def test_small_scale_data_with_default_reg_covar_does_not_raise():
+    """reg_covar is not part of the objective; near the fixed point it may cost more than an
+    EM step gains. On data in small units this once raised ObjectiveDecreaseError."""
+    x, _, _ = mixture(seed=4, n=200, d=2, k=2)
+    fit = ppgmm.fit(ppgmm.GMM(2, prior=None), x * 0.01, seed=4)
+    trace = fit.idata.sample_stats["objective"].values
+    assert fit.converged and np.all(np.diff(trace) >= 0)
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@st.composite
+def problems(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    n = draw(st.integers(16, 40))
+    d = draw(st.integers(1, 3))
+    k = draw(st.integers(1, 3))
+    rate = draw(st.sampled_from([0.0, 0.15, 0.3]))
+    cov = draw(st.sampled_from(COV_TYPES))
+    prior = draw(st.sampled_from([None, "default"]))
+    x, _, _ = mixture(seed=seed, n=n, d=d, k=k, sep=3.0)
+    xm = mcar(x, rate, seed=seed + 1) if rate else x
+    # enough observed values per column that the one-component MAR fit behind the default
+    # prior is not degenerate (a column seen in fewer rows than regressors has no MLE)
+    assume((~np.isnan(xm)).sum(0).min() >= 2 * d + 2)
+    return xm, k, cov, prior, seed
+
+
+SETTINGS = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def _fit_md(md, k, cov, prior, init, max_iter=30):
+    spec = ppgmm.GMM(k, cov, prior=prior)
+    return fit_em(spec, md, init=init, max_iter=max_iter, tol=0.0, reg_covar=1e-4, warn=False)
+
+
+@SETTINGS
+@given(problems())
+def test_property_objective_nondecreasing_and_finite(problem):
+    xm, k, cov, prior, seed = problem
+    spec = ppgmm.GMM(k, cov, prior=prior)
+    # the defaults: MAP with reg_covar=0 is pure EM, so any decrease raises; the MLE keeps
+    # reg_covar=1e-6, without which a component on a single row is degenerate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
+        try:
+            fit = ppgmm.fit(spec, xm, seed=seed, max_iter=40, imputation_draws=2)
+        except ppgmm.PpgmmError:
+            assume(False)
+    trace = fit.idata.sample_stats["objective"].values
+    assert np.all(np.isfinite(trace))
+    assert np.all(np.diff(trace) >= -1e-9 * (1 + np.abs(trace[1:])))
+    for name in ("weights", "means", "covariances"):
+        assert np.all(np.isfinite(fit.point()[name].values))
+    assert fit.params.weights.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.all(np.linalg.eigvalsh(fit.params.covariances) > 0)
+    assert np.all(np.isfinite(fit.impute()))
+    assert np.all(np.isfinite(fit.predict_proba()))
+    assert_allclose(fit.predict_proba().sum(1), 1.0, atol=1e-12)
+    assert np.isfinite(fit.loglik) and np.isfinite(fit.bic())
+
+
+@SETTINGS
+@given(problems(), st.randoms(use_true_random=False))
+def test_property_row_order_invariant(problem, rnd):
+    xm, k, cov, prior, seed = problem
+    init = _init(xm, k, cov, seed=seed % 1000)
+    init = {"weights": init[0], "means": init[1], "covariances": init[2]}
+    perm = np.arange(len(xm))
+    rnd.shuffle(perm)
+    a = _fit_md(ppgmm.prepare(xm), k, cov, prior, init)
+    b = _fit_md(ppgmm.prepare(xm[perm]), k, cov, prior, init)
+    for pa, pb in zip(a.params, b.params, strict=True):
+        assert_allclose(pa, pb, rtol=1e-8, atol=1e-10)
+    assert a.run.objective[-1] == pytest.approx(b.run.objective[-1], rel=1e-10)
+
+
+@SETTINGS
+@given(problems(), st.integers(0, 2**31 - 1))
+def test_property_pattern_grouping_invariant(problem, split_seed):
+    """Rows in one pattern group each, or patterns split at random, give the same fit."""
+    xm, k, cov, prior, seed = problem
+    init = _init(xm, k, cov, seed=seed % 1000)
+    init = {"weights": init[0], "means": init[1], "covariances": init[2]}
+    md = ppgmm.prepare(xm)
+    n = md.n
+    # every row its own "pattern"
+    single = ppgmm.MissingData(
+        values=md.values, observed=md.observed, feature_names=md.feature_names,
+        obs_names=md.obs_names, patterns=md.observed.copy(), pattern_index=np.arange(n),
+        order=np.arange(n), starts=np.arange(n + 1),
+    )
+    # each pattern split into random sub-groups (duplicate pattern rows)
+    rng = np.random.default_rng(split_seed)
+    sub = md.pattern_index * 2 + rng.integers(0, 2, n)
+    labels, idx = np.unique(sub, return_inverse=True)
+    order = np.argsort(idx, kind="stable")
+    split = ppgmm.MissingData(
+        values=md.values, observed=md.observed, feature_names=md.feature_names,
+        obs_names=md.obs_names, patterns=md.patterns[labels // 2], pattern_index=idx,
+        order=order, starts=np.concatenate([[0], np.cumsum(np.bincount(idx))]),
+    )
+    ref = _fit_md(md, k, cov, prior, init)
+    for other in (single, split):
+        res = _fit_md(other, k, cov, prior, init)
+        for pa, pb in zip(ref.params, res.params, strict=True):
+            assert_allclose(pa, pb, rtol=1e-8, atol=1e-10)

@@ -1,0 +1,369 @@
+"""ppgmm.compare: numbers checked against direct NumPy / SciPy / ArviZ computations."""
+
+import importlib.util
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from scipy import integrate
+
+import ppgmm
+from ppgmm.compare import crps_ensemble, crps_normal, l2_distance
+from ppgmm.spec import Params
+
+HAS_PYMC_BACKENDS = all(
+    importlib.util.find_spec(m) is not None for m in ("ppgmm.backends.advi", "ppgmm.backends.nuts")
+)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def sim():
+    spec = ppgmm.GMM(2)
+    params = Params(
+        np.array([0.4, 0.6]),
+        np.array([[-2.0, 0.0], [2.0, 1.0]]),
+        np.array([[[1.0, 0.6], [0.6, 1.0]], [[1.0, -0.4], [-0.4, 0.8]]]),
+    )
+    data, truth = ppgmm.simulate(params, n=150, missing=0.2, seed=3)
+    return spec, data, truth
+
+
+@pytest.fixture(scope="module")
+def em_fit(sim):
+    spec, data, _ = sim
+    return ppgmm.fit(spec, data, seed=0)
+
+
+@pytest.fixture(scope="module")
+def boot_fit(sim, em_fit):
+    spec, data, _ = sim
+    # started at the EM estimate, so it keeps the EM fit's labels
+    return ppgmm.fit(spec, data, seed=1, init=em_fit.point(), uncertainty="bootstrap",
+                     n_bootstrap=40)
+
+
+def posterior_like(fit, *, backend="nuts", chains=2, reverse=False):
+    """A posterior-shaped fit from bootstrap draws: no estimate group, (chains, B/chains) draws.
+
+    ``reverse`` swaps the component labels of every draw, as a sampler's labelling may.
+    """
+    groups = {}
+    for g in fit.idata.groups():
+        if g == "estimate":
+            continue
+        ds = fit.idata[g].copy()
+        if "draw" in ds.dims and ds.sizes["chain"] == 1:
+            n = ds.sizes["draw"] // chains * chains
+            ds = xr.Dataset(
+                {v: _split_chains(ds[v], n, chains) for v in ds.data_vars}, attrs=ds.attrs
+            )
+        if reverse and "component" in ds.dims:
+            k = ds.sizes["component"]
+            ds = ds.isel(component=np.arange(k)[::-1]).assign_coords(component=np.arange(k))
+        groups[g] = ds
+    groups["posterior"].attrs = {**fit.idata.posterior.attrs, "backend": backend}
+    return ppgmm.Fit(az.InferenceData(**groups))
+
+
+def _split_chains(da, n, chains):
+    da = da.transpose("chain", "draw", ...)
+    values = da.values[0, :n].reshape(chains, n // chains, *da.shape[2:])
+    coords = {c: da[c] for c in da.coords if not {"chain", "draw"} & set(da[c].dims)}
+    return xr.DataArray(values, dims=da.dims, coords=coords)
+
+
+@pytest.fixture(scope="module")
+def pseudo_nuts(boot_fit):
+    return posterior_like(boot_fit, reverse=True)
+
+
+@pytest.fixture(scope="module")
+def cmp(sim, em_fit, boot_fit, pseudo_nuts):
+    return ppgmm.compare([em_fit, pseudo_nuts], truth=sim[2])
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _mixture_pdf_1d(p, x):
+    w, m, s = p.weights, p.means[:, 0], p.covariances[:, 0, 0]
+    return float(np.sum(w * np.exp(-0.5 * (x - m) ** 2 / s) / np.sqrt(2 * np.pi * s)))
+
+
+def _mixture_pdf_2d(p, x, y):
+    out = 0.0
+    for w, m, c in zip(*p, strict=True):
+        det = c[0, 0] * c[1, 1] - c[0, 1] ** 2
+        dx, dy = x - m[0], y - m[1]
+        q = (c[1, 1] * dx * dx - 2 * c[0, 1] * dx * dy + c[0, 0] * dy * dy) / det
+        out += w * np.exp(-0.5 * q) / (2 * np.pi * np.sqrt(det))
+    return out
+
+
+def test_l2_distance_1d_matches_numerical_integral():
+    p = Params(np.array([0.3, 0.7]), np.array([[0.0], [3.0]]), np.array([[[1.0]], [[0.5]]]))
+    q = Params(np.array([1.0]), np.array([[1.5]]), np.array([[[2.0]]]))
+    val, _ = integrate.quad(lambda x: (_mixture_pdf_1d(p, x) - _mixture_pdf_1d(q, x)) ** 2,
+                            -20, 20, epsabs=1e-12, limit=200)
+    assert l2_distance(p, q) == pytest.approx(np.sqrt(val), rel=1e-7)
+    assert l2_distance(p, p) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_l2_distance_2d_matches_numerical_integral():
+    p = Params(np.array([0.3, 0.7]), np.array([[0.0, 0.0], [1.0, 2.0]]),
+               np.array([[[1.0, 0.3], [0.3, 1.0]], [[2.0, 0.0], [0.0, 0.5]]]))
+    q = Params(np.array([1.0]), np.array([[0.5, 1.0]]), np.array([[[1.5, 0.2], [0.2, 1.0]]]))
+    val, _ = integrate.dblquad(
+        lambda y, x: (_mixture_pdf_2d(p, x, y) - _mixture_pdf_2d(q, x, y)) ** 2,
+        -12, 12, -12, 12, epsabs=1e-11,
+    )
+    assert l2_distance(p, q) == pytest.approx(np.sqrt(val), rel=1e-5)
+    assert l2_distance(p, q) == pytest.approx(l2_distance(q, p))
+
+
+def test_crps_ensemble_matches_pairwise_definition(rng):
+    draws = rng.normal(size=(5, 13))
+    y = rng.normal(size=5)
+    m = draws.shape[1]
+    pair = np.abs(draws[:, :, None] - draws[:, None, :]).sum((1, 2)) / (m * (m - 1))
+    expected = np.abs(draws - y[:, None]).mean(1) - 0.5 * pair
+    np.testing.assert_allclose(crps_ensemble(draws, y), expected, rtol=1e-12)
+
+
+def test_crps_normal_matches_integral_definition():
+    from scipy.stats import norm
+
+    mu, sigma, y = 0.3, 1.7, 1.1
+    below, _ = integrate.quad(lambda x: norm.cdf(x, mu, sigma) ** 2, -40, y)
+    above, _ = integrate.quad(lambda x: (1 - norm.cdf(x, mu, sigma)) ** 2, y, 40)
+    assert crps_normal(mu, sigma, y) == pytest.approx(below + above, rel=1e-8)
+
+
+def test_crps_ensemble_of_many_normal_draws_approaches_closed_form(rng):
+    draws = rng.normal(0.3, 1.7, size=20000)
+    assert crps_ensemble(draws, 1.1) == pytest.approx(crps_normal(0.3, 1.7, 1.1), rel=0.02)
+
+
+# --------------------------------------------------------------------------- imputations
+
+
+def test_imputation_scores_equal_direct_numpy(sim, em_fit, pseudo_nuts, cmp):
+    _, data, truth = sim
+    rows, cols = np.nonzero(np.isnan(data))
+    np.testing.assert_array_equal(np.isnan(data), truth.mask)
+    y = truth.values[rows, cols]
+    scores = cmp.imputation_scores.set_index(["backend", "feature"])
+    for label, fit in (("em", em_fit), ("nuts", pseudo_nuts)):
+        mean = np.asarray(fit.impute())[rows, cols]
+        x = fit.idata.posterior_predictive["x_missing"].values.reshape(-1, len(rows))
+        lo, hi = np.quantile(x, [0.03, 0.97], axis=0)
+        m = x.shape[0]
+        pair = np.abs(x[:, None, :] - x[None, :, :]).sum((0, 1)) / (m * (m - 1))
+        crps = np.abs(x - y).mean(0) - 0.5 * pair
+        got = scores.loc[(label, "all")]
+        assert got["rmse"] == pytest.approx(np.sqrt(np.mean((mean - y) ** 2)), rel=1e-12)
+        assert got["coverage"] == pytest.approx(np.mean((lo <= y) & (y <= hi)), rel=1e-12)
+        assert got["crps"] == pytest.approx(crps.mean(), rel=1e-10)
+        assert got["n_missing"] == len(rows)
+        for j in range(data.shape[1]):
+            sel = cols == j
+            assert scores.loc[(label, f"x{j}"), "rmse"] == pytest.approx(
+                np.sqrt(np.mean((mean[sel] - y[sel]) ** 2)), rel=1e-12)
+        np.testing.assert_allclose(cmp.imputations["mean"].sel(backend=label), mean)
+    # baseline: observed column means, normal interval with the observed sd
+    col_mean, col_sd = np.nanmean(data, 0), np.nanstd(data, 0, ddof=1)
+    base = scores.loc[("column mean", "all")]
+    assert base["rmse"] == pytest.approx(np.sqrt(np.mean((col_mean[cols] - y) ** 2)))
+    lo, hi = col_mean[cols] - 1.880794 * col_sd[cols], col_mean[cols] + 1.880794 * col_sd[cols]
+    assert base["coverage"] == pytest.approx(np.mean((lo <= y) & (y <= hi)))
+    assert base["crps"] == pytest.approx(crps_normal(col_mean[cols], col_sd[cols], y).mean())
+    # the mixture beats the column mean on data with well separated components
+    assert scores.loc[("em", "all"), "rmse"] < base["rmse"]
+
+
+def test_truth_as_array_or_dataframe_gives_the_same_scores(sim, em_fit, cmp):
+    _, _, truth = sim
+    a = ppgmm.compare([em_fit], truth=truth.values).imputation_scores
+    b = ppgmm.compare([em_fit], truth=pd.DataFrame(truth.values, columns=["x0", "x1"]))
+    expected = cmp.imputation_scores.query("backend != 'nuts'").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, expected)
+    pd.testing.assert_frame_equal(b.imputation_scores, expected)
+
+
+def test_truth_of_the_wrong_shape_is_refused(sim, em_fit):
+    with pytest.raises(ppgmm.DataError, match="shape of the data"):
+        ppgmm.compare([em_fit], truth=np.zeros((3, 5)))
+
+
+def test_imputation_intervals_come_from_the_predictive_draws(sim, pseudo_nuts, cmp):
+    x = pseudo_nuts.idata.posterior_predictive["x_missing"]
+    q = x.quantile([0.03, 0.97], dim=("chain", "draw")).values
+    np.testing.assert_allclose(cmp.imputations["lower"].sel(backend="nuts"), q[0])
+    np.testing.assert_allclose(cmp.imputations["upper"].sel(backend="nuts"), q[1])
+    assert list(cmp.imputations["missing_feature"].values) == list(
+        x["missing_feature"].values)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_relabelled_fit_is_put_on_the_reference_labels(em_fit, boot_fit, cmp):
+    # pseudo_nuts had its components reversed; compare() undoes it
+    post = boot_fit.idata.posterior
+    n = cmp.posteriors["nuts"].sizes["chain"] * cmp.posteriors["nuts"].sizes["draw"]
+    np.testing.assert_allclose(
+        cmp.posteriors["nuts"]["means"].values.reshape(n, 2, 2),
+        post["means"].values[0, :n],
+    )
+    row = cmp.convergence.set_index("label").loc["nuts"]
+    assert row["relabelled_to_reference"] == "0<-1, 1<-0"
+    assert cmp.convergence.set_index("label").loc["em", "relabelled_to_reference"] == "none"
+
+
+def test_hdi_and_containment_flags_agree_with_arviz(em_fit, boot_fit, cmp):
+    post = boot_fit.idata.posterior[["weights", "means", "covariances"]]
+    n = cmp.posteriors["nuts"].sizes["chain"] * cmp.posteriors["nuts"].sizes["draw"]
+    post = post.isel(draw=slice(0, n))
+    hdi = az.hdi(post, hdi_prob=0.94)
+    est = em_fit.point()
+    for name in ("weights", "means", "covariances"):
+        lo = hdi[name].sel(hdi="lower")
+        hi = hdi[name].sel(hdi="higher")
+        got = cmp.parameters[name].sel(backend="nuts")
+        np.testing.assert_allclose(got.sel(stat="hdi_lower"), lo)
+        np.testing.assert_allclose(got.sel(stat="hdi_upper"), hi)
+        np.testing.assert_allclose(got.sel(stat="sd"), post[name].std(("chain", "draw"), ddof=1))
+        flags = (lo <= est[name]) & (est[name] <= hi)
+        np.testing.assert_array_equal(cmp.em_in_hdi[name].sel(backend="nuts"), flags)
+    # the EM estimate is a point: no spread, no HDI, no flag
+    assert np.isnan(cmp.parameters["weights"].sel(backend="em", stat="sd")).all()
+    assert list(cmp.em_in_hdi["backend"].values) == ["nuts"]
+
+
+def test_a_parameter_outside_the_hdi_is_flagged(em_fit, boot_fit):
+    shifted = posterior_like(boot_fit)
+    shifted.idata.posterior["means"] = shifted.idata.posterior["means"] + 100.0
+    c = ppgmm.compare({"em": em_fit, "far": shifted})
+    assert not c.em_in_hdi["means"].any()
+    assert c.em_in_hdi["weights"].all()
+    s = c.summary()
+    assert not s.query("parameter == 'means' and backend == 'far'")["em_in_hdi"].any()
+
+
+def test_summary_is_tidy(cmp, em_fit):
+    s = cmp.summary()
+    k, d = 2, 2
+    per_backend = k + k * d + k * d * (d + 1) // 2  # covariances: upper triangle
+    assert len(s) == 2 * per_backend
+    assert list(s.columns[:9]) == ["parameter", "component", "feature", "feature_", "backend",
+                                   "point", "sd", "hdi_lower", "hdi_upper"]
+    em = s.query("backend == 'em' and parameter == 'means'")
+    np.testing.assert_allclose(em["point"].values, em_fit.point()["means"].values.ravel())
+    assert s.query("backend == 'em'")["em_in_hdi"].isna().all()
+    assert "truth" in s and s["truth"].notna().all()
+
+
+def test_truth_params_are_put_on_the_reference_labels(sim, cmp):
+    truth = sim[2]
+    order = np.argsort(cmp.truth_params["means"].values[:, 0])
+    np.testing.assert_allclose(cmp.truth_params["means"].values[order],
+                               truth.params.means[np.argsort(truth.params.means[:, 0])])
+    em = cmp.parameters["means"].sel(backend="em", stat="point").values
+    np.testing.assert_allclose(em, cmp.truth_params["means"].values, atol=0.6)
+
+
+def test_distance_matrix(em_fit, boot_fit, cmp):
+    dist = cmp.distance
+    assert dist.dims == ("backend", "backend_")
+    np.testing.assert_allclose(np.diag(dist.values), 0.0)
+    np.testing.assert_allclose(dist.values, dist.values.T)
+    expected = l2_distance(em_fit.params, cmp.fits["nuts"].params)
+    assert float(dist.sel(backend="em", backend_="nuts")) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- convergence, K
+
+
+def test_convergence_table(em_fit, pseudo_nuts, cmp):
+    conv = cmp.convergence.set_index("label")
+    obj = em_fit.idata.sample_stats["objective"].values
+    assert conv.loc["em", "objective_monotone"]
+    assert conv.loc["em", "objective_final"] == pytest.approx(obj[-1])
+    assert conv.loc["em", "n_iter"] == em_fit.attrs["n_iter"]
+    assert conv.loc["em", "wall_time_s"] == pytest.approx(em_fit.attrs["wall_time"])
+    post = cmp.posteriors["nuts"]
+    diag = xr.Dataset({"weights": post["weights"], "means": post["means"],
+                       "variances": xr.DataArray(
+                           np.diagonal(post["covariances"].values, axis1=-2, axis2=-1),
+                           dims=("chain", "draw", "component", "feature"))})
+    rhat, ess = az.rhat(diag), az.ess(diag, method="tail")
+    assert conv.loc["nuts", "rhat_max"] == pytest.approx(
+        max(float(rhat[v].max()) for v in rhat.data_vars))
+    assert conv.loc["nuts", "ess_tail_min"] == pytest.approx(
+        min(float(ess[v].min()) for v in ess.data_vars))
+    assert np.isnan(conv.loc["em", "rhat_max"])
+
+
+def test_model_comparison_by_bic(sim, em_fit):
+    spec, data, _ = sim
+    fits = [ppgmm.fit(ppgmm.GMM(k), data, seed=0) for k in (1, 3)] + [em_fit]
+    c = ppgmm.compare(fits)
+    assert c.labels == ["em K=1", "em K=3", "em K=2"]
+    assert c.reference == "em K=1"
+    mc = c.model_comparison
+    assert list(mc["criterion"].unique()) == ["BIC"]
+    assert mc["value"].is_monotonic_increasing
+    np.testing.assert_allclose(mc.set_index("label").loc["em K=2", "value"], em_fit.bic())
+    assert mc.iloc[0]["label"] == "em K=2"  # two well separated clusters
+    # parameters are compared only across fits with the reference's K
+    assert c.compared == ["em K=1"]
+
+
+def test_reference_by_label_and_bad_input(em_fit, pseudo_nuts):
+    c = ppgmm.compare({"a": em_fit, "b": pseudo_nuts}, reference="b")
+    assert c.reference == "b"
+    with pytest.raises(ppgmm.PpgmmError, match="reference should be one of"):
+        ppgmm.compare([em_fit], reference="nope")
+    with pytest.raises(ppgmm.PpgmmError, match="fits should be a non-empty list"):
+        ppgmm.compare([])
+    with pytest.raises(ppgmm.PpgmmError, match="fits should be"):
+        ppgmm.compare([em_fit, "not a fit"])
+    with pytest.raises(ppgmm.PpgmmError, match="hdi_prob should be"):
+        ppgmm.compare([em_fit], hdi_prob=1.5)
+
+
+def test_plain_words_warnings_are_collected(sim):
+    spec, data, _ = sim
+    with pytest.warns(ppgmm.ConvergenceWarning):
+        f = ppgmm.fit(spec, data, seed=0, max_iter=2)
+    c = ppgmm.compare([f])
+    assert any("did not converge" in w and w.startswith("em:") for w in c.warnings)
+
+
+# --------------------------------------------------------------------------- PyMC backends
+
+
+@pytest.fixture(scope="module")
+def bayes_fits(sim, em_fit):
+    spec, data, _ = sim
+    advi = ppgmm.fit(spec, data, backend="advi", seed=0, n_iter=2000)
+    nuts = ppgmm.fit(spec, data, backend="nuts", seed=0, draws=50, tune=50, chains=2)
+    return em_fit, advi, nuts
+
+
+@pytest.mark.skipif(not HAS_PYMC_BACKENDS, reason="ADVI/NUTS backends not available")
+def test_compare_with_the_bayesian_backends(bayes_fits, sim):
+    em, advi, nuts = bayes_fits
+    c = ppgmm.compare([em, advi, nuts], truth=sim[2])
+    assert c.compared == ["em", "advi", "nuts"]
+    assert set(c.em_in_hdi["backend"].values) == {"advi", "nuts"}
+    conv = c.convergence.set_index("label")
+    assert np.isfinite(conv.loc["advi", "elbo_final"])
+    assert np.isfinite(conv.loc["nuts", "rhat_max"]) and "divergences" in conv
+    assert set(c.imputation_scores["backend"]) == {"em", "advi", "nuts", "column mean"}
+    assert isinstance(c.parameters, xr.Dataset)

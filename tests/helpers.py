@@ -100,3 +100,40 @@ def scipy_log_prior(w, means, covs, covariance_type, kappa, mu_p, nu, scale) -> 
     if covariance_type == "tied":
         out += stats.invwishart(df=nu, scale=scale).logpdf(covs[0])
     return float(out)
+
+
+def unpack_chol(theta: np.ndarray, d: int):
+    """Mean and covariance from (mean, lower Cholesky factor with log diagonal)."""
+    mu = theta[:d]
+    low = np.zeros((d, d))
+    low[np.tril_indices(d)] = theta[d:]
+    low[np.diag_indices(d)] = np.exp(np.diag(low))
+    return mu, low @ low.T
+
+
+def pack_chol(mu: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`unpack_chol`."""
+    low = np.linalg.cholesky(cov)
+    low[np.diag_indices(len(mu))] = np.log(np.diag(low))
+    return np.concatenate([mu, low[np.tril_indices(len(mu))]])
+
+
+def observed_nll(theta: np.ndarray, x: np.ndarray) -> float:
+    """Minus the observed-data log-likelihood of one Gaussian, row by row with scipy.stats."""
+    mu, cov = unpack_chol(theta, x.shape[1])
+    total = 0.0
+    for row in x:
+        o = ~np.isnan(row)
+        total += stats.multivariate_normal(mu[o], cov[np.ix_(o, o)]).logpdf(row[o])
+    return -total
+
+
+def single_gaussian_mle(x: np.ndarray):
+    """The one-Gaussian MLE under MAR by BFGS on the observed-data likelihood (no EM)."""
+    from scipy import optimize
+
+    start = pack_chol(np.nanmean(x, 0), np.diag(np.nanvar(x, 0)))
+    res = optimize.minimize(observed_nll, start, args=(x,), method="BFGS",
+                            options={"gtol": 1e-9, "maxiter": 5000})
+    mu, cov = unpack_chol(res.x, x.shape[1])
+    return mu, cov, -res.fun

@@ -9,16 +9,19 @@ import pytest
 from helpers import (
     mcar,
     mixture,
+    observed_nll,
+    pack_chol,
     precisions_init,
     scipy_log_prior,
     scipy_row_loglik,
     to_full,
     typed_cov,
+    unpack_chol,
 )
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
-from scipy import optimize, stats
+from scipy import optimize
 from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
@@ -134,29 +137,7 @@ def test_objective_is_loglik_plus_log_prior():
 # --------------------------------------------------------------------------- direct optimisation
 
 
-def _unpack_chol(theta: np.ndarray, d: int):
-    """Mean and covariance from (mean, lower Cholesky with log diagonal)."""
-    mu = theta[:d]
-    low = np.zeros((d, d))
-    low[np.tril_indices(d)] = theta[d:]
-    low[np.diag_indices(d)] = np.exp(np.diag(low))
-    return mu, low @ low.T
-
-
-def _pack_chol(mu: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    low = np.linalg.cholesky(cov)
-    low[np.diag_indices(len(mu))] = np.log(np.diag(low))
-    return np.concatenate([mu, low[np.tril_indices(len(mu))]])
-
-
-def _observed_nll(theta: np.ndarray, x: np.ndarray) -> float:
-    d = x.shape[1]
-    mu, cov = _unpack_chol(theta, d)
-    total = 0.0
-    for row in x:
-        o = ~np.isnan(row)
-        total += stats.multivariate_normal(mu[o], cov[np.ix_(o, o)]).logpdf(row[o])
-    return -total
+_unpack_chol, _pack_chol, _observed_nll = unpack_chol, pack_chol, observed_nll
 
 
 def test_single_gaussian_mle_with_missing_equals_direct_optimisation():

@@ -1,0 +1,164 @@
+"""The Fraley & Raftery (2007) prior: hyperparameters from their definition, density vs scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import mcar, mixture, scipy_log_prior, single_gaussian_mle, typed_cov
+from numpy.testing import assert_allclose
+from scipy import stats
+
+import ppgmm
+from ppgmm.prior import ResolvedPrior, log_prior, resolve_prior
+
+COV_TYPES = ["full", "diag", "spherical", "tied"]
+
+
+def _random_params(rng, k, d, covariance_type):
+    w = rng.dirichlet(np.ones(k))
+    mu = rng.normal(size=(k, d))
+    a = rng.normal(size=(k, d, d))
+    covs = typed_cov(a @ np.swapaxes(a, 1, 2) + 0.3 * np.eye(d), covariance_type)
+    return ppgmm.Params(w, mu, covs)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("k", [1, 3])
+def test_log_prior_equals_scipy_stats(covariance_type, k, rng):
+    d = 3
+    for _ in range(5):
+        params = _random_params(rng, k, d, covariance_type)
+        kappa = rng.uniform(0.01, 2.0)
+        mean = rng.normal(size=d)
+        dof = d + rng.uniform(0.5, 5.0)
+        if covariance_type in ("full", "tied"):
+            b = rng.normal(size=(d, d))
+            scale = b @ b.T + np.eye(d)
+        else:
+            scale = np.asarray(rng.uniform(0.2, 3.0))
+        rp = ResolvedPrior(kappa, mean, dof, scale, covariance_type)
+        ref = scipy_log_prior(*params, covariance_type, kappa, mean, dof, scale)
+        assert log_prior(params, rp) == pytest.approx(ref, rel=1e-10)
+
+
+def test_dirichlet_term_is_scipy_flat_dirichlet(rng):
+    """The weights term alone: log Dirichlet(1,...,1) density = log Gamma(K)."""
+    for k in (2, 3, 5):
+        w = rng.dirichlet(np.ones(k))
+        assert stats.dirichlet(np.ones(k)).logpdf(w) == pytest.approx(np.log(np.prod(
+            np.arange(1, k))), rel=1e-12)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_default_hyperparameters_on_complete_data(covariance_type, k):
+    """mu_P = column means, nu = D + 2, kappa = 0.01, Lambda = K^(-2/D) cov(ddof=1),
+    s2 = K^(-2/D) trace(cov) / D, as mclust's defaultPrior."""
+    x, _, _ = mixture(seed=0, n=100, d=3, k=2)
+    d = 3
+    rp = resolve_prior(ppgmm.GMM(k, covariance_type), ppgmm.prepare(x))
+    v = np.cov(x, rowvar=False, ddof=1)
+    f = k ** (-2.0 / d)
+    assert rp.kappa == 0.01
+    assert rp.dof == d + 2
+    assert_allclose(rp.mean, x.mean(0), rtol=1e-12)
+    if covariance_type in ("full", "tied"):
+        assert_allclose(rp.scale, f * v, rtol=1e-12)
+    else:
+        assert float(rp.scale) == pytest.approx(f * np.trace(v) / d, rel=1e-12)
+
+
+def test_default_hyperparameters_with_missing_data_use_single_gaussian_mle():
+    """With NaN, mu_P and V come from the one-Gaussian MAR MLE (V rescaled by N/(N-1)),
+    found here by BFGS on the observed-data likelihood, not by EM."""
+    x, _, _ = mixture(seed=1, n=80, d=3, k=2)
+    xm = mcar(x, 0.25, seed=3)
+    n, d, k = 80, 3, 2
+    mu, cov, _ = single_gaussian_mle(xm)
+    f = k ** (-2.0 / d)
+    rp = resolve_prior(ppgmm.GMM(k, "full"), ppgmm.prepare(xm))
+    assert_allclose(rp.mean, mu, atol=1e-5)
+    assert_allclose(rp.scale, f * cov * n / (n - 1), atol=1e-5)
+    rp = resolve_prior(ppgmm.GMM(k, "spherical"), ppgmm.prepare(xm))
+    assert float(rp.scale) == pytest.approx(f * np.trace(cov) * n / (n - 1) / d, abs=1e-5)
+    # it is not the naive estimate
+    assert np.abs(rp.mean - np.nanmean(xm, 0)).max() > 1e-3
+
+
+def test_explicit_prior_fields_override_defaults():
+    x, _, _ = mixture(seed=0, n=50, d=2, k=2)
+    prior = ppgmm.Prior(shrinkage=0.5, mean=[1.0, 2.0], dof=7.0, scale=[[2.0, 0.1], [0.1, 1.0]])
+    rp = resolve_prior(ppgmm.GMM(2, "full", prior=prior), ppgmm.prepare(x))
+    assert rp.kappa == 0.5 and rp.dof == 7.0
+    assert_allclose(rp.mean, [1.0, 2.0])
+    assert_allclose(rp.scale, [[2.0, 0.1], [0.1, 1.0]])
+    rp = resolve_prior(ppgmm.GMM(2, "diag", prior=ppgmm.Prior(scale=0.7)), ppgmm.prepare(x))
+    assert float(rp.scale) == 0.7
+    assert_allclose(rp.mean, x.mean(0))
+
+
+def test_prior_none_resolves_to_none():
+    x, _, _ = mixture(seed=0, n=50, d=2, k=2)
+    assert resolve_prior(ppgmm.GMM(2, prior=None), ppgmm.prepare(x)) is None
+
+
+def test_prior_shape_errors():
+    x, _, _ = mixture(seed=0, n=50, d=2, k=2)
+    md = ppgmm.prepare(x)
+    with pytest.raises(ValueError, match="scale should have the shape"):
+        resolve_prior(ppgmm.GMM(2, "full", prior=ppgmm.Prior(scale=1.0)), md)
+    with pytest.raises(ValueError, match="scale should have the shape"):
+        resolve_prior(ppgmm.GMM(2, "diag", prior=ppgmm.Prior(scale=np.eye(2))), md)
+    with pytest.raises(ValueError, match="mean should have the shape"):
+        resolve_prior(ppgmm.GMM(2, "full", prior=ppgmm.Prior(mean=[0.0, 0.0, 0.0])), md)
+
+
+@pytest.mark.parametrize("kw", [{"shrinkage": 0.0}, {"shrinkage": -1.0}, {"dof": 0.0},
+                                {"shrinkage": np.nan}, {"dof": np.inf}])
+def test_prior_validation(kw):
+    with pytest.raises(ppgmm.SpecError):
+        ppgmm.Prior(**kw)
+    assert issubclass(ppgmm.SpecError, ValueError)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_map_update_is_the_closed_form_of_the_design(covariance_type):
+    """One MAP M-step from a given start on complete data equals the design's formulas
+    computed here directly from responsibilities (scipy densities for the E-step)."""
+    x, _, _ = mixture(seed=2, n=60, d=2, k=2)
+    n, d = x.shape
+    k = 2
+    w0 = np.array([0.4, 0.6])
+    mu0 = x[[0, 30]]
+    cov0 = typed_cov(np.stack([np.eye(d), 2 * np.eye(d)]), covariance_type)
+    dens = np.stack([w0[j] * stats.multivariate_normal(mu0[j], cov0[j]).pdf(x)
+                     for j in range(k)], 1)
+    r = dens / dens.sum(1, keepdims=True)
+    nk = r.sum(0)
+    ybar = r.T @ x / nk[:, None]
+    wk = np.stack([(r[:, j, None] * (x - ybar[j])).T @ (x - ybar[j]) for j in range(k)])
+    kappa, mp, nu = 0.01, x.mean(0), d + 2
+    v = np.cov(x, rowvar=False)
+    f = k ** (-2 / d)
+    bk = np.stack([kappa * nk[j] / (nk[j] + kappa) * np.outer(ybar[j] - mp, ybar[j] - mp)
+                   for j in range(k)])
+    mu = (nk[:, None] * ybar + kappa * mp) / (nk + kappa)[:, None]
+    if covariance_type == "full":
+        cov = (f * v + bk + wk) / (nu + nk + d + 2)[:, None, None]
+    elif covariance_type == "tied":
+        cov = np.broadcast_to((f * v + bk.sum(0) + wk.sum(0)) / (nu + n + d + 1 + k), (k, d, d))
+    elif covariance_type == "diag":
+        s2 = f * np.trace(v) / d
+        cov = np.stack([np.diag((s2 + np.diag(bk[j] + wk[j])) / (nu + nk[j] + 3))
+                        for j in range(k)])
+    else:
+        s2 = f * np.trace(v) / d
+        cov = np.stack([(s2 + np.trace(bk[j] + wk[j])) / (nu + (nk[j] + 1) * d + 2) * np.eye(d)
+                        for j in range(k)])
+    with pytest.warns(ppgmm.ConvergenceWarning, match="max_iter=1"):
+        fit = ppgmm.fit(ppgmm.GMM(k, covariance_type), x, max_iter=1, tol=0.0,
+                        imputation_draws=1,
+                        init={"weights": w0, "means": mu0, "covariances": cov0})
+    assert_allclose(fit.params.weights, nk / n, rtol=1e-12)
+    assert_allclose(fit.params.means, mu, rtol=1e-10)
+    assert_allclose(fit.params.covariances, cov, rtol=1e-10, atol=1e-14)

@@ -128,8 +128,11 @@ class MissingData:
 
 def _to_array(data: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
     if isinstance(data, pd.DataFrame):
-        bad = [str(c) for c in data.columns if not pd.api.types.is_numeric_dtype(data[c])]
-        bad += [str(c) for c in data.columns if pd.api.types.is_bool_dtype(data[c])]
+        # by dtype, not data[c]: with duplicate column names data[c] is a DataFrame
+        bad = [
+            str(c) for c, t in data.dtypes.items()
+            if not pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t)
+        ]
         if bad:
             raise DataError(
                 f"column(s) {sorted(set(bad))} are not numeric; ppgmm models numeric features "

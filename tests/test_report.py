@@ -1,0 +1,207 @@
+"""The HTML report: valid, self-contained, escaped, and renders in headless Chromium."""
+
+import base64
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_compare import posterior_like
+
+import ppgmm
+from ppgmm.report import SECTIONS, parameter_table
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr"}
+HOSTILE = "<script>alert(1)</script>"
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "")
+                 if p and Path(p).exists()), None)
+
+
+class StrictParser(HTMLParser):
+    """Collects ids, images and tags; fails on unbalanced or misnested tags."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.ids, self.imgs, self.tags, self.errors = [], set(), [], set(), []
+        self.doctype = None
+
+    def handle_decl(self, decl):
+        self.doctype = decl
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.add(tag)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "img":
+            self.imgs.append(attrs)
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag not in VOID:
+            self.stack.pop()
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def parse(text):
+    p = StrictParser()
+    p.feed(text)
+    p.close()
+    return p
+
+
+@pytest.fixture(scope="module")
+def fits():
+    params = ppgmm.Params(
+        np.array([0.5, 0.5]), np.array([[-2.0, 0.0, 1.0], [2.0, 1.0, -1.0]]),
+        np.array([np.eye(3), 0.7 * np.eye(3)]),
+    )
+    data, truth = ppgmm.simulate(params, n=120, missing=0.15, seed=5)
+    spec = ppgmm.GMM(2)
+    em = ppgmm.fit(spec, data, seed=0)
+    boot = ppgmm.fit(spec, data, seed=1, init=em.point(), uncertainty="bootstrap",
+                     n_bootstrap=30)
+    return data, truth, em, boot, posterior_like(boot)
+
+
+@pytest.fixture(scope="module")
+def report(fits, tmp_path_factory):
+    data, truth, em, boot, nuts = fits
+    more_k = ppgmm.fit(ppgmm.GMM(3), data, seed=0)
+    cmp = ppgmm.compare({"em": em, "em bootstrap": boot, "nuts": nuts, "em K=3": more_k},
+                        truth=truth)
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    assert cmp.report(str(path)) == str(path)
+    return cmp, path.read_text(encoding="utf-8")
+
+
+def test_report_is_valid_html_with_every_section(report):
+    _, text = report
+    p = parse(text)
+    assert p.doctype.lower() == "doctype html"
+    assert not p.errors and not p.stack, (p.errors, p.stack)
+    assert {anchor for anchor, _ in SECTIONS} <= p.ids
+    for _, title in SECTIONS:
+        assert f"<h2>{title}</h2>" in text
+    assert "could not be drawn" not in text
+    # the data overview, parameter table, scores, model comparison and reproduction code
+    for needle in ("Missingness patterns", "hdi_lower", "coverage", "BIC",
+                   "ppgmm.fit(spec, data, backend=&#x27;em&#x27;", "numpy"):
+        assert needle in text, needle
+
+
+def test_report_is_self_contained(report):
+    _, text = report
+    p = parse(text)
+    assert len(p.imgs) >= 6  # missingness, forest, ellipses, imputations, traces, rank
+    for img in p.imgs:
+        src = img["src"]
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+        assert img.get("alt")
+    assert "script" not in p.tags and "link" not in p.tags
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text)
+    assert "Content-Security-Policy" in text
+
+
+def test_parameter_table_marks_hdis_that_miss_the_em_estimate(report):
+    cmp, text = report
+    table = parameter_table(cmp)
+    assert list(table.columns) == ["parameter", "truth", "em", "em bootstrap", "nuts"]
+    outside = cmp.summary().query("em_in_hdi == False")
+    assert table.map(lambda v: "\u2020" in str(v)).to_numpy().sum() == len(outside)
+
+
+def test_hostile_names_appear_only_escaped(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-2, 1, (40, 2)), rng.normal(2, 1, (40, 2))])
+    x[rng.random(x.shape) < 0.1] = np.nan
+    df = pd.DataFrame(x, columns=[HOSTILE, 'a&b "q" $x$'])
+    f = ppgmm.fit(ppgmm.GMM(2), df, seed=0, uncertainty="bootstrap", n_bootstrap=10)
+    cmp = ppgmm.compare({f"<b>{HOSTILE}</b>": f})
+    path = cmp.report(str(tmp_path / "r.html"), title=f"title {HOSTILE}")
+    text = Path(path).read_text(encoding="utf-8")
+    assert "<script" not in text.lower()
+    assert f"<b>{HOSTILE}" not in text and "&lt;b&gt;&lt;script&gt;" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "a&amp;b" in text
+    p = parse(text)
+    assert not p.errors and not p.stack
+    assert "could not be drawn" not in text
+
+
+def test_report_from_saved_fits_reproduces_the_tables(fits, tmp_path):
+    data, truth, em, boot, nuts = fits
+    paths = []
+    for name, f in (("em", em), ("boot", boot), ("nuts", nuts)):
+        paths.append(str(tmp_path / f"{name}.nc"))
+        f.to_netcdf(paths[-1])
+    live = ppgmm.compare([em, nuts], truth=truth)
+    saved = ppgmm.compare([ppgmm.load(p) for p in (paths[0], paths[2])], truth=truth)
+    pd.testing.assert_frame_equal(live.summary(), saved.summary())
+    pd.testing.assert_frame_equal(live.imputation_scores, saved.imputation_scores)
+    pd.testing.assert_frame_equal(live.convergence, saved.convergence)
+
+    def tables(cmp):
+        text = Path(cmp.report(str(tmp_path / "r.html"))).read_text(encoding="utf-8")
+        return re.findall(r"<table.*?</table>", text, flags=re.S)
+
+    assert tables(live) == tables(saved)
+
+
+HOOK = """<script>
+window.__errs = [];
+const __ce = console.error;
+console.error = (...a) => { window.__errs.push(a.join(' ')); __ce(...a); };
+window.addEventListener('error', e => window.__errs.push(String(e.message ||
+  (e.target && e.target.tagName))), true);
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  document.body.setAttribute('data-check',
+    'images=' + imgs.length + ';bad=' + bad + ';errors=' + window.__errs.length);
+});
+</script>"""
+
+
+def _chromium(path: Path, tmp_path: Path) -> tuple[str, str]:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
+           path.as_uri()]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout, out.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium_without_console_errors(report, tmp_path):
+    _, text = report
+    page = tmp_path / "report.html"
+    page.write_text(text, encoding="utf-8")
+    dom, log = _chromium(page, tmp_path)
+    console = [line for line in log.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    assert 'id="reproduce"' in dom
+    # the same page with an error hook (and without the CSP that would block the hook):
+    # every image decodes, no error event fires
+    hooked = tmp_path / "hooked.html"
+    n_imgs = len(parse(text).imgs)
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text)
+    hooked.write_text(text.replace("<head>", "<head>" + HOOK, 1), encoding="utf-8")
+    dom, log = _chromium(hooked, tmp_path)
+    assert f'data-check="images={n_imgs};bad=0;errors=0"' in dom, log[-2000:]
+    assert not [line for line in log.splitlines() if ":CONSOLE" in line]

@@ -305,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one plain line each on stderr (no source line)."""
+    print(f"ppgmm: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
 def _fail(message: str) -> int:
     text = " ".join(str(message).split())
     print(f"ppgmm: error: {text}", file=sys.stderr)
@@ -328,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             matplotlib.use("Agg")
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             return int(args.run(args))
     except (UsageError, PpgmmError, ValueError, OSError) as err:
         return _fail(str(err) or type(err).__name__)

@@ -1,0 +1,159 @@
+"""The ``ppgmm`` command, run in-process through ``main`` and once as the console script."""
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ppgmm
+from ppgmm import cli
+
+HAS_PYMC_BACKENDS = all(
+    importlib.util.find_spec(m) is not None for m in ("ppgmm.backends.advi", "ppgmm.backends.nuts")
+)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    params = ppgmm.Params(np.array([0.5, 0.5]), np.array([[-2.0, 0.0], [2.0, 1.0]]),
+                          np.array([np.eye(2), 0.6 * np.eye(2)]))
+    data, truth = ppgmm.simulate(params, n=60, missing=0.15, seed=2)
+    cols = ["height", "weight"]
+    pd.DataFrame(data, columns=cols).to_csv(d / "data.csv", index=False)
+    pd.DataFrame(truth.values, columns=cols).to_csv(d / "truth.csv", index=False)
+    text = pd.DataFrame(data, columns=cols).assign(name="x")
+    text.to_csv(d / "text.csv", index=False)
+    return d
+
+
+def run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_fit_saves_a_fit_and_prints_a_summary(files, tmp_path, capsys):
+    nc = tmp_path / "fit.nc"
+    code, out, err = run(["fit", files / "data.csv", "-k", "2", "--seed", "3",
+                          "--covariance", "diag", "-o", "n_init=2", "--out", nc], capsys)
+    assert code == 0, err
+    assert "weights:" in out and f"saved: {nc}" in out
+    fit = ppgmm.load(str(nc))
+    assert fit.backend == "em" and fit.spec.covariance == "diag"
+    assert fit.attrs["seed"] == 3 and fit.attrs["n_init"] == 2
+    assert fit.feature_names == ["height", "weight"]
+    direct = ppgmm.fit(ppgmm.GMM(2, covariance="diag"), pd.read_csv(files / "data.csv"),
+                       seed=3, n_init=2)
+    np.testing.assert_allclose(fit.params.means, direct.params.means)
+
+
+def test_compare_and_report_commands_agree(files, tmp_path, capsys):
+    html = tmp_path / "compare.html"
+    saved = tmp_path / "fits"
+    code, out, err = run(["compare", files / "data.csv", "-k", "2,3", "--backends", "em",
+                          "-o", "em.uncertainty=\"bootstrap\"", "-o", "em.n_bootstrap=10",
+                          "--truth", files / "truth.csv", "--report", html,
+                          "--save-fits", saved], capsys)
+    assert code == 0, err
+    assert "report:" in out and html.exists()
+    assert "rmse" in out  # imputation scores printed
+    ncs = sorted(saved.glob("*.nc"))
+    assert [p.name for p in ncs] == ["fit_em_K=2.nc", "fit_em_K=3.nc"]
+    text = html.read_text(encoding="utf-8")
+    assert "BIC" in text and "coverage" in text
+
+    html2 = tmp_path / "from_saved.html"
+    code, out, err = run(["report", *ncs, "--out", html2, "--truth", files / "truth.csv"],
+                         capsys)
+    assert code == 0, err
+    text2 = html2.read_text(encoding="utf-8")
+
+    def tables(t):
+        return re.findall(r"<table.*?</table>", t, flags=re.S)
+
+    assert tables(text) == tables(text2)
+    # and the same tables as compare() on the in-memory fits
+    fits = [ppgmm.load(str(p)) for p in ncs]
+    cmp = ppgmm.compare(fits, truth=pd.read_csv(files / "truth.csv"))
+    assert tables(Path(cmp.report(str(tmp_path / "mem.html"))).read_text("utf-8")) == tables(text)
+
+
+BAD = [
+    (["fit", "{d}/nope.csv", "-k", "2", "--out", "{t}/f.nc"], "no such file"),
+    (["fit", "{d}/text.csv", "-k", "2", "--out", "{t}/f.nc"], "not numeric"),
+    (["fit", "{d}/data.csv", "-k", "0", "--out", "{t}/f.nc"], "positive integer"),
+    (["fit", "{d}/data.csv", "-k", "two", "--out", "{t}/f.nc"], "positive integer"),
+    (["fit", "{d}/data.csv", "-k", "500", "--out", "{t}/f.nc"], "at least n_components=500"),
+    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--bogus"], "unrecognized"),
+    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "-o", "nope=1"], "unknown option"),
+    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--columns", "x"], "not in"),
+    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/no/such/dir/f.nc"], ""),
+    (["fit", "{d}/data.csv", "--out", "{t}/f.nc"], "required"),
+    (["compare", "{d}/data.csv", "-k", "2", "--backends", "em,gibbs"], "--backends"),
+    (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "-o", "x=1"], "BACKEND.KEY"),
+    (["report", "{d}/missing.nc", "--out", "{t}/r.html"], "no such file"),
+    (["report", "{d}/data.csv", "--out", "{t}/r.html"], ""),
+    (["frobnicate"], "invalid choice"),
+    ([], "required"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD)
+def test_bad_input_gives_one_line_and_exit_2(argv, message, files, tmp_path, capsys):
+    argv = [a.format(d=files, t=tmp_path) for a in argv]
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ppgmm: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in err + out
+
+
+def _console_script():
+    here = Path(sys.executable).parent / "ppgmm"
+    return str(here) if here.exists() else shutil.which("ppgmm")
+
+
+@pytest.mark.skipif(_console_script() is None, reason="the ppgmm console script is not installed")
+def test_console_script_runs_and_fails_cleanly(files, tmp_path):
+    exe = _console_script()
+    ok = subprocess.run([exe, "fit", str(files / "data.csv"), "-k", "2", "--out",
+                         str(tmp_path / "f.nc")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "saved:" in ok.stdout
+    bad = subprocess.run([exe, "fit", str(files / "text.csv"), "-k", "2", "--out",
+                          str(tmp_path / "g.nc")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("ppgmm: error: ")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in bad.stderr
+
+
+def test_help_exits_0(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_demo_writes_the_report(tmp_path, capsys, monkeypatch):
+    # the demo's settings, shrunk so the test stays fast
+    tiny = {"em": {"n_init": 1, "uncertainty": "bootstrap", "n_bootstrap": 5},
+            "advi": {"n_iter": 300},
+            "nuts": {"draws": 30, "tune": 30, "chains": 2}}
+    monkeypatch.setattr(cli, "DEMO_SETTINGS", tiny)
+    code, out, err = run(["demo", "--out", tmp_path / "demo"], capsys)
+    assert code == 0, err
+    report = tmp_path / "demo" / "report.html"
+    assert f"report: {report}" in out
+    text = report.read_text(encoding="utf-8")
+    assert "Ozone" in text and "Solar.R" in text
+    expected = ["em", "advi", "nuts"] if HAS_PYMC_BACKENDS else ["em"]
+    for b in expected:
+        assert (tmp_path / "demo" / f"fit_{b}.nc").exists()

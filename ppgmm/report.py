@@ -194,19 +194,32 @@ def _fig_missingness(cmp: Comparison) -> str:
 
 
 def _fig_forest(cmp: Comparison) -> str:
+    """Weights, then the means of each feature on its own axis (features differ in scale)."""
     import arviz as az
 
-    labels = [b for b in cmp.compared if cmp.posteriors[b].sizes["draw"] > 0]
+    plt = _pyplot()
+    labels = cmp.compared
     data = [cmp.posteriors[b][["weights", "means"]] for b in labels]
+    feats = [str(f) for f in data[0]["feature"].values]
+    k = data[0].sizes["component"]
+    panels = [("weights", None)] + [("means", f) for f in feats]
+    ncol = min(3, len(panels))
+    nrow = int(np.ceil(len(panels) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False,
+                             figsize=(4.2 * ncol, nrow * (0.9 + 0.3 * k * len(labels))))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = sum(int(cmp.posteriors[labels[0]][v].isel(chain=0, draw=0).size)
-                   for v in ("weights", "means"))
-        axes = az.plot_forest(data, model_names=labels, var_names=["weights", "means"],
-                              combined=True, hdi_prob=cmp.hdi_prob,
-                              figsize=(8, 1.5 + 0.18 * rows * len(labels)))
-    fig = np.ravel(axes)[0].figure
-    return _img(fig, "forest plot of weights and means")
+        for ax, (var, feat) in zip(axes.flat, panels, strict=False):
+            sub = data if feat is None else [d.sel(feature=[feat]) for d in data]
+            az.plot_forest(sub, model_names=labels, var_names=[var], combined=True,
+                           hdi_prob=cmp.hdi_prob, ax=ax, legend=ax is axes.flat[0],
+                           textsize=9)
+            ax.set_title(var if feat is None else f"means: {feat}", fontsize=10)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"point and {cmp.hdi_prob:.0%} HDI per backend")
+    fig.tight_layout()
+    return _img(fig, "forest plots of weights and means")
 
 
 def _ellipse(ax, mean: np.ndarray, cov: np.ndarray, color: str, ls: str, label: str | None):

@@ -347,7 +347,7 @@ def _fig_traces(cmp: Comparison) -> list[str]:
             warnings.simplefilter("ignore")
             axes = az.plot_rank(post, var_names=["weights"], figsize=(8, 2.6))
         fig = np.ravel(axes)[0].figure
-        fig.suptitle(f"{b}: rank plots of the weights (uniform when chains agree)")
+        fig.suptitle(f"{b}: rank plots of the weights (uniform when chains agree)", y=1.1)
         out.append(_img(fig, f"{b} rank plots"))
     return out
 

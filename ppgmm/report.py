@@ -48,7 +48,7 @@ table.tbl th{background:#f2f2f2}
 img{max-width:100%;height:auto;display:block;margin:0.5em 0}
 pre{background:#f6f6f6;padding:0.7em;overflow-x:auto;font-size:0.85em}
 .note{color:#555;font-size:0.9em}.warn{color:#8a4b00}
-nav a{margin-right:0.8em}
+nav a{margin-right:0.8em}.scroll{overflow-x:auto}
 """
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -86,10 +86,11 @@ def _img(fig, alt: str) -> str:
 
 
 def _table(df: pd.DataFrame, index: bool = False) -> str:
-    return df.to_html(
+    table = df.to_html(
         index=index, escape=True, border=0, classes="tbl", na_rep="",
         float_format=lambda v: f"{v:.4g}",
     )
+    return f'<div class="scroll">{table}</div>'
 
 
 def _fmt(v: Any) -> str:
@@ -173,8 +174,13 @@ def data_tables(cmp: Comparison) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def convergence_table(cmp: Comparison) -> pd.DataFrame:
-    """:attr:`Comparison.convergence` with readable booleans."""
-    return cmp.convergence.astype(object).where(cmp.convergence.notna(), None)
+    """:attr:`Comparison.convergence` turned on its side: one column per fit."""
+    conv = cmp.convergence.set_index("label")
+    out = conv.T.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v))
+                     else _fmt(v) if isinstance(v, float) else str(v))
+    out.columns.name = None
+    out.index.name = "diagnostic"
+    return out.reset_index()
 
 
 # --------------------------------------------------------------------------- figures

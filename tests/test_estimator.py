@@ -1,0 +1,162 @@
+"""ppgmm.GaussianMixture against sklearn.mixture.GaussianMixture, and with NaN."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from helpers import mcar, mixture, precisions_init, scipy_row_loglik, to_full, typed_cov
+from numpy.testing import assert_allclose
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGM
+
+import ppgmm
+
+COV_TYPES = ["full", "diag", "spherical", "tied"]
+
+
+def _start(x, k, cov, seed=0):
+    rng = np.random.default_rng(seed)
+    n, d = x.shape
+    means = x[rng.choice(n, k, replace=False)]
+    covs = typed_cov(np.stack([np.cov(x, rowvar=False)] * k) * rng.uniform(0.5, 1.5, (k, 1, 1)),
+                     cov)
+    return np.full(k, 1.0 / k), means, covs
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_matches_sklearn_with_the_same_init(cov):
+    x, _, _ = mixture(seed=1, n=300, d=3, k=3)
+    k, d = 3, 3
+    w0, mu0, c0 = _start(x, k, cov)
+    kw = dict(covariance_type=cov, weights_init=w0, means_init=mu0,
+              precisions_init=precisions_init(c0, cov), max_iter=2000)
+    ours = ppgmm.GaussianMixture(k, tol=1e-8, **kw).fit(x)
+    theirs = SkGM(k, tol=1e-8, **kw).fit(x)
+    assert ours.converged_ and theirs.converged_
+    # scikit-learn tests the gain of the step before the last, so it stops one M-step later;
+    # that extra step moves these slowly converging fits by up to ~1e-4
+    assert theirs.n_iter_ == ours.n_iter_ + 1
+    assert_allclose(ours.means_, theirs.means_, rtol=1e-3, atol=1e-5)
+    with pytest.warns(ppgmm.ConvergenceWarning):
+        same = ppgmm.GaussianMixture(k, tol=0.0, **{**kw, "max_iter": theirs.n_iter_}).fit(x)
+    assert_allclose(same.weights_, theirs.weights_, rtol=1e-6)
+    assert_allclose(same.means_, theirs.means_, rtol=1e-6, atol=1e-9)
+    assert ours.covariances_.shape == theirs.covariances_.shape
+    assert ours.precisions_.shape == theirs.precisions_.shape
+    assert_allclose(same.covariances_, theirs.covariances_, rtol=1e-6, atol=1e-9)
+    assert_allclose(same.precisions_, theirs.precisions_, rtol=1e-6, atol=1e-9)
+    # same parameters in, same scores out (to rounding)
+    theirs_at_ours = SkGM(k, covariance_type=cov)
+    theirs_at_ours.weights_, theirs_at_ours.means_ = ours.weights_, ours.means_
+    theirs_at_ours.covariances_ = ours.covariances_
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+    theirs_at_ours.precisions_cholesky_ = _compute_precision_cholesky(ours.covariances_, cov)
+    assert_allclose(ours.score_samples(x), theirs_at_ours.score_samples(x), rtol=1e-10)
+    assert_allclose(ours.predict_proba(x), theirs_at_ours.predict_proba(x), atol=1e-10)
+    assert ours.score(x) == pytest.approx(theirs_at_ours.score(x), rel=1e-10)
+    assert ours.bic(x) == pytest.approx(theirs_at_ours.bic(x), rel=1e-10)
+    assert ours.aic(x) == pytest.approx(theirs_at_ours.aic(x), rel=1e-10)
+    assert_allclose(ours.precisions_,
+                    precisions_init(np.array(to_full(ours.covariances_, cov, k, d)), cov),
+                    rtol=1e-8)
+    assert ours.n_features_in_ == d
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_trajectory_equals_sklearn_iteration_by_iteration(cov):
+    x, _, _ = mixture(seed=2, n=200, d=2, k=2)
+    w0, mu0, c0 = _start(x, 2, cov, seed=4)
+    kw = dict(covariance_type=cov, weights_init=w0, means_init=mu0,
+              precisions_init=precisions_init(c0, cov), tol=0.0)
+    for t in (1, 3, 8):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkConvergenceWarning)
+            warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
+            ours = ppgmm.GaussianMixture(2, max_iter=t, **kw).fit(x)
+            theirs = SkGM(2, max_iter=t, **kw).fit(x)
+        # ours stops early only at an exact fixed point (gain <= 0 = tol)
+        assert theirs.n_iter_ == t and (ours.n_iter_ == t or ours.converged_)
+        assert_allclose(ours.means_, theirs.means_, rtol=1e-6, atol=1e-9)
+        assert_allclose(ours.covariances_, theirs.covariances_, rtol=1e-6, atol=1e-9)
+        assert_allclose(ours.weights_, theirs.weights_, rtol=1e-6)
+
+
+def test_accepts_nan_and_scores_observed_subvectors():
+    x, _, _ = mixture(seed=3, n=200, d=3, k=2)
+    xm = mcar(x, 0.3)
+    gm = ppgmm.GaussianMixture(2, random_state=0, tol=1e-8, max_iter=500).fit(xm)
+    assert gm.converged_ and gm.n_iter_ >= 1
+    ref = scipy_row_loglik(xm, gm.weights_, gm.means_, gm.covariances_)
+    assert_allclose(gm.score_samples(xm), ref, rtol=1e-10)
+    assert gm.score(xm) == pytest.approx(ref.mean(), rel=1e-10)
+    p = gm.predict_proba(xm)
+    assert p.shape == (200, 2) and np.all(np.isfinite(p))
+    assert_allclose(p.sum(1), 1.0)
+    assert np.array_equal(gm.predict(xm), p.argmax(1))
+    assert np.array_equal(gm.fit_predict(xm), gm.predict(xm))
+    # lower_bound_ is the mean per-row objective at the end (log-likelihood for prior=None)
+    assert gm.lower_bound_ == pytest.approx(ref.mean(), rel=1e-8)
+    assert isinstance(gm.fit_, ppgmm.Fit)
+    # bic uses the parameter count of mclust / scikit-learn
+    p_count = ppgmm.GMM(2).n_parameters(3)
+    assert gm.bic(xm) == pytest.approx(-2 * ref.sum() + p_count * np.log(200), rel=1e-10)
+
+
+def test_prior_gives_the_map():
+    x, _, _ = mixture(seed=3, n=100, d=2, k=2)
+    mle = ppgmm.GaussianMixture(2, random_state=0, max_iter=500, tol=1e-10).fit(x)
+    mapgm = ppgmm.GaussianMixture(2, prior="default", random_state=0, max_iter=500,
+                                  tol=1e-10, reg_covar=0.0).fit(x)
+    ref = ppgmm.fit(ppgmm.GMM(2), x, seed=0, init=mle.fit_.point(), tol=1e-10)
+    assert_allclose(np.sort(mapgm.means_, 0), np.sort(ref.params.means, 0), atol=1e-5)
+    assert not np.allclose(mapgm.covariances_, mle.covariances_)
+
+
+def test_sample():
+    x, _, _ = mixture(seed=3, n=300, d=2, k=2)
+    gm = ppgmm.GaussianMixture(2, random_state=0).fit(x)
+    xs, labels = gm.sample(5000)
+    assert xs.shape == (5000, 2) and labels.shape == (5000,)
+    assert not np.isnan(xs).any()
+    for j in range(2):
+        rows = xs[labels == j]
+        se = np.sqrt(np.diag(gm.covariances_[j]) / len(rows))
+        assert np.all(np.abs(rows.mean(0) - gm.means_[j]) < 4.5 * se)
+    with pytest.raises(ppgmm.SpecError):
+        gm.sample(0)
+
+
+def test_sklearn_protocol():
+    gm = ppgmm.GaussianMixture(3, covariance_type="diag", random_state=1)
+    params = gm.get_params()
+    assert params["n_components"] == 3 and params["covariance_type"] == "diag"
+    c = clone(gm)
+    assert c.get_params() == params and c is not gm
+    assert gm.set_params(n_components=2) is gm and gm.n_components == 2
+    with pytest.raises(ppgmm.SpecError, match="unknown parameter 'n_comp'"):
+        gm.set_params(n_comp=2)
+    assert "covariance_type='diag'" in repr(gm)
+    with pytest.raises(AttributeError, match="not fitted"):
+        gm.predict(np.zeros((2, 2)))
+
+
+def test_bad_input_reaches_the_user_as_ppgmm_errors():
+    with pytest.raises(ppgmm.SpecError, match="covariance should be one of"):
+        ppgmm.GaussianMixture(2, covariance_type="VVV").fit(np.zeros((5, 2)))
+    with pytest.raises(ppgmm.DataError, match="infinite"):
+        ppgmm.GaussianMixture(2).fit(np.array([[1.0, np.inf], [0.0, 1.0], [2.0, 2.0]]))
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    x[:4] = np.nan
+    with pytest.warns(UserWarning, match="dropped 4 of 20 rows"):
+        ppgmm.GaussianMixture(2, random_state=0).fit(x)
+
+
+def test_convergence_warning_and_n_iter():
+    x, _, _ = mixture(seed=3, n=200, d=2, k=3, sep=1.0)
+    with pytest.warns(ppgmm.ConvergenceWarning, match="max_iter=2"):
+        gm = ppgmm.GaussianMixture(3, max_iter=2, tol=0.0, random_state=0).fit(x)
+    assert not gm.converged_ and gm.n_iter_ == 2

@@ -519,6 +519,10 @@ def _convergence(fits: dict[str, Fit], perms: dict[str, np.ndarray]) -> pd.DataF
         if "permutation" in stats:
             p = stats["permutation"].transpose("chain", "draw", "component").values
             row["relabelled_draws"] = int((p != np.arange(k)).any(-1).sum())
+            uniq, counts = np.unique(p.reshape(-1, k), axis=0, return_counts=True)
+            row["permutations"] = "; ".join(
+                f"({', '.join(map(str, u))}): {c}" for u, c in zip(uniq, counts, strict=True)
+            )
         elif "relabelled_draws" in a:
             row["relabelled_draws"] = int(a["relabelled_draws"])
         perm = perms.get(label, np.arange(k))
@@ -530,7 +534,7 @@ def _convergence(fits: dict[str, Fit], perms: dict[str, np.ndarray]) -> pd.DataF
     cols = ["label", "backend", "K", "covariance", "draws", "converged", "wall_time_s", "seed",
             "n_iter", "objective_final", "objective_monotone", "elbo_final", "rhat_max",
             "ess_bulk_min", "ess_tail_min", "divergences", "relabelled_draws",
-            "relabelled_to_reference"]
+            "permutations", "relabelled_to_reference"]
     df = pd.DataFrame(rows)
     return df[[c for c in cols if c in df.columns]]
 

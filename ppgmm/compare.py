@@ -402,8 +402,8 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
             notes.append(f"{label}: fitted on other data than {ref}; imputations not compared.")
             continue
         means[label] = np.asarray(f.impute(), dtype=float)[rows, cols]
-        x = f.idata.posterior_predictive["x_missing"].stack(sample=("chain", "draw"))
-        x = x.transpose("missing", "sample").values
+        pp = f.idata.posterior_predictive["x_missing"].transpose("missing", "chain", "draw")
+        x = pp.values.reshape(n_mis, pp.sizes["chain"] * pp.sizes["draw"])
         draws[label] = x
         if x.shape[1] >= 2:
             lows[label], highs[label] = np.quantile(x, q, axis=1)
@@ -411,10 +411,9 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
             lows[label] = highs[label] = np.full(n_mis, np.nan)
     # baseline: observed column means, normal interval from the observed column sd
     obs_mean = np.nanmean(md.values, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        n_obs = md.observed.sum(0)
-        obs_sd = np.where(n_obs > 1, np.nanstd(md.values, axis=0, ddof=min(1, n_obs.min() - 1)),
-                          np.nan)
+    n_obs = md.observed.sum(0)
+    dev2 = np.where(md.observed, (md.values - obs_mean) ** 2, 0.0).sum(0)
+    obs_sd = np.sqrt(dev2 / np.maximum(n_obs - 1, 1)) * np.where(n_obs > 1, 1.0, np.nan)
     z = ndtri(q[1])
     base = "column mean"
     means[base] = obs_mean[cols]

@@ -308,7 +308,7 @@ def _fig_imputations(cmp: Comparison) -> str | None:
             m = imp["mean"].sel(backend=b).values[sel]
             lo = imp["lower"].sel(backend=b).values[sel]
             hi = imp["upper"].sel(backend=b).values[sel]
-            err = np.vstack([m - lo, hi - m]) if np.isfinite(lo).all() else None
+            err = np.clip(np.vstack([m - lo, hi - m]), 0, None) if np.isfinite(lo).all() else None
             ax.errorbar(pos + (n - (len(labels) - 1) / 2) * width, m, yerr=err, fmt="o", ms=3,
                         lw=0.8, color=colors[b], label=b)
         if "truth" in imp:

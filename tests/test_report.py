@@ -205,3 +205,18 @@ def test_report_renders_in_headless_chromium_without_console_errors(report, tmp_
     dom, log = _chromium(hooked, tmp_path)
     assert f'data-check="images={n_imgs};bad=0;errors=0"' in dom, log[-2000:]
     assert not [line for line in log.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.parametrize("case", ["complete", "one feature"])
+def test_edge_cases_give_a_full_report(case, tmp_path, rng):
+    # one feature: a row's only entry cannot be missing, so neither case has missing entries
+    if case == "complete":
+        x = rng.normal(size=(50, 2))
+    else:
+        x = np.concatenate([rng.normal(-2, 1, 40), rng.normal(2, 1, 40)])[:, None]
+    f = ppgmm.fit(ppgmm.GMM(1 if case == "complete" else 2), x, seed=0,
+                  uncertainty="bootstrap", n_bootstrap=5)
+    cmp = ppgmm.compare([f], truth=x)
+    text = Path(cmp.report(str(tmp_path / "r.html"))).read_text(encoding="utf-8")
+    assert "could not be drawn" not in text
+    assert not parse(text).errors

@@ -1,6 +1,7 @@
 """ppgmm.compare: numbers checked against direct NumPy / SciPy / ArviZ computations."""
 
 import importlib.util
+import warnings
 
 import arviz as az
 import numpy as np
@@ -367,3 +368,18 @@ def test_compare_with_the_bayesian_backends(bayes_fits, sim):
     assert np.isfinite(conv.loc["nuts", "rhat_max"]) and "divergences" in conv
     assert set(c.imputation_scores["backend"]) == {"em", "advi", "nuts", "column mean"}
     assert isinstance(c.parameters, xr.Dataset)
+
+
+def test_model_comparison_by_loo(sim, em_fit, pseudo_nuts):
+    spec, data, _ = sim
+    boot3 = ppgmm.fit(ppgmm.GMM(3), data, seed=2, uncertainty="bootstrap", n_bootstrap=20)
+    nuts3 = posterior_like(boot3)
+    c = ppgmm.compare([em_fit, pseudo_nuts, nuts3])
+    assert c.labels == ["em", "nuts K=2", "nuts K=3"]
+    mc = c.model_comparison.set_index("label")
+    assert set(mc["criterion"]) == {"LOO elpd"}
+    with warnings.catch_warnings():  # PSIS diagnostics on a small bootstrap
+        warnings.simplefilter("ignore")
+        expected = az.loo(nuts3.idata).elpd_loo
+    assert mc.loc["nuts K=3", "value"] == pytest.approx(expected)
+    assert sorted(mc["rank"]) == [0, 1]

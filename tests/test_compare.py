@@ -14,9 +14,7 @@ import ppgmm
 from ppgmm.compare import crps_ensemble, crps_normal, l2_distance
 from ppgmm.spec import Params
 
-HAS_PYMC_BACKENDS = all(
-    importlib.util.find_spec(m) is not None for m in ("ppgmm.backends.advi", "ppgmm.backends.nuts")
-)
+HAS = {b: importlib.util.find_spec(f"ppgmm.backends.{b}") is not None for b in ("advi", "nuts")}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -351,35 +349,42 @@ def test_plain_words_warnings_are_collected(sim):
 
 @pytest.fixture(scope="module")
 def bayes_fits(sim, em_fit):
+    """Tiny ADVI and NUTS fits (whichever backends are installed), shared by the tests."""
     spec, data, _ = sim
-    advi = ppgmm.fit(spec, data, backend="advi", seed=0, n_iter=2000)
-    nuts = ppgmm.fit(spec, data, backend="nuts", seed=0, draws=50, tune=50, chains=2)
-    return em_fit, advi, nuts
+    fits = {"em": em_fit}
+    if HAS["advi"]:
+        fits["advi"] = ppgmm.fit(spec, data, backend="advi", seed=0, n_iter=3000)
+    if HAS["nuts"]:
+        with warnings.catch_warnings():  # too few draws for the ESS the backend asks for
+            warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
+            fits["nuts"] = ppgmm.fit(spec, data, backend="nuts", seed=0, draws=60, tune=60,
+                                     chains=2, progressbar=False)
+    return fits
 
 
-@pytest.mark.skipif(not HAS_PYMC_BACKENDS, reason="ADVI/NUTS backends not available")
-def test_compare_with_the_bayesian_backends(bayes_fits, sim):
-    em, advi, nuts = bayes_fits
-    c = ppgmm.compare([em, advi, nuts], truth=sim[2])
-    assert c.compared == ["em", "advi", "nuts"]
-    assert set(c.em_in_hdi["backend"].values) == {"advi", "nuts"}
+@pytest.mark.skipif(not any(HAS.values()), reason="ADVI/NUTS backends not available")
+def test_compare_with_the_bayesian_backends(bayes_fits, sim, tmp_path):
+    c = ppgmm.compare(list(bayes_fits.values()), truth=sim[2])
+    bayes = [b for b in bayes_fits if b != "em"]
+    assert c.compared == list(bayes_fits)
+    assert list(c.em_in_hdi["backend"].values) == bayes
     conv = c.convergence.set_index("label")
-    assert np.isfinite(conv.loc["advi", "elbo_final"])
-    assert np.isfinite(conv.loc["nuts", "rhat_max"]) and "divergences" in conv
-    assert set(c.imputation_scores["backend"]) == {"em", "advi", "nuts", "column mean"}
+    if "advi" in bayes:
+        assert np.isfinite(conv.loc["advi", "elbo_final"])
+    if "nuts" in bayes:
+        nuts = bayes_fits["nuts"]
+        assert np.isfinite(conv.loc["nuts", "rhat_max"])
+        assert conv.loc["nuts", "divergences"] == int(nuts.idata.sample_stats["diverging"].sum())
+        assert conv.loc["nuts", "permutations"].endswith(": 120") or ";" in conv.loc[
+            "nuts", "permutations"]
+    assert set(c.imputation_scores["backend"]) == {*bayes_fits, "column mean"}
+    # the Bayesian imputations agree with EM's on well separated clusters
+    em_rmse = c.imputation_scores.set_index(["backend", "feature"]).loc[("em", "all"), "rmse"]
+    for b in bayes:
+        rmse = c.imputation_scores.set_index(["backend", "feature"]).loc[(b, "all"), "rmse"]
+        assert rmse == pytest.approx(em_rmse, rel=0.2)
     assert isinstance(c.parameters, xr.Dataset)
-
-
-def test_model_comparison_by_loo(sim, em_fit, pseudo_nuts):
-    spec, data, _ = sim
-    boot3 = ppgmm.fit(ppgmm.GMM(3), data, seed=2, uncertainty="bootstrap", n_bootstrap=20)
-    nuts3 = posterior_like(boot3)
-    c = ppgmm.compare([em_fit, pseudo_nuts, nuts3])
-    assert c.labels == ["em", "nuts K=2", "nuts K=3"]
-    mc = c.model_comparison.set_index("label")
-    assert set(mc["criterion"]) == {"LOO elpd"}
-    with warnings.catch_warnings():  # PSIS diagnostics on a small bootstrap
-        warnings.simplefilter("ignore")
-        expected = az.loo(nuts3.idata).elpd_loo
-    assert mc.loc["nuts K=3", "value"] == pytest.approx(expected)
-    assert sorted(mc["rank"]) == [0, 1]
+    text = open(c.report(str(tmp_path / "r.html")), encoding="utf-8").read()
+    assert "could not be drawn" not in text
+    if "nuts" in bayes:
+        assert "nuts rank plots" in text

@@ -2,6 +2,7 @@
 
 import importlib.util
 import warnings
+from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -384,7 +385,7 @@ def test_compare_with_the_bayesian_backends(bayes_fits, sim, tmp_path):
         rmse = c.imputation_scores.set_index(["backend", "feature"]).loc[(b, "all"), "rmse"]
         assert rmse == pytest.approx(em_rmse, rel=0.2)
     assert isinstance(c.parameters, xr.Dataset)
-    text = open(c.report(str(tmp_path / "r.html")), encoding="utf-8").read()
+    text = Path(c.report(str(tmp_path / "r.html"))).read_text(encoding="utf-8")
     assert "could not be drawn" not in text
     if "nuts" in bayes:
         assert "nuts rank plots" in text

@@ -23,7 +23,7 @@ __all__ = ["main", "DEMO_SETTINGS"]
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "em": {"n_init": 5, "uncertainty": "bootstrap", "n_bootstrap": 100},
     "advi": {"n_iter": 10_000},
-    "nuts": {"draws": 300, "tune": 300, "chains": 2},
+    "nuts": {"draws": 500, "tune": 500, "chains": 2},
 }
 
 #: options passed to a backend only when it accepts them (quiet runs from the command line)
@@ -105,10 +105,14 @@ def _read_csv(path: str, columns: str | None) -> Any:
     return df
 
 
+def _options_of(backend: str) -> set[str]:
+    from .api import _options_of as options_of
+
+    return options_of(backend)
+
+
 def _backend_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
     """Options for ``backend`` plus the quiet defaults it accepts."""
-    from .api import _options_of
-
     accepted = _options_of(backend)
     out = {k: v for k, v in _QUIET.items() if k in accepted}
     out.update(options)
@@ -121,11 +125,15 @@ def _available(backend: str) -> bool:
     return importlib.util.find_spec(BACKENDS[backend][0]) is not None
 
 
-def _fit(spec, data, backend: str, seed: int | None, options: dict[str, Any]):
+def _fit(spec, data, backend: str, seed: int | None, options: dict[str, Any], reference=None):
+    """Fit one backend; a Bayesian backend's draws are labelled like ``reference`` (EM)."""
     import ppgmm
 
+    options = _backend_options(backend, options)
+    if reference is not None and "reference" in _options_of(backend):
+        options.setdefault("reference", reference)
     start = time.perf_counter()
-    f = ppgmm.fit(spec, data, backend=backend, seed=seed, **_backend_options(backend, options))
+    f = ppgmm.fit(spec, data, backend=backend, seed=seed, **options)
     print(f"  {backend:<5} K={spec.n_components}: {time.perf_counter() - start:6.1f} s, "
           f"converged={f.converged}", flush=True)
     return f
@@ -177,7 +185,7 @@ def _cmd_demo(args) -> int:
     start = time.perf_counter()
     fits = []
     for b in backends:
-        f = _fit(spec, df, b, args.seed, DEMO_SETTINGS[b])
+        f = _fit(spec, df, b, args.seed, DEMO_SETTINGS[b], reference=fits[0] if fits else None)
         f.to_netcdf(os.path.join(args.out, f"fit_{b}.nc"))
         fits.append(f)
     cmp = ppgmm.compare(fits)
@@ -219,8 +227,10 @@ def _cmd_compare(args) -> int:
     fits = []
     for k in args.k:
         spec = ppgmm.GMM(k, covariance=args.covariance)
+        first = None
         for b in backends:
-            fits.append(_fit(spec, df, b, args.seed, options[b]))
+            fits.append(_fit(spec, df, b, args.seed, options[b], reference=first))
+            first = first or (fits[-1] if b == "em" else None)
     if args.save_fits:
         os.makedirs(args.save_fits, exist_ok=True)
     cmp = ppgmm.compare(fits, truth=truth)

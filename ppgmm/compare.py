@@ -52,25 +52,30 @@ def _gaussian_products(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray,
     return np.exp(-0.5 * ((z**2).sum(-1) + logdet + d * np.log(2 * np.pi)))
 
 
-def l2_distance(p: Params, q: Params) -> float:
-    r"""Closed-form :math:`L_2` distance :math:`(\int (f - g)^2 dx)^{1/2}` between two mixtures.
+def l2_distance(p: Params, q: Params, *, relative: bool = False) -> float:
+    r"""Closed-form :math:`L_2` distance between mixtures, :math:`(\int (f - g)^2 dx)^{1/2}`.
 
     Parameters
     ----------
     p, q : Params
         Weights (K,), means (K, D) and covariances (K, D, D); K may differ between them.
+    relative : bool, default False
+        Return :math:`\|f - g\| / (\|f\|^2 + \|g\|^2)^{1/2}` instead: 0 for identical and 1
+        for non-overlapping densities (as :math:`\int fg \ge 0`), unchanged when the data are
+        shifted, rescaled or rotated.
 
     Returns
     -------
     float
-        0 for identical mixtures; in units of density (it shrinks as the data's scale grows,
-        so compare distances on one data set only).
+        0 for identical mixtures. The plain distance is in units of density (it shrinks as
+        the data's scale grows), so compare it on one data set only.
     """
     w, v = np.asarray(p.weights, float), np.asarray(q.weights, float)
     ff = w @ _gaussian_products(p.means, p.covariances, p.means, p.covariances) @ w
     gg = v @ _gaussian_products(q.means, q.covariances, q.means, q.covariances) @ v
     fg = w @ _gaussian_products(p.means, p.covariances, q.means, q.covariances) @ v
-    return float(np.sqrt(max(ff + gg - 2 * fg, 0.0)))
+    dist = float(np.sqrt(max(ff + gg - 2 * fg, 0.0)))
+    return dist / float(np.sqrt(ff + gg)) if relative else dist
 
 
 def crps_ensemble(draws: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -114,7 +119,7 @@ def crps_normal(mu: np.ndarray, sigma: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 @dataclass(eq=False)
 class Comparison:
-    """Fits from several backends, side by side.
+    r"""Fits from several backends, side by side.
 
     Attributes
     ----------
@@ -132,6 +137,9 @@ class Comparison:
         ...); empty without an EM fit or without another backend with draws.
     distance : xarray.DataArray
         L2 distance between fitted mixtures (their point estimates), dims (backend, backend_).
+    relative_distance : xarray.DataArray
+        The same divided by :math:`(\|f\|^2 + \|g\|^2)^{1/2}`: in [0, 1] (1 for densities
+        that do not overlap), unchanged by shifting, rescaling or rotating the data.
     imputations : xarray.Dataset
         Per missing entry (dim ``missing``, coords ``missing_obs``, ``missing_feature``) and
         backend: ``mean`` (E[x_mis | x_obs]), ``lower``, ``upper`` (central interval of the
@@ -162,6 +170,7 @@ class Comparison:
     parameters: xr.Dataset
     em_in_hdi: xr.Dataset
     distance: xr.DataArray
+    relative_distance: xr.DataArray
     imputations: xr.Dataset
     imputation_scores: pd.DataFrame | None
     convergence: pd.DataFrame
@@ -369,19 +378,21 @@ def _em_in_hdi(params: xr.Dataset, fits: dict[str, Fit]) -> xr.Dataset:
     return out
 
 
-def _distance(fits: dict[str, Fit], labels: list[str]) -> xr.DataArray:
+def _distance(fits: dict[str, Fit], labels: list[str], relative: bool) -> xr.DataArray:
     n = len(labels)
     dist = np.full((n, n), np.nan)
     for i, a in enumerate(labels):
         for j, b in enumerate(labels[i:], start=i):
             if fits[a].feature_names == fits[b].feature_names:
                 dist[i, j] = dist[j, i] = 0.0 if i == j else l2_distance(
-                    fits[a].params, fits[b].params
+                    fits[a].params, fits[b].params, relative=relative
                 )
+    what = ("relative L2 distance ||f - g|| / sqrt(||f||^2 + ||g||^2)" if relative
+            else "L2 distance")
     return xr.DataArray(
         dist, dims=("backend", "backend_"), coords={"backend": labels, "backend_": labels},
-        name="l2_distance",
-        attrs={"description": "L2 distance between fitted mixture densities (point estimates)"},
+        name="relative_l2_distance" if relative else "l2_distance",
+        attrs={"description": f"{what} between fitted mixture densities (point estimates)"},
     )
 
 
@@ -686,7 +697,8 @@ def compare(
         reference=ref,
         parameters=params,
         em_in_hdi=_em_in_hdi(params, fits),
-        distance=_distance(fits, list(fits)),
+        distance=_distance(fits, list(fits), relative=False),
+        relative_distance=_distance(fits, list(fits), relative=True),
         imputations=imputations,
         imputation_scores=scores,
         convergence=_convergence(fits, perms),

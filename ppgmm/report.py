@@ -451,14 +451,15 @@ def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:
         + _table(cmp.summary()) + "</details>"
     )))
     agree = agreement_table(cmp)
-    dist = cmp.distance.to_pandas()
+    dist = cmp.relative_distance.to_pandas()
     dist.index.name, dist.columns.name = None, None
     body.append(_section("agreement", (
         ("<h3>EM estimate inside each HDI</h3>" + _table(agree) if agree is not None else
          '<p class="note">No EM fit with another backend that has draws: nothing to check.</p>')
-        + "<h3>L2 distance between the fitted mixture densities</h3>"
-        + '<p class="note">Closed form; 0 means identical densities. In units of density, so '
-        "compare the entries with each other, not across data sets.</p>"
+        + "<h3>Distance between the fitted mixture densities</h3>"
+        + '<p class="note">Relative L2 distance ||f - g|| / sqrt(||f||² + ||g||²), closed '
+        "form: 0 for identical densities, 1 for densities that do not overlap; it does not "
+        "change when the data are shifted or rescaled. The plain L2 distance is <code>cmp.distance</code>.</p>"
         + _table(dist, index=True)
     )))
     body.append(_section("forest", _figure(_fig_forest, cmp)))

@@ -389,3 +389,21 @@ def test_compare_with_the_bayesian_backends(bayes_fits, sim, tmp_path):
     assert "could not be drawn" not in text
     if "nuts" in bayes:
         assert "nuts rank plots" in text
+
+
+def test_relative_l2_distance_is_scale_free():
+    p = Params(np.array([0.3, 0.7]), np.array([[0.0, 0.0], [1.0, 2.0]]),
+               np.array([[[1.0, 0.3], [0.3, 1.0]], [[2.0, 0.0], [0.0, 0.5]]]))
+    q = Params(np.array([1.0]), np.array([[0.5, 1.0]]), np.array([[[1.5, 0.2], [0.2, 1.0]]]))
+    a = np.array([[3.0, 1.0], [0.0, 0.2]])  # x -> a x + b
+    b = np.array([5.0, -1.0])
+
+    def move(r):
+        return Params(r.weights, r.means @ a.T + b, a @ r.covariances @ a.T)
+
+    rel = l2_distance(p, q, relative=True)
+    assert 0 < rel < 1
+    assert l2_distance(move(p), move(q), relative=True) == pytest.approx(rel, rel=1e-10)
+    assert l2_distance(move(p), move(q)) != pytest.approx(l2_distance(p, q))
+    far = Params(q.weights, q.means + 1e3, q.covariances)
+    assert l2_distance(p, far, relative=True) == pytest.approx(1.0)

@@ -459,7 +459,8 @@ def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:
         + "<h3>Distance between the fitted mixture densities</h3>"
         + '<p class="note">Relative L2 distance ||f - g|| / sqrt(||f||² + ||g||²), closed '
         "form: 0 for identical densities, 1 for densities that do not overlap; it does not "
-        "change when the data are shifted or rescaled. The plain L2 distance is <code>cmp.distance</code>.</p>"
+        "change when the data are shifted or rescaled. The plain L2 distance is "
+        "<code>cmp.distance</code>.</p>"
         + _table(dist, index=True)
     )))
     body.append(_section("forest", _figure(_fig_forest, cmp)))

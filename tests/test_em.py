@@ -370,9 +370,33 @@ SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
+def _fixed_prior(xm, k, cov, prior):
+    """The default prior with its hyperparameters resolved once: with NaN they come from a
+    K=1 EM that stops at a tolerance, so they agree across row orders only to ~1e-9."""
+    if prior is None:
+        return None
+    from ppgmm.prior import resolve_prior
+
+    rp = resolve_prior(ppgmm.GMM(k, cov), ppgmm.prepare(xm))
+    return ppgmm.Prior(mean=rp.mean, dof=rp.dof, scale=rp.scale)
+
+
 def _fit_md(md, k, cov, prior, init, max_iter=30):
     spec = ppgmm.GMM(k, cov, prior=prior)
     return fit_em(spec, md, init=init, max_iter=max_iter, tol=0.0, reg_covar=1e-4, warn=False)
+
+
+def _assert_same_fit(a, b):
+    """Same parameters to 1e-8; a run that stopped at a different iteration may only do so
+    at a fixed point (a gain at rounding level or below), where 1e-6 is asked."""
+    same_length = a.run.n_iter == b.run.n_iter
+    if not same_length:
+        for r in (a.run, b.run):
+            assert abs(r.objective[-1] - r.objective[-2]) <= 1e-9 * (1 + abs(r.objective[-1]))
+    rtol = 1e-8 if same_length else 1e-6
+    for pa, pb in zip(a.params, b.params, strict=True):
+        assert_allclose(pa, pb, rtol=rtol, atol=rtol * 1e-2)
+    assert a.run.objective[-1] == pytest.approx(b.run.objective[-1], rel=1e-10)
 
 
 @SETTINGS
@@ -407,13 +431,12 @@ def test_property_row_order_invariant(problem, rnd):
     xm, k, cov, prior, seed = problem
     init = _init(xm, k, cov, seed=seed % 1000)
     init = {"weights": init[0], "means": init[1], "covariances": init[2]}
+    prior = _fixed_prior(xm, k, cov, prior)
     perm = np.arange(len(xm))
     rnd.shuffle(perm)
     a = _fit_md(ppgmm.prepare(xm), k, cov, prior, init)
     b = _fit_md(ppgmm.prepare(xm[perm]), k, cov, prior, init)
-    for pa, pb in zip(a.params, b.params, strict=True):
-        assert_allclose(pa, pb, rtol=1e-8, atol=1e-10)
-    assert a.run.objective[-1] == pytest.approx(b.run.objective[-1], rel=1e-10)
+    _assert_same_fit(a, b)
 
 
 @SETTINGS
@@ -423,6 +446,7 @@ def test_property_pattern_grouping_invariant(problem, split_seed):
     xm, k, cov, prior, seed = problem
     init = _init(xm, k, cov, seed=seed % 1000)
     init = {"weights": init[0], "means": init[1], "covariances": init[2]}
+    prior = _fixed_prior(xm, k, cov, prior)
     md = ppgmm.prepare(xm)
     n = md.n
     # every row its own "pattern"
@@ -443,6 +467,4 @@ def test_property_pattern_grouping_invariant(problem, split_seed):
     )
     ref = _fit_md(md, k, cov, prior, init)
     for other in (single, split):
-        res = _fit_md(other, k, cov, prior, init)
-        for pa, pb in zip(ref.params, res.params, strict=True):
-            assert_allclose(pa, pb, rtol=1e-8, atol=1e-10)
+        _assert_same_fit(ref, _fit_md(other, k, cov, prior, init))

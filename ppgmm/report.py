@@ -12,6 +12,7 @@ import datetime as _dt
 import html
 import io
 import json
+import re
 import sys
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -377,9 +378,14 @@ def _figure(render, *args) -> str:
     return "\n".join(out) if isinstance(out, list) else out
 
 
+def _var(label: str) -> str:
+    return "fit_" + (re.sub(r"\W+", "_", label).strip("_") or "x")
+
+
 def _reproduce(cmp: Comparison) -> str:
     from .api import _options_of
 
+    ems = [b for b, f in cmp.fits.items() if f.backend == "em"]
     parts = []
     for b, f in cmp.fits.items():
         a = f.attrs
@@ -387,16 +393,22 @@ def _reproduce(cmp: Comparison) -> str:
             allowed = _options_of(f.backend)
         except Exception:  # backend not importable here: show the attrs only
             allowed = set()
-        opts = {k: v for k, v in a.items() if k in allowed}
+        opts = {k: v.item() if isinstance(v, np.generic) else v
+                for k, v in a.items() if k in allowed}
         if opts.get("uncertainty") == "none":
             opts["uncertainty"] = None
+        for key in ("reference", "init"):  # a fit given as an option is named, not repeated
+            if opts.get(key) == "given":
+                opts[key] = _Code(_var(ems[0])) if ems and key == "reference" else None
+            if opts.get(key) is None:
+                opts.pop(key, None)
         seed = a.get("seed")
         seed = None if seed in (None, -1) else int(seed)
         args = "".join(f", {k}={v!r}" for k, v in opts.items())
         code = (
             "import ppgmm\n"
             f"spec = ppgmm.GMM.from_json({a.get('spec', '')!r})\n"
-            f"fit = ppgmm.fit(spec, data, backend={f.backend!r}, seed={seed!r}{args})"
+            f"{_var(b)} = ppgmm.fit(spec, data, backend={f.backend!r}, seed={seed!r}{args})"
         )
         settings = {k: v for k, v in a.items() if k not in ("versions", "warnings", "spec")}
         settings_df = pd.DataFrame({"setting": list(settings),
@@ -412,11 +424,18 @@ def _reproduce(cmp: Comparison) -> str:
             f"<details><summary>All settings</summary>{_table(settings_df)}</details>"
         )
     head = (
-        '<p class="note"><code>data</code> is the data as fitted; every fit stores it in '
-        "<code>fit.idata.observed_data</code>, so <code>ppgmm.load(path).data.values</code> "
-        "gives it back from a saved fit.</p>"
+        '<p class="note"><code>data</code> is the data as fitted; every fit stores it, so '
+        "<code>ppgmm.load(path).data.values</code> gives it back from a saved fit (NaN where "
+        "missing). Fits run in the order shown.</p>"
     )
     return head + "\n".join(parts)
+
+
+class _Code(str):
+    """Text shown as code in the reproduction snippet (its repr is itself)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:

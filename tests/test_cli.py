@@ -76,7 +76,7 @@ def test_compare_and_report_commands_agree(files, tmp_path, capsys):
     text2 = html2.read_text(encoding="utf-8")
 
     def tables(t):
-        return re.findall(r"<table.*?</table>", t, flags=re.S)
+        return re.findall(r"<table.*?</table>|<pre>.*?</pre>", t, flags=re.S)
 
     assert tables(text) == tables(text2)
     # and the same tables as compare() on the in-memory fits

@@ -17,11 +17,12 @@ parameters, with the same BLAS threads:
 - scikit-learn: ``GaussianMixture._e_step`` followed by ``_m_step`` (which includes its
   precision Cholesky), on the same data before masking (it cannot take NaN).
 
-Each kernel pair is run ``--reps`` times from the same fixed parameters; the script
-prints the median. As a cross-check it also times whole fits with ``tol=0`` from the same
-fixed init for two values of ``max_iter`` and divides the difference by the number of
-extra iterations, which cancels set-up costs (validation, pattern grouping, building the
-result).
+Each kernel pair is run ``--reps`` times from the same fixed parameters, ppgmm and
+scikit-learn interleaved so that both see the same machine load; the script prints the
+median times and the median of the per-repetition ratios. As a cross-check it also times
+whole fits with ``tol=0`` from the same fixed init for two values of ``max_iter`` and
+divides the difference by the number of extra iterations, which cancels set-up costs
+(validation, pattern grouping, building the result).
 
 Peak memory is measured with ``tracemalloc`` (NumPy reports its allocations to it) over one
 iteration of each library, so it is the working memory of an iteration beyond the data.
@@ -93,20 +94,24 @@ def time_kernels(x, xm, p0: Params, reps: int):
         _, log_resp = sk._e_step(x)
         sk._m_step(x, log_resp)
 
-    out = {}
-    for name, f in (("ppgmm", ppgmm_iter), ("sklearn", sk_iter)):
-        f()  # warm up
-        ts = []
-        for _ in range(reps):
+    # interleaved, so both see the same load on a shared machine; the ratio is the median of
+    # the per-repetition ratios
+    ppgmm_iter()
+    sk_iter()  # warm up
+    ts = {"ppgmm": [], "sklearn": []}
+    for _ in range(reps):
+        for name, f in (("ppgmm", ppgmm_iter), ("sklearn", sk_iter)):
             t0 = time.perf_counter()
             f()
-            ts.append(time.perf_counter() - t0)
+            ts[name].append(time.perf_counter() - t0)
+    peaks = {}
+    for name, f in (("ppgmm", ppgmm_iter), ("sklearn", sk_iter)):
         tracemalloc.start()
         f()
-        _, peak = tracemalloc.get_traced_memory()
+        peaks[name] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        out[name] = (float(np.median(ts)), peak, md.n_patterns)
-    return out
+    ratio = float(np.median(np.divide(ts["ppgmm"], ts["sklearn"])))
+    return {n: float(np.median(t)) for n, t in ts.items()}, ratio, peaks, md.n_patterns
 
 
 def time_fits(x, xm, p0: Params, t1: int, t2: int, reps: int):
@@ -123,22 +128,21 @@ def time_fits(x, xm, p0: Params, t1: int, t2: int, reps: int):
         GaussianMixture(k, covariance_type="full", weights_init=p0.weights, means_init=p0.means,
                         precisions_init=prec, tol=0.0, max_iter=t).fit(x)
 
-    out = {}
+    per = {"ppgmm": [], "sklearn": []}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
         warnings.simplefilter("ignore", SkConvergenceWarning)
-        for name, f in (("ppgmm", ours), ("sklearn", theirs)):
-            per = []
-            for _ in range(reps):
+        for _ in range(reps):
+            for name, f in (("ppgmm", ours), ("sklearn", theirs)):
                 t0 = time.perf_counter()
                 f(t1)
                 a = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 f(t2)
                 b = time.perf_counter() - t0
-                per.append((b - a) / (t2 - t1))
-            out[name] = float(np.median(per))
-    return out
+                per[name].append((b - a) / (t2 - t1))
+    ratio = float(np.median(np.divide(per["ppgmm"], per["sklearn"])))
+    return {n: float(np.median(t)) for n, t in per.items()}, ratio
 
 
 def main() -> None:
@@ -150,27 +154,33 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-fits", action="store_true", help="skip the whole-fit cross-check")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS threads for both libraries (default: as configured)")
     args = ap.parse_args()
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
 
     x, xm = make_data(args.n, args.d, args.k, args.missing, args.seed)
     p0 = start_params(x, args.k, args.seed)
     print(f"N={args.n} D={args.d} K={args.k} full covariance, "
-          f"{np.isnan(xm).mean():.1%} of entries MCAR-missing, cpus={os.cpu_count()}")
+          f"{np.isnan(xm).mean():.1%} of entries MCAR-missing, cpus={os.cpu_count()}, "
+          f"BLAS threads={args.threads or 'default'}")
 
-    kern = time_kernels(x, xm, p0, args.reps)
-    t_ours, peak_ours, n_pat = kern["ppgmm"]
-    t_sk, peak_sk, _ = kern["sklearn"]
+    times, ratio, peaks, n_pat = time_kernels(x, xm, p0, args.reps)
     print(f"missingness patterns: {n_pat}")
-    print("per-iteration kernels (E-step + M-step), median of "
-          f"{args.reps}:")
-    print(f"  ppgmm (with NaN)      {1e3 * t_ours:8.1f} ms   peak {peak_ours / 2**20:7.1f} MiB")
-    print(f"  sklearn (complete)    {1e3 * t_sk:8.1f} ms   peak {peak_sk / 2**20:7.1f} MiB")
-    print(f"  ratio ppgmm / sklearn {t_ours / t_sk:8.2f}")
+    print(f"per-iteration kernels (E-step + M-step), interleaved, median of {args.reps}:")
+    print(f"  ppgmm (with NaN)      {1e3 * times['ppgmm']:8.1f} ms   "
+          f"peak {peaks['ppgmm'] / 2**20:7.1f} MiB")
+    print(f"  sklearn (complete)    {1e3 * times['sklearn']:8.1f} ms   "
+          f"peak {peaks['sklearn'] / 2**20:7.1f} MiB")
+    print(f"  ratio ppgmm / sklearn {ratio:8.2f}   (median of per-repetition ratios)")
     if not args.no_fits:
-        fits = time_fits(x, xm, p0, 5, 25, max(3, args.reps // 5))
+        fits, fratio = time_fits(x, xm, p0, 5, 25, max(3, args.reps // 5))
         print("per-iteration from whole fits ((t(25 iters) - t(5 iters)) / 20), median:")
         print(f"  ppgmm {1e3 * fits['ppgmm']:.1f} ms, sklearn {1e3 * fits['sklearn']:.1f} ms, "
-              f"ratio {fits['ppgmm'] / fits['sklearn']:.2f}")
+              f"ratio {fratio:.2f}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process peak RSS {rss:.0f} MiB (data: {x.nbytes / 2**20:.1f} MiB per copy)")
 

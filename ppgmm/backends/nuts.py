@@ -71,16 +71,21 @@ def em_start(spec: GMM, md: MissingData, init: Any, seed: int | None) -> tuple[P
     return _coerce_init(init, spec, md.d), None
 
 
-def chain_starts(model: Any, params: Params | None, rp: Any, spec: GMM, md: MissingData,
+def chain_starts(params: Params | list[Params] | None, rp: Any, spec: GMM, md: MissingData,
                  chains: int, rng: np.random.Generator, jitter: float,
                  latent: bool) -> list[dict[str, np.ndarray]] | None:
-    """Initial values (constrained scale) per chain, jittered around ``params``."""
+    """Initial values (constrained scale) per chain, jittered around ``params``.
+
+    A list gives one parameter set per chain, used as given.
+    """
     if params is None:
         return None
+    if isinstance(params, list):
+        return [initial_values(p, rp, spec.covariance, md if latent else None) for p in params]
     out = []
-    for c in range(chains):
-        p = params if (jitter == 0 or c == 0 and chains == 1) else post.jitter_params(
-            params, md.n, rng, jitter, spec.covariance)
+    for _ in range(chains):
+        p = params if jitter == 0 else post.jitter_params(params, md.n, rng, jitter,
+                                                          spec.covariance)
         out.append(initial_values(p, rp, spec.covariance, md if latent else None))
     return out
 
@@ -211,10 +216,11 @@ def nuts_backend(
         Adapt a dense mass matrix (numpyro only; nutpie and PyMC adapt a diagonal one). The
         posterior couples means, covariances and weights; a dense metric cut the leapfrog
         steps per draw by a third on the reference problem.
-    init : "em", "prior" or parameters, default "em"
+    init : "em", "prior", parameters or a list of them, default "em"
         "em" starts every chain near the EM fit; "prior" uses PyMC's default jittered start
         (chains may then settle in different labellings, which alignment undoes); explicit
-        parameters (e.g. another fit's ``point()``) start there.
+        parameters (e.g. another fit's ``point()``) start there, jittered; a list gives
+        each chain its own start, unjittered (the first one is the default reference).
     jitter : float, default 1.0
         Spread of the chain starts around ``init``, in posterior standard deviations.
     reference : ppgmm.Fit or Params, optional
@@ -253,10 +259,20 @@ def nuts_backend(
     spec_fit, rp, prior_note = resolve_bayes_prior(spec, md)
     ref = post.reference_params(reference, spec.n_components, md.d)
     rng = np.random.default_rng(seed)
-    start, _ = em_start(spec_fit, md, init, None if seed is None else int(rng.integers(2**31)))
+    em_seed = None if seed is None else int(rng.integers(2**31))
+    if isinstance(init, list | tuple):
+        if len(init) != chains:
+            raise SpecError(f"init should give one parameter set per chain ({chains}), but got "
+                            f"{len(init)}")
+        per_chain = [em_start(spec_fit, md, p, em_seed)[0] for p in init]
+        start: Any = per_chain
+    else:
+        start, _ = em_start(spec_fit, md, init, em_seed)
     model = build_model(spec_fit, md, rp, missing=missing)
-    starts = chain_starts(model, start, rp, spec_fit, md, chains, rng, float(jitter),
+    starts = chain_starts(start, rp, spec_fit, md, chains, rng, float(jitter),
                           missing == "latent")
+    if isinstance(start, list):
+        start = start[0]
     sampler_seed = int(rng.integers(2**31))
     idata, t_compile, t_sample = _sample(
         engine, model, draws=draws, tune=tune, chains=chains, target_accept=float(target_accept),
@@ -311,7 +327,8 @@ def nuts_backend(
         "tune": tune,
         "chains": chains,
         "target_accept": float(target_accept),
-        "init": init if isinstance(init, str) else "parameters",
+        "init": init if isinstance(init, str) else "per-chain" if isinstance(
+            init, list | tuple) else "parameters",
         "missing": missing,
         "divergences": n_div,
         "treedepth_hits": n_hits,

@@ -203,10 +203,15 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
         if cov_type in ("full", "tied"):
             chol_scale = np.linalg.cholesky(rp.scale)
             batch = (k,) if cov_type == "full" else ()
-            dof_c = nu - np.arange(d)
-            c = pm.ChiSquared("bartlett_c", nu=np.broadcast_to(dof_c, (*batch, d)),
-                              shape=(*batch, d))
-            z = pm.Normal("bartlett_z", 0.0, 1.0, shape=(*batch, d * (d - 1) // 2))
+            # c_i ~ chi^2(nu - i) = Gamma(shape (nu - i)/2, rate 1/2). Hyperparameters go in
+            # as float64 arrays: PyTensor stores an exactly representable Python float such
+            # as 0.5 as float32, and log(0.5) in float32 is off by 2e-9
+            shape_c = np.broadcast_to((nu - np.arange(d)) / 2.0, (*batch, d)).astype(float)
+            c = pm.Gamma("bartlett_c", alpha=shape_c, beta=np.full((*batch, d), 0.5),
+                         shape=(*batch, d))
+            n_off = d * (d - 1) // 2
+            z = pm.Normal("bartlett_z", np.zeros((*batch, n_off)), np.ones((*batch, n_off)),
+                          shape=(*batch, n_off))
             sigma = _bartlett_cov(pt, c, z, chol_scale, batch)
             if cov_type == "tied":
                 sigma = pt.broadcast_to(sigma, (k, d, d))
@@ -216,8 +221,8 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
             means = pm.MvNormal("means", mu=rp.mean, cov=covs / rp.kappa,
                                 dims=("component", "feature"))
         else:
-            a, b = nu / 2.0, float(rp.scale) / 2.0
             shape = (k, d) if cov_type == "diag" else (k,)
+            a, b = np.full(shape, nu / 2.0), np.full(shape, float(rp.scale) / 2.0)
             var = pm.InverseGamma("variances", alpha=a, beta=b, shape=shape)
             var_kd = var if cov_type == "diag" else pt.broadcast_to(var[:, None], (k, d))
             covs = pm.Deterministic(

@@ -1,0 +1,172 @@
+"""The shared PyMC model: prior and likelihood against independent references.
+
+- The log prior at random parameters equals ``scipy.stats`` (dirichlet, multivariate_normal,
+  invwishart, invgamma) on the constrained scale. For full and tied covariances the model
+  samples the Bartlett factors (c, z) under their own densities, so its density of
+  :math:`\\Sigma` is the (c, z) density divided by :math:`|\\partial\\,\\mathrm{vech}\\Sigma /
+  \\partial(c, z)|`; the Jacobian here comes from automatic differentiation of the model's
+  own map, not from the Bartlett formula.
+- The marginalised log-likelihood equals the EM backend's ``row_loglik`` with missing values.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ppgmm import GMM, Prior
+from ppgmm.backends.em import row_loglik
+from ppgmm.backends.pymc_model import (
+    build_model,
+    import_pymc,
+    initial_values,
+    resolve_bayes_prior,
+)
+from ppgmm.data import prepare
+from ppgmm.prior import log_prior
+from ppgmm.spec import Params
+
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+
+
+def _data(rng, n=120, d=3, missing=0.2):
+    x = rng.normal(size=(n, d)) @ np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.5], [0.0, 0.0, 2.0]])[
+        :d, :d
+    ]
+    x[: n // 2] += 3.0
+    mask = rng.random(x.shape) < missing
+    mask[mask.all(axis=1), 0] = False
+    x[mask] = np.nan
+    return x
+
+
+def _random_params(rng, k, d, cov_type):
+    w = rng.dirichlet(np.ones(k))
+    mu = rng.normal(size=(k, d)) * 2
+    if cov_type in ("full", "tied"):
+        a = rng.normal(size=(k, d, d))
+        cov = a @ np.swapaxes(a, -1, -2) + 0.5 * np.eye(d)
+        if cov_type == "tied":
+            cov[:] = cov[0]
+    elif cov_type == "diag":
+        cov = rng.uniform(0.3, 3.0, size=(k, d))[:, :, None] * np.eye(d)
+    else:
+        cov = rng.uniform(0.3, 3.0, size=k)[:, None, None] * np.eye(d)
+    return Params(w, mu, cov)
+
+
+def _scipy_log_prior(p, rp, cov_type):
+    w, mu, cov = p
+    k, d = mu.shape
+    out = stats.dirichlet(np.ones(k)).logpdf(w)
+    for j in range(k):
+        out += stats.multivariate_normal(rp.mean, cov[j] / rp.kappa).logpdf(mu[j])
+    if cov_type == "full":
+        out += sum(stats.invwishart(rp.dof, rp.scale).logpdf(cov[j]) for j in range(k))
+    elif cov_type == "tied":
+        out += stats.invwishart(rp.dof, rp.scale).logpdf(cov[0])
+    else:
+        var = np.diagonal(cov, axis1=1, axis2=2)
+        var = var if cov_type == "diag" else var[:, 0]
+        out += stats.invgamma(rp.dof / 2, scale=float(rp.scale) / 2).logpdf(var).sum()
+    return float(out)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """One compiled model per covariance type (K=3, D=3, 20% missing), shared by the tests."""
+    import_pymc()
+    import pytensor
+    from pytensor.gradient import jacobian
+
+    rng = np.random.default_rng(7)
+    md = prepare(_data(rng))
+    out = {}
+    for cov_type in COV_TYPES:
+        spec, rp, _ = resolve_bayes_prior(GMM(3, cov_type), md)
+        model = build_model(spec, md, rp)
+        free = [model[n] for n in ("weights", "means")] + [
+            v for v in model.free_RVs if v.name not in ("weights", "means")
+        ]
+        prior_terms = model.logp(vars=free, jacobian=False, sum=True)
+        outs = [prior_terms, model["loglik"], model["covariances"]]
+        if cov_type in ("full", "tied"):
+            rows, cols = np.tril_indices(md.d)
+            vech = model["covariances"][..., rows, cols]
+            outs.append(vech if cov_type == "full" else vech[0])
+        outs = model.replace_rvs_by_values(outs)
+        if cov_type in ("full", "tied"):
+            bartlett = [model.rvs_to_values[model[n]] for n in ("bartlett_c", "bartlett_z")]
+            outs = outs[:3] + list(jacobian(outs[3].ravel(), bartlett))
+        with warnings.catch_warnings():
+            # JAX drops PyMC's parameter checks and random-state inputs; both are moot for
+            # densities at valid parameters
+            warnings.filterwarnings("ignore", message="Skipping Check", category=UserWarning)
+            warnings.filterwarnings("ignore", message="The RandomType SharedVariables",
+                                    category=UserWarning)
+            fn = pytensor.function(model.value_vars, outs, mode="JAX", on_unused_input="ignore")
+        out[cov_type] = (spec, rp, model, fn)
+    return md, out
+
+
+def _evaluate(model, fn, values):
+    """Run ``fn`` at constrained ``values`` (mapped to the model's value variables)."""
+    from pymc.initial_point import make_initial_point_fn
+
+    point = make_initial_point_fn(model=model, overrides=values, jitter_rvs=set(),
+                                  return_transformed=True)(0)
+    return fn(*[point[v.name] for v in model.value_vars])
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_log_prior_matches_scipy(models, cov_type, rng):
+    md, built = models
+    spec, rp, model, fn = built[cov_type]
+    for _ in range(3):
+        p = _random_params(rng, 3, md.d, cov_type)
+        values = initial_values(p, rp, cov_type)
+        res = _evaluate(model, fn, values)
+        lp, cov = float(res[0]), np.asarray(res[2])
+        np.testing.assert_allclose(cov, p.covariances, rtol=1e-10, atol=1e-12)
+        if cov_type in ("full", "tied"):
+            # d vech(Sigma) / d(log c, z); chain rule to d/dc divides by c
+            jac = np.concatenate([np.asarray(j).reshape(len(np.asarray(j)), -1)
+                                  for j in res[3:]], axis=1)
+            logdet = np.linalg.slogdet(jac)[1] - np.log(values["bartlett_c"]).sum()
+            lp -= logdet
+        expected = _scipy_log_prior(p, rp, cov_type)
+        assert lp == pytest.approx(expected, abs=1e-8)
+        assert lp == pytest.approx(log_prior(p, rp), abs=1e-8)
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_loglik_matches_em(models, cov_type, rng):
+    md, built = models
+    assert not md.observed.all() and md.n_patterns > 3
+    spec, rp, model, fn = built[cov_type]
+    for _ in range(3):
+        p = _random_params(rng, 3, md.d, cov_type)
+        ll = float(_evaluate(model, fn, initial_values(p, rp, cov_type))[1])
+        assert ll == pytest.approx(row_loglik(p, md).sum(), abs=1e-8)
+
+
+def test_prior_none_uses_default(rng):
+    md = prepare(_data(rng))
+    spec, rp, note = resolve_bayes_prior(GMM(2, "full", prior=None), md)
+    assert spec.prior == Prior()
+    assert "default prior" in note
+    _, rp_default, note_default = resolve_bayes_prior(GMM(2, "full"), md)
+    np.testing.assert_allclose(rp.scale, rp_default.scale)
+    assert "default" not in note_default
+
+
+def test_latent_model_has_missing_entries_as_free_variables(rng):
+    md = prepare(_data(rng, n=40))
+    spec, rp, _ = resolve_bayes_prior(GMM(2, "diag"), md)
+    model = build_model(spec, md, rp, missing="latent")
+    n_missing = int((~md.observed).sum())
+    assert n_missing > 0
+    assert model.rvs_to_values[model["x_missing_latent"]].type.shape == (n_missing,)
+    with pytest.raises(ValueError, match="missing should be"):
+        build_model(spec, md, rp, missing="drop")

@@ -22,8 +22,8 @@ __all__ = ["main", "DEMO_SETTINGS"]
 #: compilation included, large enough for stable intervals
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "em": {"n_init": 5, "uncertainty": "bootstrap", "n_bootstrap": 100},
-    "advi": {"n_iter": 10_000},
-    "nuts": {"draws": 500, "tune": 500, "chains": 2},
+    "advi": {"method": "advi", "n_iter": 20_000},
+    "nuts": {"draws": 1000, "tune": 1500, "chains": 2},
 }
 
 #: options passed to a backend only when it accepts them (quiet runs from the command line)

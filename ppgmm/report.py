@@ -339,7 +339,14 @@ def _fig_traces(cmp: Comparison) -> list[str]:
         fig, axes = plt.subplots(1, len(traces), figsize=(4.5 * len(traces), 3.2),
                                  squeeze=False)
         for ax, (b, title, y) in zip(axes[0], traces, strict=True):
-            ax.plot(np.arange(len(y)), y, lw=1)
+            ax.plot(np.arange(len(y)), y, lw=0.6 if title.startswith("ADVI") else 1.2,
+                    color="#9ecae1" if title.startswith("ADVI") else "#1f77b4")
+            if title.startswith("ADVI") and len(y) >= 50:
+                w = max(5, len(y) // 50)
+                smooth = np.convolve(y, np.ones(w) / w, mode="valid")
+                ax.plot(np.arange(w - 1, len(y)), smooth, color="#08519c", lw=1.4,
+                        label=f"running mean ({w})")
+                ax.legend(fontsize=8, loc="lower right")
             ax.set_title(f"{b}: {title}")
             ax.set_xlabel("iteration")
             if title.startswith("ADVI") and len(y) > 20:

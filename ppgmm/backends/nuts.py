@@ -31,7 +31,7 @@ from ..spec import GMM, Params
 from . import posterior as post
 from .pymc_model import build_model, import_pymc, initial_values, resolve_bayes_prior
 
-__all__ = ["nuts_backend", "ENGINES"]
+__all__ = ["nuts_backend", "diagnose", "ENGINES"]
 
 #: engine name -> what runs it
 ENGINES = {
@@ -115,11 +115,15 @@ def _sample(engine: str, model: Any, *, draws: int, tune: int, chains: int,
             # PyMC donates the raw draws to its post-processing; XLA may decline, harmlessly
             warnings.filterwarnings("ignore", message="Some donated buffers were not usable",
                                     category=UserWarning)
-            idata = pm.sample(
+            # what pm.sample(nuts_sampler="numpyro") runs, minus its step-method assignment
+            # (a symbolic gradient of the whole graph that numpyro never uses: 6 s here)
+            from pymc.sampling.jax import sample_jax_nuts
+
+            idata = sample_jax_nuts(
                 draws, tune=tune, chains=chains, model=model, nuts_sampler="numpyro",
                 target_accept=target_accept, random_seed=seed, initvals=starts,
                 var_names=names, progressbar=progressbar, compute_convergence_checks=False,
-                idata_kwargs={"log_likelihood": False}, nuts_sampler_kwargs=kw,
+                idata_kwargs={"log_likelihood": False}, **kw,
             )
         sampling = float(idata.posterior.attrs.get("sampling_time", np.nan))
         return idata, time.perf_counter() - t0 - sampling, sampling
@@ -175,6 +179,57 @@ def _stats(idata: Any, engine: str) -> tuple[Any, np.ndarray | None, int, int]:
     else:
         hits = 0
     return stats, lp, div, hits
+
+
+def diagnose(raw: post.Draws, aligned: post.Draws, *, n_div: int, n_hits: int,
+             stacklevel: int = 5) -> dict[str, Any]:
+    """Convergence diagnostics of NUTS draws, raised as warnings that say what to do.
+
+    Checks divergences, tree-depth saturation, chains in different modes
+    (:func:`ppgmm.backends.posterior.modes_differ`), max R-hat > 1.01 after alignment and
+    bulk ESS < 100 per chain. Returns the attrs (``divergences``, ``treedepth_hits``,
+    ``rhat_max_raw``, ``rhat_max``, ``ess_bulk_min``, ``modes_differ``), the
+    :class:`~ppgmm.backends.posterior.Messages` under ``"messages"`` and ``"converged"``.
+    """
+    chains, draws = raw.shape
+    rhat_raw, rhat = post.rhat_max(raw), post.rhat_max(aligned)
+    ess = post.ess_bulk_min(aligned)
+    split = post.modes_differ(aligned) if chains > 1 else []
+    msgs = post.Messages()
+    total = chains * draws
+    if n_div:
+        msgs.warn(f"{n_div} of {total} draws diverged after tuning; the posterior may be "
+                  "biased there. Raise target_accept (e.g. 0.95) and check the data scale.",
+                  stacklevel=stacklevel)
+    if n_hits:
+        msgs.warn(f"{n_hits} of {total} draws hit the maximum tree depth ({MAX_TREEDEPTH}); "
+                  "sampling is inefficient. Rescale the data or use fewer components.",
+                  stacklevel=stacklevel)
+    if split:
+        pairs = ", ".join(f"{a} and {b}" for a, b in split)
+        msgs.warn(f"chains {pairs} settled in different modes (not just different labels); "
+                  "the posterior is multimodal or some chains are stuck. Compare per-chain "
+                  "results, start every chain from one fit (init='em') and run longer.",
+                  stacklevel=stacklevel)
+    bad_rhat = bool(np.isfinite(rhat) and rhat > 1.01)
+    if bad_rhat:
+        msgs.warn(f"max R-hat is {rhat:.3f} > 1.01 after label alignment (before: "
+                  f"{rhat_raw:.3f}); chains have not mixed. Run more tune and draws.",
+                  stacklevel=stacklevel)
+    low_ess = bool(np.isfinite(ess) and ess < 100 * chains)
+    if low_ess:
+        msgs.warn(f"the smallest bulk ESS is {ess:.0f} < {100 * chains} (100 per chain); "
+                  "Monte Carlo error is large. Run more draws.", stacklevel=stacklevel)
+    return {
+        "divergences": int(n_div),
+        "treedepth_hits": int(n_hits),
+        "rhat_max_raw": float(rhat_raw),
+        "rhat_max": float(rhat),
+        "ess_bulk_min": float(ess),
+        "modes_differ": int(bool(split)),
+        "messages": msgs,
+        "converged": not (n_div or split or bad_rhat or low_ess),
+    }
 
 
 def nuts_backend(
@@ -288,31 +343,9 @@ def nuts_backend(
     aligned, perm = post.align(raw, ref)
     stats["permutation"] = (("chain", "draw", "component"), perm.astype(np.int64))
     relabelled = int((perm != np.arange(spec.n_components)).any(-1).sum())
-    rhat_raw, rhat = post.rhat_max(raw), post.rhat_max(aligned)
-    ess = post.ess_bulk_min(aligned)
-    split = post.modes_differ(aligned) if chains > 1 else []
 
-    msgs = post.Messages()
-    total = chains * draws
-    if n_div:
-        msgs.warn(f"{n_div} of {total} draws diverged after tuning; the posterior may be "
-                  "biased there. Raise target_accept (e.g. 0.95) and check the data scale.")
-    if n_hits:
-        msgs.warn(f"{n_hits} of {total} draws hit the maximum tree depth ({MAX_TREEDEPTH}); "
-                  "sampling is inefficient. Rescale the data or use fewer components.")
-    if split:
-        pairs = ", ".join(f"{a} and {b}" for a, b in split)
-        msgs.warn(f"chains {pairs} settled in different modes (not just different labels); "
-                  "the posterior is multimodal or some chains are stuck. Compare per-chain "
-                  "results, start every chain from one fit (init='em') and run longer.")
-    if np.isfinite(rhat) and rhat > 1.01:
-        msgs.warn(f"max R-hat is {rhat:.3f} > 1.01 after label alignment (before: "
-                  f"{rhat_raw:.3f}); chains have not mixed. Run more tune and draws.")
-    if np.isfinite(ess) and ess < 100 * chains:
-        msgs.warn(f"the smallest bulk ESS is {ess:.0f} < {100 * chains} (100 per chain); "
-                  "Monte Carlo error is large. Run more draws.")
-    converged = not (n_div or split or (np.isfinite(rhat) and rhat > 1.01)
-                     or (np.isfinite(ess) and ess < 100 * chains))
+    diag = diagnose(raw, aligned, n_div=n_div, n_hits=n_hits)
+    msgs, converged = diag.pop("messages"), diag.pop("converged")
 
     imputed, predictive, loglik = post.derived_quantities(md, aligned, rng)
     t_post = time.perf_counter() - t0
@@ -330,13 +363,8 @@ def nuts_backend(
         "init": init if isinstance(init, str) else "per-chain" if isinstance(
             init, list | tuple) else "parameters",
         "missing": missing,
-        "divergences": n_div,
-        "treedepth_hits": n_hits,
-        "rhat_max_raw": float(rhat_raw),
-        "rhat_max": float(rhat),
-        "ess_bulk_min": float(ess),
+        **diag,
         "relabelled_draws": relabelled,
-        "modes_differ": int(bool(split)),
         "reference": "given" if reference is not None else "em" if start is not None else "pivot",
         "compile_time": float(t_compile),
         "sampling_time": float(t_sample),

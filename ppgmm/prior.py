@@ -45,8 +45,21 @@ def data_moments(md: MissingData) -> tuple[np.ndarray, np.ndarray]:
     if md.observed.all():
         return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
     from .backends.em import fit_single_gaussian
+    from .exceptions import DataError, ObjectiveDecreaseError, PpgmmError
 
-    mean, cov = fit_single_gaussian(md)
+    try:
+        mean, cov = fit_single_gaussian(md)
+    except (ObjectiveDecreaseError, PpgmmError):
+        # the MAR likelihood of one Gaussian is unbounded when a column is observed in too
+        # few rows to regress it on the others: a data problem, not a bug
+        counts = md.observed.sum(axis=0)
+        j = int(np.argmin(counts))
+        raise DataError(
+            f"the one-Gaussian fit that sets the default prior's mean and scale is degenerate; "
+            f"column {md.feature_names[j]!r} is observed in only {int(counts[j])} rows. Drop "
+            "sparse columns, or give the prior's mean and scale (ppgmm.Prior(mean=..., "
+            "scale=...)), or use prior=None"
+        ) from None
     return mean, cov * n / (n - 1)
 
 

@@ -162,3 +162,15 @@ def test_map_update_is_the_closed_form_of_the_design(covariance_type):
     assert_allclose(fit.params.weights, nk / n, rtol=1e-12)
     assert_allclose(fit.params.means, mu, rtol=1e-10)
     assert_allclose(fit.params.covariances, cov, rtol=1e-10, atol=1e-14)
+
+
+def test_degenerate_single_gaussian_fit_is_a_data_error():
+    """A column seen in 2 of 30 rows: the one-Gaussian MAR likelihood behind the default
+    prior is unbounded. The user gets a DataError naming the column, not a 'bug' error."""
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    x[2:, 1] = np.nan
+    with pytest.raises(ppgmm.DataError, match="column 'x1' is observed in only 2 rows"):
+        ppgmm.fit(ppgmm.GMM(2), x, seed=0)
+    # the suggested fixes work
+    fit = ppgmm.fit(ppgmm.GMM(2, prior=ppgmm.Prior(mean=[0.0] * 3, scale=np.eye(3))), x, seed=0)
+    assert np.isfinite(fit.loglik)

@@ -575,7 +575,9 @@ def _model_comparison(fits: dict[str, Fit], notes: list[str]) -> pd.DataFrame | 
             except (ValueError, TypeError, KeyError) as err:
                 notes.append(f"{backend}: LOO comparison failed ({err}).")
                 continue
-        for w in {str(w.message).strip().splitlines()[0] for w in caught}:
+        noise = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+        for w in dict.fromkeys(" ".join(str(w.message).split()) for w in caught
+                               if not issubclass(w.category, noise)):
             notes.append(f"{backend} LOO: {w}")
         for b, r in table.iterrows():
             rows.append({"backend": backend, "label": str(b),
@@ -678,8 +680,9 @@ def compare(
         ref = str(reference)
     notes: list[str] = []
     for label, f in fits.items():
-        notes += [f"{label}: {w}" for w in _warnings_of(f)]
-        if not f.converged:
+        own = _warnings_of(f)
+        notes += [f"{label}: {w}" for w in own]
+        if not f.converged and not own:
             notes.append(f"{label}: the {f.backend} fit did not meet its convergence criterion.")
     params, posteriors, perms = _parameters(fits, ref, hdi_prob, notes)
     compared = [str(b) for b in params["backend"].values]

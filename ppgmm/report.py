@@ -360,8 +360,9 @@ def _fig_traces(cmp: Comparison) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             axes = az.plot_rank(post, var_names=["weights"], figsize=(8, 2.6))
+        for ax in np.ravel(axes):
+            ax.set_title(f"{b}: " + " ".join(ax.get_title().split()), fontsize=11)
         fig = np.ravel(axes)[0].figure
-        fig.suptitle(f"{b}: rank plots of the weights (uniform when chains agree)", y=1.1)
         out.append(_img(fig, f"{b} rank plots"))
     return out
 
@@ -509,6 +510,9 @@ def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:
     )))
     body.append(_section("convergence", (
         _table(convergence_table(cmp)) + _figure(_fig_traces, cmp)
+        + ('<p class="note">Rank plots: histograms of each chain\'s draws ranked among all '
+           "chains; flat when the chains sample the same distribution.</p>"
+           if any(f.backend == "nuts" for f in cmp.fits.values()) else "")
     )))
     mc = cmp.model_comparison
     body.append(_section("model-comparison", (

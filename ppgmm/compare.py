@@ -220,33 +220,34 @@ class Comparison:
 
 
 def _labels(fits: Any) -> dict[str, Fit]:
+    """Fits by label: the backend name, made unique with K, covariance, then a counter."""
     if isinstance(fits, Fit):
         fits = [fits]
     if isinstance(fits, Mapping):
-        out = {str(k): v for k, v in fits.items()}
+        given = list(fits.values())
     elif isinstance(fits, Sequence) and not isinstance(fits, str):
-        fits = list(fits)
-        backends = [f.backend if isinstance(f, Fit) else None for f in fits]
-        out = {}
-        for f, b in zip(fits, backends, strict=True):
-            if not isinstance(f, Fit):
-                break
-            label = b if backends.count(b) == 1 else f"{b} K={f.spec.n_components}"
-            if label in out:
-                label = f"{label} ({f.spec.covariance})"
-            base, i = label, 2
-            while label in out:
-                label, i = f"{base} #{i}", i + 1
-            out[label] = f
+        given = list(fits)
     else:
-        out = {}
-    bad = [type(f).__name__ for f in out.values() if not isinstance(f, Fit)]
-    if not out or bad or len(out) != len(fits):
+        given = []
+    bad = sorted({type(f).__name__ for f in given if not isinstance(f, Fit)})
+    if not given or bad:
         raise PpgmmError(
             "fits should be a non-empty list (or dict) of ppgmm.Fit objects from ppgmm.fit or "
             f"ppgmm.load, but got {type(fits).__name__}"
-            + (f" holding {sorted(set(bad))}" if bad else "")
+            + (f" holding {bad}" if bad else "")
         )
+    if isinstance(fits, Mapping):
+        return {str(k): v for k, v in fits.items()}
+    backends = [f.backend for f in given]
+    out: dict[str, Fit] = {}
+    for f, b in zip(given, backends, strict=True):
+        label = b if backends.count(b) == 1 else f"{b} K={f.spec.n_components}"
+        if label in out:
+            label = f"{label} ({f.spec.covariance})"
+        base, i = label, 2
+        while label in out:
+            label, i = f"{base} #{i}", i + 1
+        out[label] = f
     return out
 
 

@@ -72,7 +72,7 @@ def switched(three_clusters):
     starts = [Params(em.weights[list(p)], em.means[list(p)], em.covariances[list(p)])
               for p in perms]
     fit = ppgmm.fit(spec, three_clusters, backend="nuts", seed=1, chains=4, draws=500,
-                    tune=500, init=starts)
+                    tune=500, init=starts, engine="numpyro")
     return fit, em
 
 
@@ -143,8 +143,10 @@ def test_chains_in_different_labellings_are_aligned(switched):
     np.testing.assert_allclose(fit.params.means, em.means, atol=0.3)
 
 
-def test_nuts_result_schema_and_round_trip(switched, tmp_path):
-    fit, _ = switched
+@pytest.mark.parametrize("which", ["numpyro", "nutpie"])
+def test_nuts_result_schema_and_round_trip(switched, large_n, tmp_path, which):
+    fit = switched[0] if which == "numpyro" else large_n[1]
+    assert fit.attrs["engine"] == which
     idata = fit.idata
     post = idata.posterior
     assert post["weights"].dims == ("chain", "draw", "component")
@@ -326,7 +328,10 @@ def test_bad_options_raise_spec_error(three_clusters, backend, options, match):
 def test_init_list_needs_one_start_per_chain(three_clusters, switched):
     _, em = switched
     with pytest.raises(SpecError, match="one parameter set per chain"):
-        ppgmm.fit(GMM(3, "full"), three_clusters, backend="nuts", chains=2, init=[em])
+        ppgmm.fit(GMM(3, "full"), three_clusters, backend="nuts", chains=2, init=[em],
+                  engine="numpyro")
+    with pytest.raises(SpecError, match="need engine='numpyro'"):
+        ppgmm.fit(GMM(3, "full"), three_clusters, backend="nuts", chains=1, init=[em])
 
 
 def test_modes_differ_flags_separated_chains(rng):

@@ -220,3 +220,14 @@ def test_edge_cases_give_a_full_report(case, tmp_path, rng):
     text = Path(cmp.report(str(tmp_path / "r.html"))).read_text(encoding="utf-8")
     assert "could not be drawn" not in text
     assert not parse(text).errors
+
+
+def test_warnings_section_lists_each_fits_warnings_in_plain_words(fits, tmp_path):
+    data = fits[0]
+    with pytest.warns(ppgmm.ConvergenceWarning, match="did not converge"):
+        short = ppgmm.fit(ppgmm.GMM(2), data, seed=0, max_iter=2)
+    cmp = ppgmm.compare({"short <run>": short})
+    text = Path(cmp.report(str(tmp_path / "w.html"))).read_text(encoding="utf-8")
+    section = text[text.index('<section id="warnings">'):text.index('<section id="reproduce">')]
+    assert "short &lt;run&gt;: EM did not converge in max_iter=2 iterations" in section
+    assert "increase max_iter" in section

@@ -26,12 +26,12 @@ means (for the M-step).
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ..data import MissingData
 from ..exceptions import ConvergenceWarning, ObjectiveDecreaseError, PpgmmError, SpecError
@@ -127,8 +127,12 @@ def e_step(params: Params, xs: np.ndarray, pat: np.ndarray, patterns: np.ndarray
     with np.errstate(divide="ignore"):
         log_w = np.log(w)
     log_prob = log_w - 0.5 * (f.n_obs[pat, None] * _LOG_2PI + f.logdet[pat] + quad)
-    ll = logsumexp(log_prob, axis=1)
-    resp = np.exp(log_prob - ll[:, None])
+    # log-sum-exp by a max shift, reusing the exponentials for the responsibilities
+    top = log_prob.max(axis=1, keepdims=True)
+    prob = np.exp(log_prob - top)
+    total = prob.sum(axis=1, keepdims=True)
+    ll = (top + np.log(total))[:, 0]
+    resp = prob / total
     return EStep(ll, resp, v, f)
 
 
@@ -263,6 +267,12 @@ def run_em(
                 # it can cost more than the EM step gains. Keep the better parameters and stop.
                 run.converged = True
                 break
+            if not np.isfinite(obj) or _collapsed(new.covariances):
+                raise PpgmmError(
+                    "a component collapsed onto too few rows (its covariance became singular) "
+                    f"at iteration {len(run.objective)}; set reg_covar > 0, use a prior "
+                    "(prior='default'), or use fewer components"
+                )
             raise ObjectiveDecreaseError(
                 f"EM objective decreased from {prev!r} to {obj!r} at iteration "
                 f"{len(run.objective)}; this is a bug in ppgmm, please report it with the data"
@@ -273,6 +283,12 @@ def run_em(
             run.converged = True
             break
     return run
+
+
+def _collapsed(cov: np.ndarray) -> bool:
+    """Whether some component's covariance is singular relative to the others' scale."""
+    scale = np.trace(cov, axis1=1, axis2=2).max() / cov.shape[-1]
+    return bool(np.linalg.eigvalsh(cov).min() <= 1e-10 * scale)
 
 
 def fit_single_gaussian(md: MissingData, max_iter: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
@@ -472,10 +488,13 @@ def fit_em(
     assert best is not None
     result = EMResult(best.params, best, prior, reg, n_init)
     if not best.converged:
-        gain = (best.objective[-1] - best.objective[-2]) / md.n if best.n_iter else np.nan
+        gain = (
+            f"last per-row gain {(best.objective[-1] - best.objective[-2]) / md.n:.3g} > "
+            f"tol={tol:g}" if best.n_iter else "no iteration was run"
+        )
         result.messages.append(
-            f"EM did not converge in max_iter={max_iter} iterations (last per-row gain "
-            f"{gain:.3g} > tol={tol:g}); increase max_iter or loosen tol."
+            f"EM did not converge in max_iter={max_iter} iterations ({gain}); increase max_iter "
+            "or loosen tol."
         )
         if warn:
             warnings.warn(result.messages[-1], ConvergenceWarning, stacklevel=4)
@@ -492,7 +511,10 @@ def _bootstrap(spec: GMM, md: MissingData, main: EMResult, rng: np.random.Genera
     if not isinstance(b, int) or b < 2:
         raise SpecError(f"n_bootstrap should be an integer >= 2, but got {b!r}")
     draws = []
-    for _ in range(b):
+    show = sys.stderr.isatty()  # progress on a terminal only
+    for i in range(b):
+        if show:
+            print(f"\rppgmm: bootstrap refit {i + 1}/{b}", end="", file=sys.stderr, flush=True)
         idx = rng.integers(0, md.n, md.n)
         sub = MissingData.from_arrays(md.values[idx], md.feature_names, md.obs_names[idx])
         try:
@@ -501,6 +523,8 @@ def _bootstrap(spec: GMM, md: MissingData, main: EMResult, rng: np.random.Genera
         except PpgmmError:
             continue  # a resample on which a component collapsed: skip, counted below
         draws.append(run.params)
+    if show:
+        print(file=sys.stderr)
     if len(draws) < b:
         warnings.warn(
             f"{b - len(draws)} of {b} bootstrap refits failed (a component collapsed) and were "

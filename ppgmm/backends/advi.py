@@ -310,6 +310,8 @@ def advi_backend(
                          draws=int(draws), seed=fit_seed, progressbar=progressbar,
                          compile_mode=compile_mode)
     raw: post.Draws = out["draws"]
+    ref_kind = "given" if ref is not None else "pivot" if start_params is None else (
+        "em" if init == "em" else "start")
     if ref is None:
         ref = start_params if start_params is not None else raw.mean_params()
     aligned, perm = post.align(raw, ref)
@@ -341,6 +343,7 @@ def advi_backend(
         "learning_rate": float(learning_rate),
         "draws": int(draws),
         "init": init if isinstance(init, str) else "parameters",
+        "reference": ref_kind,
         "elbo_final": float(out["elbo_final"]),
         "relabelled_draws": int((perm != np.arange(spec.n_components)).any(-1).sum()),
         "compile_time": float(out["compile_time"]),

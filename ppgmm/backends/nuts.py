@@ -375,7 +375,8 @@ def nuts_backend(
         "missing": missing,
         **diag,
         "relabelled_draws": relabelled,
-        "reference": "given" if reference is not None else "em" if start is not None else "pivot",
+        "reference": "given" if reference is not None else "pivot" if start is None else (
+            "em" if isinstance(init, str) else "start"),
         "compile_time": float(t_compile),
         "sampling_time": float(t_sample),
         "postprocess_time": float(t_post),

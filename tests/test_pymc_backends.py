@@ -72,7 +72,7 @@ def switched(three_clusters):
     starts = [Params(em.weights[list(p)], em.means[list(p)], em.covariances[list(p)])
               for p in perms]
     fit = ppgmm.fit(spec, three_clusters, backend="nuts", seed=1, chains=4, draws=500,
-                    tune=500, init=starts, engine="numpyro")
+                    tune=500, init=starts)
     return fit, em
 
 
@@ -143,10 +143,9 @@ def test_chains_in_different_labellings_are_aligned(switched):
     np.testing.assert_allclose(fit.params.means, em.means, atol=0.3)
 
 
-@pytest.mark.parametrize("which", ["numpyro", "nutpie"])
-def test_nuts_result_schema_and_round_trip(switched, large_n, tmp_path, which):
-    fit = switched[0] if which == "numpyro" else large_n[1]
-    assert fit.attrs["engine"] == which
+def test_nuts_result_schema_and_round_trip(switched, tmp_path):
+    fit = switched[0]
+    assert fit.attrs["engine"] == "nutpie"
     idata = fit.idata
     post = idata.posterior
     assert post["weights"].dims == ("chain", "draw", "component")
@@ -217,10 +216,12 @@ def test_latent_missing_entries_agree_with_marginalised():
     x = simulate(rng, 80, np.array([0.5, 0.5]), np.array([[0.0, 0.0], [4.0, 3.0]]),
                  np.array([np.diag([1.0, 0.5]), np.diag([0.6, 1.2])]), missing=0.25)
     spec = GMM(2, "diag", prior=None)
-    common = dict(backend="nuts", draws=1000, tune=700)
+    common = dict(backend="nuts", draws=1000, tune=700, engine="numpyro")
     marg = ppgmm.fit(spec, x, seed=6, **common)
     lat = ppgmm.fit(spec, x, seed=7, missing="latent", reference=marg, **common)
-    assert lat.attrs["missing"] == "latent"
+    assert lat.attrs["missing"] == "latent" and lat.attrs["engine"] == "numpyro"
+    for name in ("diverging", "tree_depth", "permutation"):
+        assert set(lat.idata.sample_stats[name].dims) >= {"chain", "draw"}
     assert "default prior" in marg.attrs["prior_note"]
     m1, s1, e1 = summary(marg)
     m2, s2, e2 = summary(lat)
@@ -328,10 +329,7 @@ def test_bad_options_raise_spec_error(three_clusters, backend, options, match):
 def test_init_list_needs_one_start_per_chain(three_clusters, switched):
     _, em = switched
     with pytest.raises(SpecError, match="one parameter set per chain"):
-        ppgmm.fit(GMM(3, "full"), three_clusters, backend="nuts", chains=2, init=[em],
-                  engine="numpyro")
-    with pytest.raises(SpecError, match="need engine='numpyro'"):
-        ppgmm.fit(GMM(3, "full"), three_clusters, backend="nuts", chains=1, init=[em])
+        ppgmm.fit(GMM(3, "full"), three_clusters, backend="nuts", chains=2, init=[em])
 
 
 def test_modes_differ_flags_separated_chains(rng):

@@ -4,8 +4,7 @@ Engines (``engine=``), all driven through PyMC:
 
 - ``"nutpie"`` (default): nutpie's Rust NUTS on the PyMC graph compiled to JAX, with its
   low-rank modified mass matrix; chains run in parallel threads. Fastest reliable engine
-  here (``docs/bayesian.md`` has the measurements). Every chain starts at the EM fit
-  itself (nutpie takes one start).
+  here (``docs/bayesian.md`` has the measurements).
 - ``"numpyro"``: the PyMC graph compiled to JAX, numpyro's NUTS with a dense mass matrix
   (what ``pm.sample(nuts_sampler="numpyro")`` runs).
 - ``"pymc"``: PyMC's own NUTS on the graph compiled with PyTensor's NUMBA mode (pip
@@ -91,6 +90,46 @@ def chain_starts(params: Params | list[Params] | None, rp: Any, spec: GMM, md: M
     return out
 
 
+def _nutpie_per_chain_starts(compiled: Any, model: Any, starts: list[dict]) -> Any:
+    """Give each nutpie chain its own start.
+
+    nutpie asks the compiled model for one start per chain (a flat unconstrained vector);
+    successive requests here get successive entries of ``starts``. If no layout of the
+    variables reproduces nutpie's own first start, the model is returned unchanged (every
+    chain then starts at ``starts[0]``).
+    """
+    import dataclasses
+    import itertools
+    import threading
+
+    from pymc.initial_point import make_initial_point_fn
+
+    points = [make_initial_point_fn(model=model, overrides=start, jitter_rvs=set(),
+                                    return_transformed=True)(0) for start in starts]
+    own = getattr(compiled, "_make_initial_points", None)
+    if own is None:
+        return compiled
+    first = np.asarray(own(0), dtype=float)
+    # nutpie's own variable order is not model.free_RVs'; find the order that reproduces
+    # its first start (compiled from starts[0]) and lay every start out the same way
+    for order in itertools.permutations(points[0]):
+        flat = np.concatenate([np.ravel(points[0][n]) for n in order])
+        if flat.shape == first.shape and np.allclose(flat, first, rtol=1e-12, atol=1e-12):
+            break
+    else:
+        return compiled
+    flats = [np.concatenate([np.ravel(p[n]) for n in order]).astype(float) for p in points]
+    lock, count = threading.Lock(), [0]
+
+    def next_start(seed: Any) -> np.ndarray:
+        with lock:
+            i = count[0]
+            count[0] += 1
+        return flats[i % len(flats)].copy()
+
+    return dataclasses.replace(compiled, _make_initial_points=next_start)
+
+
 def _sample(engine: str, model: Any, *, draws: int, tune: int, chains: int,
             target_accept: float, seed: int, starts: list | None, progressbar: bool,
             dense_mass: bool, engine_kwargs: dict) -> tuple[Any, float, float]:
@@ -135,6 +174,8 @@ def _sample(engine: str, model: Any, *, draws: int, tune: int, chains: int,
             model, backend="jax", gradient_backend="jax", var_names=names,
             initial_points=starts[0] if starts else None, jitter_rvs=set() if starts else None,
         )
+        if starts and len(starts) > 1:
+            compiled = _nutpie_per_chain_starts(compiled, model, starts)
         t1 = time.perf_counter()
         kw = {"low_rank_modified_mass_matrix": dense_mass, "save_warmup": False,
               **engine_kwargs}
@@ -279,9 +320,7 @@ def nuts_backend(
         "em" starts every chain near the EM fit; "prior" uses PyMC's default jittered start
         (chains may then settle in different labellings, which alignment undoes); explicit
         parameters (e.g. another fit's ``point()``) start there, jittered; a list gives
-        each chain its own start, unjittered (the first one is the default reference;
-        numpyro and PyMC engines only). nutpie starts every chain at the same point,
-        without jitter.
+        each chain its own start, unjittered (the first one is the default reference).
     jitter : float, default 1.0
         Spread of the chain starts around ``init``, in posterior standard deviations.
     reference : ppgmm.Fit or Params, optional
@@ -322,9 +361,6 @@ def nuts_backend(
     rng = np.random.default_rng(seed)
     em_seed = None if seed is None else int(rng.integers(2**31))
     if isinstance(init, list | tuple):
-        if engine == "nutpie":
-            raise SpecError("per-chain starts (init as a list) need engine='numpyro' or "
-                            "'pymc'; nutpie starts every chain at one point")
         if len(init) != chains:
             raise SpecError(f"init should give one parameter set per chain ({chains}), but got "
                             f"{len(init)}")
@@ -333,9 +369,8 @@ def nuts_backend(
     else:
         start, _ = em_start(spec_fit, md, init, em_seed)
     model = build_model(spec_fit, md, rp, missing=missing)
-    # nutpie takes one start for all chains: the EM fit itself, not a jittered copy
-    spread = 0.0 if engine == "nutpie" else float(jitter)
-    starts = chain_starts(start, rp, spec_fit, md, chains, rng, spread, missing == "latent")
+    starts = chain_starts(start, rp, spec_fit, md, chains, rng, float(jitter),
+                          missing == "latent")
     if isinstance(start, list):
         start = start[0]
     sampler_seed = int(rng.integers(2**31))

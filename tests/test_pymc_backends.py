@@ -293,6 +293,18 @@ def test_advi_from_em_schema_and_elbo_trace(three_clusters, tmp_path):
     assert ppgmm.load(path).idata.sample_stats.equals(fit.idata.sample_stats)
 
 
+def test_start_follows_the_reference_labelling(three_clusters):
+    """Given a reference in another labelling, ADVI starts from EM relabelled to it: no draw
+    needs relabelling, and component k lands on the reference's component k."""
+    spec = GMM(3, "full")
+    em = fit_em(spec, prepare(three_clusters), seed=0, n_init=3).params
+    order = [1, 2, 0]
+    ref = Params(em.weights[order], em.means[order], em.covariances[order])
+    fit = ppgmm.fit(spec, three_clusters, backend="advi", seed=0, draws=100, reference=ref)
+    assert fit.attrs["relabelled_draws"] == 0
+    np.testing.assert_allclose(fit.params.means, ref.means, atol=0.5)
+
+
 def test_advi_not_converged_warns(three_clusters):
     with pytest.warns(ConvergenceWarning, match="ADVI did not converge"):
         fit = ppgmm.fit(GMM(3, "diag"), three_clusters, backend="advi", seed=0, init="prior",

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..align import align_to
 from ..data import MissingData
 from ..exceptions import SpecError
 from ..spec import GMM
@@ -255,7 +256,7 @@ def advi_backend(
         every component mean onto one point.
     reference : ppgmm.Fit or Params, optional
         Labelling to align draws to; default the EM start, else the mean of the
-        approximation.
+        approximation. The start is first relabelled to the reference.
     engine : {"jax", "pymc"}, default "jax"
         See the module docstring.
     compile_mode : str, default "NUMBA"
@@ -295,6 +296,8 @@ def advi_backend(
     rng = np.random.default_rng(seed)
     start_params, _ = em_start(spec_fit, md, init,
                                None if seed is None else int(rng.integers(2**31)))
+    if ref is not None and start_params is not None:
+        start_params = align_to(start_params, ref)[0]  # start in the reference's labelling
     model = build_model(spec_fit, md, rp)
     start = (initial_values(start_params, rp, spec_fit.covariance)
              if start_params is not None else None)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..align import align_to
 from ..data import MissingData
 from ..exceptions import SpecError
 from ..spec import GMM, Params
@@ -325,7 +326,8 @@ def nuts_backend(
         Spread of the chain starts around ``init``, in posterior standard deviations.
     reference : ppgmm.Fit or Params, optional
         Labelling to align draws to; default the EM start, else the draw of highest
-        log density (a pivot).
+        log density (a pivot). A single start is first relabelled to the reference, so
+        ``attrs["relabelled_draws"]`` counts real label switches.
     missing : {"marginal", "latent"}, default "marginal"
         Marginalise missing entries exactly, or sample them as latent variables.
     progressbar : bool, optional
@@ -368,6 +370,10 @@ def nuts_backend(
         start: Any = per_chain
     else:
         start, _ = em_start(spec_fit, md, init, em_seed)
+    if ref is not None and isinstance(start, Params):
+        # start in the reference's labelling, so a relabelled draw is a real label switch
+        # (per-chain starts stay as given: they may be in different labellings on purpose)
+        start = align_to(start, ref)[0]
     model = build_model(spec_fit, md, rp, missing=missing)
     starts = chain_starts(start, rp, spec_fit, md, chains, rng, float(jitter),
                           missing == "latent")

@@ -62,7 +62,9 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
         such as ``fit.point()``), ``max_iter`` (1000), ``tol`` (1e-10, on the gain in the
         objective per row), ``reg_covar`` (1e-6 for MLE, 0 under a prior),
         ``uncertainty`` (None or "bootstrap"), ``n_bootstrap`` (200),
-        ``imputation_draws`` (20). See the ADVI and NUTS backends for theirs.
+        ``imputation_draws`` (20), ``stop`` ("gain": stop once a step gains less than
+        ``tol``; "sklearn": scikit-learn's rule, one M-step later). See the ADVI and NUTS
+        backends for theirs.
 
     Returns
     -------

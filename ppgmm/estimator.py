@@ -40,10 +40,12 @@ def _from_type(a: np.ndarray, covariance: str, k: int, d: int) -> np.ndarray:
 class GaussianMixture:
     """Gaussian mixture fitted by EM with missing entries (NaN) marginalised exactly.
 
-    Mirrors :class:`sklearn.mixture.GaussianMixture` (same parameters, attributes and
-    convergence rule: stop when the mean per-row objective gains less than ``tol``), and
-    adds ``prior`` for MAP estimation. Fitted state lives in trailing-underscore
-    attributes; ``fit_`` holds the full :class:`ppgmm.Fit`.
+    Mirrors :class:`sklearn.mixture.GaussianMixture`: same parameters, attributes and
+    convergence rule (its E-step scores the parameters before each M-step, so it stops one
+    M-step after the mean per-row objective first gains less than ``tol``; ``lower_bound_``
+    is the score before that last step), so from the same start on complete data both
+    return the same fit to rounding. It adds ``prior`` for MAP estimation. Fitted state
+    lives in trailing-underscore attributes; ``fit_`` holds the full :class:`ppgmm.Fit`.
 
     Parameters
     ----------
@@ -137,7 +139,7 @@ class GaussianMixture:
         result = fit(
             spec, X, backend="em", seed=self.random_state, n_init=self.n_init,
             init=self._init(spec, X), max_iter=self.max_iter, tol=self.tol,
-            reg_covar=self.reg_covar, imputation_draws=0,
+            reg_covar=self.reg_covar, imputation_draws=0, stop="sklearn",
         )
         self.fit_ = result
         w, mu, cov = result.params
@@ -148,7 +150,10 @@ class GaussianMixture:
         self.precisions_ = _to_type(prec, self.covariance_type)
         self.converged_ = result.converged
         self.n_iter_ = int(result.attrs["n_iter"])
-        self.lower_bound_ = float(result.idata.sample_stats["objective"][-1]) / result.data.n
+        # as scikit-learn: the objective per row before each M-step, the last one kept
+        trace = np.asarray(result.idata.sample_stats["objective"].values) / result.data.n
+        self.lower_bounds_ = list(trace[:-1]) if len(trace) > 1 else list(trace)
+        self.lower_bound_ = float(self.lower_bounds_[-1])
         self.n_features_in_ = result.data.d
         return self
 

@@ -309,6 +309,21 @@ def test_convergence_warning_names_max_iter():
     assert "max_iter=2" in fit.attrs["warnings"]
 
 
+def test_sklearn_stop_rule_takes_one_more_step_with_missing_data():
+    """stop="sklearn" stops exactly one M-step after stop="gain", in the same trajectory."""
+    x, _, _ = mixture(seed=7, n=300, d=3, k=2)
+    x = mcar(x, 0.2, seed=1)
+    init = _init(x, 2, "full")
+    gain = _ppgmm(x, 2, "full", init, tol=1e-6)
+    late = _ppgmm(x, 2, "full", init, tol=1e-6, stop="sklearn")
+    assert gain.converged and late.converged
+    assert late.attrs["n_iter"] == gain.attrs["n_iter"] + 1
+    longer = _ppgmm(x, 2, "full", init, tol=0.0, max_iter=late.attrs["n_iter"])
+    assert_allclose(late.params.means, longer.params.means, rtol=0, atol=0)
+    with pytest.raises(ppgmm.SpecError, match="stop should be"):
+        ppgmm.fit(ppgmm.GMM(2), x, stop="late")
+
+
 def test_more_starts_never_worse():
     x, _, _ = mixture(seed=8, n=200, d=2, k=4, sep=2.0)
     one = ppgmm.fit(ppgmm.GMM(4, prior=None), x, seed=1, n_init=1)

@@ -251,11 +251,19 @@ def run_em(
     max_iter: int,
     tol: float,
     reg_covar: float,
+    stop: str = "gain",
 ) -> EMRun:
-    """Iterate EM from ``params``; stop when the per-row objective gains less than ``tol``."""
+    """Iterate EM from ``params``; stop when the per-row objective gains less than ``tol``.
+
+    ``stop="gain"`` stops as soon as the step just taken gained less than ``tol``.
+    ``stop="sklearn"`` is scikit-learn's rule: its E-step scores the parameters before the
+    M-step, so it learns of a small gain one step late and takes one more M-step, and a run
+    whose small gain comes at step ``max_iter`` has not converged.
+    """
     n = data.xs.shape[0]
     e = data.run_e_step(params)
     run = EMRun(params, e, [_objective(e, params, prior)])
+    pending = False
     for _ in range(max_iter):
         new = m_step(run.params, run.e, data.starts, covariance, reg_covar, prior)
         e = data.run_e_step(new)
@@ -279,9 +287,10 @@ def run_em(
             )
         run.params, run.e = new, e
         run.objective.append(obj)
-        if (obj - prev) / n < tol:
+        if pending or ((obj - prev) / n < tol and stop == "gain"):
             run.converged = True
             break
+        pending = (obj - prev) / n < tol
     return run
 
 
@@ -460,6 +469,7 @@ def fit_em(
     uncertainty: str | None = None,
     n_bootstrap: int = 200,
     imputation_draws: int = 20,
+    stop: str = "gain",
     warn: bool = True,
 ) -> EMResult:
     """Fit by EM. See :func:`ppgmm.fit` for the options."""
@@ -469,6 +479,8 @@ def fit_em(
         raise SpecError(f"max_iter should be a non-negative integer, but got {max_iter!r}")
     if not tol >= 0:
         raise SpecError(f"tol should be non-negative, but got {tol!r}")
+    if stop not in ("gain", "sklearn"):
+        raise SpecError(f"stop should be 'gain' or 'sklearn', but got {stop!r}")
     if uncertainty not in (None, "bootstrap"):
         raise SpecError(f"uncertainty should be None or 'bootstrap', but got {uncertainty!r}")
     prior = resolve_prior(spec, md)
@@ -482,7 +494,8 @@ def fit_em(
     best: EMRun | None = None
     for _ in range(n_init):
         p0 = initial_params(spec, md, init, rng, reg)
-        run = run_em(p0, data, spec.covariance, prior, max_iter=max_iter, tol=tol, reg_covar=reg)
+        run = run_em(p0, data, spec.covariance, prior, max_iter=max_iter, tol=tol, reg_covar=reg,
+                     stop=stop)
         if best is None or run.objective[-1] > best.objective[-1]:
             best = run
     assert best is not None

@@ -54,6 +54,7 @@ class MissingData:
     order: np.ndarray
     starts: np.ndarray
     input_kind: str = "ndarray"
+    index_name: str | None = None
 
     @property
     def n(self) -> int:
@@ -87,6 +88,7 @@ class MissingData:
         feature_names: list[str],
         obs_names: np.ndarray,
         input_kind: str = "ndarray",
+        index_name: str | None = None,
     ) -> MissingData:
         """Group already validated values by missingness pattern."""
         observed = ~np.isnan(values)
@@ -111,12 +113,14 @@ class MissingData:
             order=order,
             starts=starts,
             input_kind=input_kind,
+            index_name=index_name,
         )
 
     def wrap(self, values: np.ndarray) -> Any:
         """Return ``values`` (n, d) in the type and labels the data came in."""
         if self.input_kind == "DataFrame":
-            return pd.DataFrame(values, index=self.obs_names, columns=self.feature_names)
+            return pd.DataFrame(values, index=pd.Index(self.obs_names, name=self.index_name),
+                                columns=self.feature_names)
         if self.input_kind == "DataArray":
             return xr.DataArray(
                 values,
@@ -264,4 +268,6 @@ def prepare(
             f"data should have at least n_components={n_components} usable rows, but got "
             f"{values.shape[0]}; use fewer components or more data"
         )
-    return MissingData.from_arrays(values, feats, obs, kind)
+    name = getattr(data, "index", None)
+    name = None if kind != "DataFrame" or name.name is None else str(name.name)
+    return MissingData.from_arrays(values, feats, obs, kind, name)

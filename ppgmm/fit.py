@@ -121,6 +121,7 @@ def build_idata(
         spec=spec.to_json(),
         versions=_versions(),
         input_kind=md.input_kind,
+        **({"index_name": md.index_name} if md.index_name is not None else {}),
         n_obs=int(md.n),
         n_patterns=int(md.n_patterns),
     )
@@ -196,6 +197,7 @@ class Fit:
             self.feature_names,
             np.asarray(x["obs"].values),
             str(self.attrs.get("input_kind", "ndarray")),
+            self.attrs.get("index_name"),
         )
 
     def __repr__(self) -> str:

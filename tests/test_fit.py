@@ -180,6 +180,22 @@ def test_impute_returns_the_input_type(data):
     assert not np.isnan(out.values).any()
 
 
+def test_impute_keeps_the_dataframe_labels(data, tmp_path):
+    _, xm, _ = data
+    df = pd.DataFrame(xm, columns=["a", "b", "c"],
+                      index=pd.date_range("2020-01-01", periods=len(xm), name="day"))
+    fit = ppgmm.fit(ppgmm.GMM(2), df, seed=0, imputation_draws=2)
+    path = tmp_path / "f.nc"
+    fit.to_netcdf(path)
+    for f in (fit, ppgmm.load(path)):
+        out = f.impute()
+        assert out.index.name == "day" and out.index.equals(df.index)
+        assert list(out.columns) == ["a", "b", "c"]
+        assert_array_equal(out.values[~np.isnan(xm)], xm[~np.isnan(xm)])
+    new = df.iloc[:5].rename_axis("date")
+    assert fit.impute(new).index.name == "date"
+
+
 def test_multiple_imputation(fit, data):
     _, xm, df = data
     sets = fit.impute(draws=5)

@@ -40,12 +40,29 @@ class ResolvedPrior:
 
 def data_moments(md: MissingData) -> tuple[np.ndarray, np.ndarray]:
     """Column means and sample covariance (N - 1), by the K=1 MAR MLE when entries are missing."""
+    from .exceptions import DataError
+
     x = md.values
     n = md.n
+    remedy = ("give the prior's mean and scale (ppgmm.Prior(mean=..., scale=...)), or use "
+              "prior=None")
+    if n < 2:
+        raise DataError(
+            f"the default prior's scale is the data's sample covariance, which needs at least 2 "
+            f"rows, but got {n}; {remedy}"
+        )
+    with np.errstate(invalid="ignore"):
+        spread = np.nanmax(x, axis=0) - np.nanmin(x, axis=0)
+    constant = [md.feature_names[j] for j in np.flatnonzero(spread == 0)]
+    if constant:
+        raise DataError(
+            f"column(s) {constant} take one value in every observed row, so the default prior's "
+            f"scale (the data's covariance) is singular; drop them, {remedy}"
+        )
     if md.observed.all():
         return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
     from .backends.em import fit_single_gaussian
-    from .exceptions import DataError, ObjectiveDecreaseError, PpgmmError
+    from .exceptions import ObjectiveDecreaseError, PpgmmError
 
     try:
         mean, cov = fit_single_gaussian(md)
@@ -55,10 +72,10 @@ def data_moments(md: MissingData) -> tuple[np.ndarray, np.ndarray]:
         counts = md.observed.sum(axis=0)
         j = int(np.argmin(counts))
         raise DataError(
-            f"the one-Gaussian fit that sets the default prior's mean and scale is degenerate; "
-            f"column {md.feature_names[j]!r} is observed in only {int(counts[j])} rows. Drop "
-            "sparse columns, or give the prior's mean and scale (ppgmm.Prior(mean=..., "
-            "scale=...)), or use prior=None"
+            f"the one-Gaussian fit that sets the default prior's mean and scale is degenerate: "
+            f"a column is observed in too few rows (the fewest: {md.feature_names[j]!r}, "
+            f"{int(counts[j])} rows) or some columns are linear combinations of others. Drop "
+            f"sparse or redundant columns, {remedy}"
         ) from None
     return mean, cov * n / (n - 1)
 
@@ -85,9 +102,44 @@ def resolve_prior(spec: GMM, md: MissingData) -> ResolvedPrior | None:
     want = (d, d) if spec.covariance in ("full", "tied") else ()
     if scale.shape != want:
         raise ValueError(f"prior scale should have the shape {want}, but got {scale.shape}")
+    _check_scale(scale, dof, d, from_data=prior.scale is None, names=md.feature_names)
     if mu_p.shape != (d,):
         raise ValueError(f"prior mean should have the shape {(d,)}, but got {mu_p.shape}")
     return ResolvedPrior(float(prior.shrinkage), mu_p, dof, scale, spec.covariance)
+
+
+def _check_scale(scale: np.ndarray, dof: float, d: int, *, from_data: bool,
+                 names: list[str]) -> None:
+    """A proper prior: positive definite Lambda and nu > d - 1, or s2 > 0."""
+    from .exceptions import DataError, SpecError
+
+    if scale.ndim == 0:
+        if not (np.isfinite(scale) and scale > 0):
+            raise SpecError(f"prior scale should be a positive number, but got {float(scale)}")
+        return
+    if not np.allclose(scale, scale.T, rtol=1e-12, atol=0):
+        raise SpecError("prior scale should be a symmetric matrix")
+    diag = np.diagonal(scale)
+    if np.isfinite(scale).all() and (diag > 0).all():
+        # eigenvalues of the correlation matrix: singularity, whatever the columns' units
+        eig = np.linalg.eigvalsh(scale / np.sqrt(np.outer(diag, diag)))
+    else:
+        eig = np.array([np.nan])
+    if not eig.min() > 1e-10:
+        if from_data:
+            rank = int((eig > 1e-10).sum())
+            raise DataError(
+                f"the data's covariance is singular (rank {rank} of {d}): some of the columns "
+                f"{names} are linear combinations of others (or there are fewer distinct rows "
+                "than columns), so the default prior's inverse-Wishart scale is singular. Drop "
+                "redundant columns, give the prior's scale (ppgmm.Prior(scale=...)), use "
+                "covariance='diag', or use prior=None"
+            )
+        raise SpecError("prior scale should be a positive definite matrix")
+    if not dof > d - 1:
+        raise SpecError(
+            f"prior dof should exceed d - 1 = {d - 1} for a proper inverse-Wishart, but got {dof}"
+        )
 
 
 # --------------------------------------------------------------------------- densities

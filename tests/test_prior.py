@@ -169,8 +169,58 @@ def test_degenerate_single_gaussian_fit_is_a_data_error():
     prior is unbounded. The user gets a DataError naming the column, not a 'bug' error."""
     x = np.random.default_rng(0).normal(size=(30, 3))
     x[2:, 1] = np.nan
-    with pytest.raises(ppgmm.DataError, match="column 'x1' is observed in only 2 rows"):
+    with pytest.raises(ppgmm.DataError, match="the fewest: 'x1', 2 rows"):
         ppgmm.fit(ppgmm.GMM(2), x, seed=0)
     # the suggested fixes work
     fit = ppgmm.fit(ppgmm.GMM(2, prior=ppgmm.Prior(mean=[0.0] * 3, scale=np.eye(3))), x, seed=0)
     assert np.isfinite(fit.loglik)
+
+
+@pytest.mark.parametrize("missing", [False, True])
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_constant_column_is_a_data_error_naming_it(covariance_type, missing):
+    """The default prior's scale is the data's covariance: singular with a constant column.
+    A DataError names the column (before, full gave a LinAlgError and diag a NaN fit)."""
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    x[:, 2] = 7.0
+    if missing:
+        x = mcar(x, 0.2)
+    with pytest.raises(ppgmm.DataError, match=r"\['x2'\] take one value"):
+        ppgmm.fit(ppgmm.GMM(2, covariance_type), x, seed=0)
+    fit = ppgmm.fit(ppgmm.GMM(2, covariance_type, prior=None), x, seed=0)  # the MLE still runs
+    assert np.isfinite(fit.loglik)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_linearly_dependent_columns_are_a_data_error(covariance_type):
+    x = np.random.default_rng(0).normal(size=(40, 2))
+    x = np.c_[x, x[:, 0] - 2.0 * x[:, 1]]
+    with pytest.raises(ppgmm.DataError, match=r"singular \(rank 2 of 3\)"):
+        ppgmm.fit(ppgmm.GMM(2, covariance_type), x, seed=0)
+    # a diagonal prior needs only the trace
+    assert np.isfinite(ppgmm.fit(ppgmm.GMM(2, "diag"), x, seed=0).loglik)
+
+
+def test_one_row_is_too_few_for_the_default_prior():
+    with pytest.raises(ppgmm.DataError, match="at least 2 rows, but got 1"):
+        ppgmm.fit(ppgmm.GMM(1, "diag"), np.array([[1.0, 2.0]]), seed=0)
+
+
+def test_columns_in_very_different_units_are_not_singular():
+    """The singularity check is on correlations, so units of 1e6 and 1e-6 pass."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)) * np.array([1e6, 1e-6, 1.0])
+    hyper = resolve_prior(ppgmm.GMM(2), ppgmm.prepare(x))
+    assert_allclose(hyper.scale, 0.5 ** (2 / 3) * np.cov(x, rowvar=False), rtol=1e-12)
+
+
+def test_improper_explicit_prior_is_a_spec_error():
+    x, _, _ = mixture(seed=0, n=50, d=3, k=2)
+    md = ppgmm.prepare(x)
+    with pytest.raises(ppgmm.SpecError, match="positive definite"):
+        resolve_prior(ppgmm.GMM(2, prior=ppgmm.Prior(scale=np.diag([1.0, 0.0, 1.0]))), md)
+    with pytest.raises(ppgmm.SpecError, match="symmetric"):
+        resolve_prior(ppgmm.GMM(2, prior=ppgmm.Prior(scale=[[1, 0.5, 0], [0, 1, 0],
+                                                             [0, 0, 1]])), md)
+    with pytest.raises(ppgmm.SpecError, match="dof should exceed d - 1 = 2"):
+        resolve_prior(ppgmm.GMM(2, prior=ppgmm.Prior(dof=1.5)), md)

@@ -269,6 +269,12 @@ def run_em(
         e = data.run_e_step(new)
         obj = _objective(e, new, prior)
         prev = run.objective[-1]
+        if np.isnan(obj) or obj == np.inf:
+            raise PpgmmError(
+                f"the EM objective became {obj} at iteration {len(run.objective)} (the data "
+                "may contain extreme values or near-duplicate columns); rescale the data, "
+                "set reg_covar > 0, or use the default prior"
+            )
         if obj < prev - 1e-9 * (1.0 + abs(prev)):
             if reg_covar > 0:
                 # reg_covar on the diagonals is not part of the objective: near the fixed point

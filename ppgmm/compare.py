@@ -251,6 +251,27 @@ def _labels(fits: Any) -> dict[str, Fit]:
     return out
 
 
+def _check_same_data(fits: dict[str, Fit]) -> None:
+    """Fits compared side by side must come from one data set (values, NaN, row labels)."""
+    (first, f0), *rest = fits.items()
+    x0 = f0.idata.observed_data["x"]
+    for label, f in rest:
+        x = f.idata.observed_data["x"]
+        if f.feature_names != f0.feature_names:
+            why = f"features {f.feature_names} vs {f0.feature_names}"
+        elif x.shape != x0.shape:
+            why = f"{x.shape[0]} rows vs {x0.shape[0]}"
+        elif not (np.array_equal(x.values, x0.values, equal_nan=True)
+                  and np.array_equal(x["obs"].values, x0["obs"].values)):
+            why = "the same shape but different values or row labels"
+        else:
+            continue
+        raise DataError(
+            f"compare() needs fits of one data set, but {label!r} and {first!r} were fitted on "
+            f"different data ({why}); refit them on the same data"
+        )
+
+
 def _n_draws(ds: xr.Dataset) -> int:
     return int(ds.sizes["chain"] * ds.sizes["draw"])
 
@@ -665,6 +686,7 @@ def compare(
         if not (isinstance(p, float | int) and 0 < p < 1):
             raise PpgmmError(f"{name} should be a probability in (0, 1), but got {p!r}")
     fits = _labels(fits)
+    _check_same_data(fits)
     if reference is None:
         ems = [b for b, f in fits.items() if f.backend == "em"]
         ref = ems[0] if ems else next(iter(fits))

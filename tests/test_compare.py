@@ -337,6 +337,21 @@ def test_reference_by_label_and_bad_input(em_fit, pseudo_nuts):
         ppgmm.compare([em_fit], hdi_prob=1.5)
 
 
+def test_fits_of_different_data_are_refused(sim, em_fit):
+    spec, data, _ = sim
+    fewer = ppgmm.fit(spec, data[:100], seed=0)
+    with pytest.raises(ppgmm.DataError, match=r"different data \(100 rows vs 150\)"):
+        ppgmm.compare([em_fit, fewer])
+    other = data.copy()
+    i, j = np.argwhere(~np.isnan(data))[0]
+    other[i, j] += 1.0
+    with pytest.raises(ppgmm.DataError, match="different values or row labels"):
+        ppgmm.compare([em_fit, ppgmm.fit(spec, other, seed=0)])
+    renamed = pd.DataFrame(data, columns=["a", "b"])
+    with pytest.raises(ppgmm.DataError, match="features"):
+        ppgmm.compare([em_fit, ppgmm.fit(spec, renamed, seed=0)])
+
+
 def test_plain_words_warnings_are_collected(sim):
     spec, data, _ = sim
     with pytest.warns(ppgmm.ConvergenceWarning):

@@ -206,6 +206,42 @@ def test_conjugate_single_gaussian_posterior_is_exact():
     np.testing.assert_allclose(post["weights"].values, 1.0)
 
 
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_conjugate_single_gaussian_posterior_is_exact_for_variances(covariance_type):
+    """K=1, complete data, normal-inverse-gamma: exact posterior moments.
+
+    Integrating the mean out, sigma2 | x ~ IG(a_n, b_n) with a_n = nu/2 + n m / 2 and
+    b_n = s2/2 + (S + kappa n / kappa_n (xbar - mu_P)^2) / 2, where m = 1 and S, the
+    squared deviations, per feature (diag), or m = D and S, (xbar - mu_P)^2 summed over
+    features (spherical); E[sigma2] = b_n / (a_n - 1), E[mu] = mu_n and
+    sd[mu] = sqrt(b_n / ((a_n - 1) kappa_n)).
+    """
+    rng = np.random.default_rng(6)
+    x = rng.normal([1.0, -2.0], [1.5, 0.7], size=(40, 2))
+    kappa, nu, s2 = 5.0, 6.0, 1.5
+    prior = Prior(shrinkage=kappa, mean=(0.0, 0.0), dof=nu, scale=s2)
+    fit = ppgmm.fit(GMM(1, covariance_type, prior=prior), x, backend="nuts", seed=4,
+                    draws=1000, tune=500)
+    n, d = x.shape
+    xbar = x.mean(0)
+    kn = kappa + n
+    sq = ((x - xbar) ** 2).sum(0) + kappa * n / kn * xbar**2
+    m = 1 if covariance_type == "diag" else d
+    a_n = nu / 2 + n * m / 2
+    b_n = s2 / 2 + (sq if covariance_type == "diag" else np.full(d, sq.sum())) / 2
+    e_var, sd_mu = b_n / (a_n - 1), np.sqrt(b_n / ((a_n - 1) * kn))
+    post = fit.idata.posterior
+    var = np.diagonal(post["covariances"].values[:, :, 0], axis1=-2, axis2=-1)  # (c, s, d)
+    mc = az.mcse(post[["means"]], method="mean")["means"].values[0]
+    mc_var = az.mcse(az.convert_to_dataset(var), method="mean")["x"].values
+    z_mu = (post["means"].mean(("chain", "draw")).values[0] - n * xbar / kn) / mc
+    z_var = (var.mean((0, 1)) - e_var) / mc_var
+    assert np.all(np.abs(z_mu) < 4), z_mu
+    assert np.all(np.abs(z_var) < 4), z_var
+    ratio = post["means"].std(("chain", "draw")).values[0] / sd_mu
+    assert np.all((ratio > 0.85) & (ratio < 1.15)), ratio
+
+
 def test_latent_missing_entries_agree_with_marginalised():
     """Sampling the missing entries and marginalising them give one posterior.
 

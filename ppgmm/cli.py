@@ -85,7 +85,10 @@ def _read_csv(path: str, columns: str | None) -> Any:
 
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path!r}")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UsageError(f"could not read {path} as CSV: {err}") from None
     if columns:
         wanted = [c.strip() for c in columns.split(",") if c.strip()]
         unknown = [c for c in wanted if c not in df.columns]
@@ -103,6 +106,13 @@ def _read_csv(path: str, columns: str | None) -> Any:
     if df.shape[1] == 0 or df.shape[0] == 0:
         raise UsageError(f"{path} has no data rows or no columns")
     return df
+
+
+def _check_out(path: str | None) -> None:
+    """Fail before any fitting when an output's folder does not exist."""
+    folder = os.path.dirname(os.path.abspath(path)) if path else ""
+    if folder and not os.path.isdir(folder):
+        raise UsageError(f"cannot write {path}: the folder {folder!r} does not exist")
 
 
 def _options_of(backend: str) -> set[str]:
@@ -199,6 +209,7 @@ def _cmd_demo(args) -> int:
 def _cmd_fit(args) -> int:
     import ppgmm
 
+    _check_out(args.out)
     df = _read_csv(args.data, args.columns)
     spec = ppgmm.GMM(args.k, covariance=args.covariance)
     f = _fit(spec, df, args.backend, args.seed, dict(args.option or []))
@@ -220,6 +231,7 @@ def _cmd_compare(args) -> int:
             f"--backends should list some of em, advi, nuts, but got {args.backends!r}"
         )
     options = _split_options(args.option or [], backends)
+    _check_out(args.report)
     df = _read_csv(args.data, args.columns)
     truth = None
     if args.truth:
@@ -249,10 +261,8 @@ def _cmd_compare(args) -> int:
 def _cmd_report(args) -> int:
     import ppgmm
 
-    for path in args.fits:
-        if not os.path.isfile(path):
-            raise UsageError(f"no such file: {path!r}")
-    fits = [ppgmm.load(p) for p in args.fits]
+    _check_out(args.out)
+    fits = [ppgmm.load(path) for path in args.fits]
     truth = _read_csv(args.truth, None) if args.truth else None
     cmp = ppgmm.compare(fits, truth=truth)
     print(f"report: {os.path.abspath(cmp.report(args.out))}")

@@ -25,6 +25,7 @@ refits and ``estimate`` the fit itself. Run attributes live in ``posterior.attrs
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import dataclass
 from functools import cached_property
@@ -322,7 +323,31 @@ class Fit:
 
 
 def load(path: str) -> Fit:
-    """Read a fit written by :meth:`Fit.to_netcdf`."""
+    """Read a fit written by :meth:`Fit.to_netcdf`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    ppgmm.DataError
+        If the file is not a fit saved by ppgmm.
+    """
     import arviz as az
 
-    return Fit(az.from_netcdf(str(path)))
+    from .exceptions import DataError
+
+    if not os.path.isfile(str(path)):
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    try:
+        idata = az.from_netcdf(str(path))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} is not a netCDF file saved by ppgmm ({err})") from None
+    groups = set(idata.groups())
+    missing = {"posterior", "observed_data"} - groups
+    if missing or "backend" not in idata.posterior.attrs or "spec" not in idata.posterior.attrs:
+        raise DataError(
+            f"{path} is a netCDF file but not a ppgmm fit (it lacks "
+            f"{sorted(missing) or 'the posterior attrs backend and spec'}); write fits with "
+            "Fit.to_netcdf"
+        )
+    return Fit(idata)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 import ppgmm
 from ppgmm import cli
@@ -29,6 +30,8 @@ def files(tmp_path_factory):
     pd.DataFrame(truth.values, columns=cols).to_csv(d / "truth.csv", index=False)
     text = pd.DataFrame(data, columns=cols).assign(name="x")
     text.to_csv(d / "text.csv", index=False)
+    (d / "empty.csv").write_text("")
+    xr.Dataset({"a": ("x", np.arange(3.0))}).to_netcdf(d / "other.nc")
     return d
 
 
@@ -93,12 +96,18 @@ BAD = [
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--bogus"], "unrecognized"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "-o", "nope=1"], "unknown option"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--columns", "x"], "not in"),
-    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/no/such/dir/f.nc"], ""),
+    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/no/such/dir/f.nc"], "does not exist"),
+    (["fit", "{d}/empty.csv", "-k", "2", "--out", "{t}/f.nc"], "could not read"),
+    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "-o", "tol=\"abc\""],
+     "tol should be a non-negative number"),
+    (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "--report", "{t}/no/r.html"],
+     "does not exist"),
     (["fit", "{d}/data.csv", "--out", "{t}/f.nc"], "required"),
     (["compare", "{d}/data.csv", "-k", "2", "--backends", "em,gibbs"], "--backends"),
     (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "-o", "x=1"], "BACKEND.KEY"),
     (["report", "{d}/missing.nc", "--out", "{t}/r.html"], "no such file"),
-    (["report", "{d}/data.csv", "--out", "{t}/r.html"], ""),
+    (["report", "{d}/data.csv", "--out", "{t}/r.html"], "not a netCDF file saved by ppgmm"),
+    (["report", "{d}/other.nc", "--out", "{t}/r.html"], "not a ppgmm fit"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
 ]

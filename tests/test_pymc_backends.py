@@ -367,6 +367,9 @@ def test_advi_not_converged_warns(three_clusters):
         ("advi", {"n_iter": 100, "window": 50}, "n_iter should be at least 3 windows"),
         ("advi", {"learning_rate": -1.0}, "learning_rate should be"),
         ("advi", {"engine": "stan"}, "engine should be one of"),
+        ("advi", {"tol": "x"}, "tol should be a non-negative number"),
+        ("nuts", {"jitter": np.inf}, "jitter should be a non-negative number"),
+        ("nuts", {"dense_mass": "yes"}, "dense_mass should be True or False"),
     ],
 )
 def test_bad_options_raise_spec_error(three_clusters, backend, options, match):

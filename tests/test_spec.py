@@ -106,12 +106,20 @@ def test_spec_must_be_gmm(x):
 @pytest.mark.parametrize(
     "kw,match",
     [
-        ({"n_init": 0}, "n_init should be a positive integer"),
-        ({"max_iter": -1}, "max_iter should be a non-negative integer"),
-        ({"tol": -1.0}, "tol should be non-negative"),
-        ({"reg_covar": -1e-3}, "reg_covar should be non-negative"),
+        ({"n_init": 0}, "n_init should be an integer >= 1"),
+        ({"max_iter": -1}, "max_iter should be an integer >= 0"),
+        ({"tol": -1.0}, "tol should be a non-negative number"),
+        ({"reg_covar": -1e-3}, "reg_covar should be a non-negative number"),
         ({"uncertainty": "jackknife"}, "uncertainty should be None or 'bootstrap'"),
         ({"uncertainty": "bootstrap", "n_bootstrap": 1}, "n_bootstrap should be an integer >= 2"),
+        # wrong types get the same clear error, not a TypeError from inside numpy
+        ({"tol": "abc"}, "tol should be a non-negative number, but got 'abc'"),
+        ({"tol": np.nan}, "tol should be a non-negative number"),
+        ({"reg_covar": "x"}, "reg_covar should be a non-negative number"),
+        ({"imputation_draws": "3"}, "imputation_draws should be an integer >= 0"),
+        ({"imputation_draws": -1}, "imputation_draws should be an integer >= 0"),
+        ({"n_init": True}, "n_init should be an integer >= 1"),
+        ({"max_iter": 1.5}, "max_iter should be an integer >= 0"),
     ],
 )
 def test_bad_option_values(x, kw, match):

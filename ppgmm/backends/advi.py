@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..align import align_to
+from ..checks import check_int, check_number
 from ..data import MissingData
 from ..exceptions import SpecError
 from ..spec import GMM
@@ -276,14 +277,10 @@ def advi_backend(
         raise SpecError(f"method should be one of {list(METHODS)}, but got {method!r}")
     if engine not in ENGINES:
         raise SpecError(f"engine should be one of {list(ENGINES)}, but got {engine!r}")
-    for name, value, low in (("n_iter", n_iter, 1), ("window", window, 2),
-                             ("obj_n_mc", obj_n_mc, 1), ("draws", draws, 1)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise SpecError(f"{name} should be an integer >= {low}, but got {value!r}")
-    if not (isinstance(tol, float | int) and tol >= 0):
-        raise SpecError(f"tol should be a non-negative number, but got {tol!r}")
-    if not (isinstance(learning_rate, float | int) and learning_rate > 0):
-        raise SpecError(f"learning_rate should be a positive number, but got {learning_rate!r}")
+    n_iter, window = check_int("n_iter", n_iter, 1), check_int("window", window, 2)
+    obj_n_mc, draws = check_int("obj_n_mc", obj_n_mc, 1), check_int("draws", draws, 1)
+    tol = check_number("tol", tol)
+    learning_rate = check_number("learning_rate", learning_rate, positive=True)
     if n_iter < 3 * window and engine == "jax":
         raise SpecError(
             f"n_iter should be at least 3 windows ({3 * window}) to judge convergence, but got "

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..checks import check_int, check_number
 from ..data import MissingData
 from ..exceptions import ConvergenceWarning, ObjectiveDecreaseError, PpgmmError, SpecError
 from ..prior import ResolvedPrior, log_prior, resolve_prior
@@ -479,20 +480,18 @@ def fit_em(
     warn: bool = True,
 ) -> EMResult:
     """Fit by EM. See :func:`ppgmm.fit` for the options."""
-    if not isinstance(n_init, int) or n_init < 1:
-        raise SpecError(f"n_init should be a positive integer, but got {n_init!r}")
-    if not isinstance(max_iter, int) or max_iter < 0:
-        raise SpecError(f"max_iter should be a non-negative integer, but got {max_iter!r}")
-    if not tol >= 0:
-        raise SpecError(f"tol should be non-negative, but got {tol!r}")
+    n_init, max_iter = check_int("n_init", n_init, 1), check_int("max_iter", max_iter, 0)
+    tol = check_number("tol", tol)
+    check_int("imputation_draws", imputation_draws, 0)
+    if uncertainty == "bootstrap":
+        n_bootstrap = check_int("n_bootstrap", n_bootstrap, 2)
     if stop not in ("gain", "sklearn"):
         raise SpecError(f"stop should be 'gain' or 'sklearn', but got {stop!r}")
     if uncertainty not in (None, "bootstrap"):
         raise SpecError(f"uncertainty should be None or 'bootstrap', but got {uncertainty!r}")
     prior = resolve_prior(spec, md)
-    reg = (0.0 if prior is not None else 1e-6) if reg_covar is None else float(reg_covar)
-    if not reg >= 0:
-        raise SpecError(f"reg_covar should be non-negative, but got {reg_covar!r}")
+    reg = (0.0 if prior is not None else 1e-6) if reg_covar is None else check_number(
+        "reg_covar", reg_covar)
     rng = np.random.default_rng(seed)
     data = Sorted.of(md)
     if not isinstance(init, str):
@@ -527,8 +526,6 @@ def _bootstrap(spec: GMM, md: MissingData, main: EMResult, rng: np.random.Genera
     """Refit on ``b`` row-resampled data sets from the main fit, aligned to its labels."""
     from ..align import align_to
 
-    if not isinstance(b, int) or b < 2:
-        raise SpecError(f"n_bootstrap should be an integer >= 2, but got {b!r}")
     draws = []
     show = sys.stderr.isatty()  # progress on a terminal only
     for i in range(b):

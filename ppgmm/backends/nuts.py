@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..align import align_to
+from ..checks import check_bool, check_int, check_number
 from ..data import MissingData
 from ..exceptions import SpecError
 from ..spec import GMM, Params
@@ -43,12 +44,6 @@ ENGINES = {
 MISSING = ("marginal", "latent")
 #: deepest NUTS tree per engine (numpyro and nutpie default 10; PyMC 10)
 MAX_TREEDEPTH = 10
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise SpecError(f"{name} should be an integer >= {low}, but got {value!r}")
-    return int(value)
 
 
 def em_start(spec: GMM, md: MissingData, init: Any, seed: int | None) -> tuple[Params | None, Any]:
@@ -342,17 +337,17 @@ def nuts_backend(
     """
     from ..fit import Fit, build_idata
 
-    draws = _check_int("draws", draws, 4)
-    tune = _check_int("tune", tune, 0)
-    chains = _check_int("chains", chains, 1)
+    draws = check_int("draws", draws, 4)
+    tune = check_int("tune", tune, 0)
+    chains = check_int("chains", chains, 1)
     if not (isinstance(target_accept, float | int) and 0 < target_accept < 1):
         raise SpecError(f"target_accept should be a number in (0, 1), but got {target_accept!r}")
     if engine not in ENGINES:
         raise SpecError(f"engine should be one of {sorted(ENGINES)}, but got {engine!r}")
     if missing not in MISSING:
         raise SpecError(f"missing should be one of {list(MISSING)}, but got {missing!r}")
-    if not (isinstance(jitter, float | int) and jitter >= 0):
-        raise SpecError(f"jitter should be a non-negative number, but got {jitter!r}")
+    jitter = check_number("jitter", jitter)
+    dense_mass = check_bool("dense_mass", dense_mass)
     if missing == "latent" and md.observed.all():
         missing = "marginal"
     progressbar = sys.stderr.isatty() if progressbar is None else bool(progressbar)

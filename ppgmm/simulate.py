@@ -9,9 +9,12 @@ Mechanisms, for a target fraction :math:`\rho` of missing entries:
 - ``"MNAR"``: entry :math:`x_{ij}` is missing with probability
   :math:`\mathrm{logit}^{-1}(a_j + b z_{ij})`, depending on the value itself.
 
-The intercepts are solved so the expected fraction missing is :math:`\rho`; ``strength``
-is the slope :math:`b`. Under MCAR and MNAR a row that lost every entry gets one entry
-back (chosen at random), so every row carries information.
+``strength`` is the slope :math:`b`. Under MCAR and MNAR a row that lost every entry gets
+one entry back (chosen at random), so every row carries information; the per-entry
+probabilities are calibrated for that, so that the expected fraction of missing entries
+after it is :math:`\rho` (for MAR, where the first feature is always observed, the
+intercept is solved for :math:`\rho` directly). At most :math:`(D - 1)/D` of the entries
+can be missing with no row left empty.
 """
 
 from __future__ import annotations
@@ -95,6 +98,19 @@ def _rate_intercept(z: np.ndarray, slope: float, rate: float) -> float:
     return brentq(lambda a: expit(a + slope * z).mean() - rate, -50.0, 50.0)
 
 
+def _calibrated_rate(probs: Any, missing: float, d: int) -> float:
+    """Per-entry rate r whose expected fraction missing, after each empty row gets one entry
+    back, is ``missing``: mean(p) - mean(prod_j p_ij) / d = missing."""
+    def achieved(r: float) -> float:
+        p = probs(r)
+        return float(p.mean() - np.prod(p, axis=1).mean() / d)
+
+    hi = 1.0 - 1e-12
+    if achieved(hi) <= missing:
+        return hi
+    return brentq(lambda r: achieved(r) - missing, missing, hi, xtol=1e-12)
+
+
 def simulate(
     spec_or_params: Any,
     n: int = 500,
@@ -149,8 +165,6 @@ def simulate(
         z = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
     if missing == 0:
         mask = np.zeros((n, d), dtype=bool)
-    elif mechanism == "MCAR":
-        mask = rng.random((n, d)) < missing
     elif mechanism == "MAR":
         if d < 2:
             raise SpecError("MAR needs at least 2 features: one always observed to depend on")
@@ -162,10 +176,21 @@ def simulate(
         mask = rng.random((n, d)) < p[:, None]
         mask[:, 0] = False
     else:
-        mask = np.zeros((n, d), dtype=bool)
-        for j in range(d):
-            a = _rate_intercept(z[:, j], strength, missing)
-            mask[:, j] = rng.random(n) < expit(a + strength * z[:, j])
+        if missing > (d - 1) / d:
+            raise SpecError(
+                f"missing={missing} is too high for {d} feature(s): with no row left empty at "
+                f"most {(d - 1) / d:.3g} of the entries can be missing"
+            )
+        if mechanism == "MCAR":
+            def probs(r: float) -> np.ndarray:
+                return np.full((n, d), r)
+        else:
+            def probs(r: float) -> np.ndarray:
+                return np.column_stack([
+                    expit(_rate_intercept(z[:, j], strength, r) + strength * z[:, j])
+                    for j in range(d)])
+        p = probs(_calibrated_rate(probs, missing, d))
+        mask = rng.random((n, d)) < p
     empty = np.flatnonzero(mask.all(axis=1))
     mask[empty, rng.integers(0, d, len(empty))] = False
     data = np.where(mask, np.nan, x)

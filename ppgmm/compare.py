@@ -319,12 +319,14 @@ def _truth_array(truth: Any, fit: Fit) -> np.ndarray:
             f"truth should have the shape of the data ({md.n}, {md.d}), but got {arr.shape}"
         )
     if arr.shape[0] != md.n:
-        obs = md.obs_names
-        if np.issubdtype(obs.dtype, np.integer) and obs.min() >= 0 and obs.max() < len(arr):
-            arr = arr[obs]  # rows with no observed entry were dropped at fit time
+        if md.dropped and arr.shape[0] == md.n + len(md.dropped):
+            arr = np.delete(arr, list(md.dropped), axis=0)  # rows dropped at fit time
         else:
             raise DataError(
-                f"truth should have one row per data row ({md.n}), but got {arr.shape[0]}"
+                f"truth should have one row per data row ({md.n}"
+                + (f", or {md.n + len(md.dropped)} with the rows dropped for having no "
+                   "observed entry" if md.dropped else "")
+                + f"), but got {arr.shape[0]}"
             )
     rows, cols = md.missing_index
     n_nan = int(np.isnan(arr[rows, cols]).sum())

@@ -43,6 +43,10 @@ class MissingData:
         Row permutation grouping rows by pattern, and the segment boundaries (length p + 1).
     input_kind : {"ndarray", "DataFrame", "DataArray"}
         The type the data came in, so imputations are returned in the same type.
+    index_name : str, optional
+        The DataFrame index's name, kept for imputations.
+    dropped : tuple of int
+        Positions, in the input, of the rows dropped for having no observed entry.
     """
 
     values: np.ndarray
@@ -55,6 +59,7 @@ class MissingData:
     starts: np.ndarray
     input_kind: str = "ndarray"
     index_name: str | None = None
+    dropped: tuple[int, ...] = ()
 
     @property
     def n(self) -> int:
@@ -89,6 +94,7 @@ class MissingData:
         obs_names: np.ndarray,
         input_kind: str = "ndarray",
         index_name: str | None = None,
+        dropped: tuple[int, ...] = (),
     ) -> MissingData:
         """Group already validated values by missingness pattern."""
         observed = ~np.isnan(values)
@@ -114,6 +120,7 @@ class MissingData:
             starts=starts,
             input_kind=input_kind,
             index_name=index_name,
+            dropped=tuple(dropped),
         )
 
     def wrap(self, values: np.ndarray) -> Any:
@@ -247,9 +254,11 @@ def prepare(
         )
     if len(set(feats)) != len(feats):
         raise DataError(f"feature names should be unique, but got {feats}")
+    dropped: tuple[int, ...] = ()
     if drop_empty:
         empty = np.isnan(values).all(axis=1)
         if empty.any():
+            dropped = tuple(int(i) for i in np.flatnonzero(empty))
             warnings.warn(
                 f"dropped {int(empty.sum())} of {len(empty)} rows with no observed entry: they "
                 "carry no information about the mixture.",
@@ -270,4 +279,4 @@ def prepare(
         )
     name = getattr(data, "index", None)
     name = None if kind != "DataFrame" or name.name is None else str(name.name)
-    return MissingData.from_arrays(values, feats, obs, kind, name)
+    return MissingData.from_arrays(values, feats, obs, kind, name, dropped)

@@ -123,6 +123,7 @@ def build_idata(
         versions=_versions(),
         input_kind=md.input_kind,
         **({"index_name": md.index_name} if md.index_name is not None else {}),
+        **({"dropped_rows": json.dumps(list(md.dropped))} if md.dropped else {}),
         n_obs=int(md.n),
         n_patterns=int(md.n_patterns),
     )
@@ -199,6 +200,7 @@ class Fit:
             np.asarray(x["obs"].values),
             str(self.attrs.get("input_kind", "ndarray")),
             self.attrs.get("index_name"),
+            tuple(json.loads(self.attrs.get("dropped_rows", "[]"))),
         )
 
     def __repr__(self) -> str:

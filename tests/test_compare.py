@@ -195,6 +195,29 @@ def test_truth_as_array_or_dataframe_gives_the_same_scores(sim, em_fit, cmp):
     pd.testing.assert_frame_equal(b.imputation_scores, expected)
 
 
+def test_truth_rows_line_up_when_empty_rows_were_dropped(sim, tmp_path):
+    """Row labels 1..n are not positions: the truth (positional, as simulate returns it)
+    must still be matched to the rows kept after dropping a row with nothing observed."""
+    spec, data, truth = sim
+    data = data.copy()
+    data[0] = np.nan  # dropped at fit time, with a warning
+    df = pd.DataFrame(data, columns=["x0", "x1"], index=np.arange(1, len(data) + 1))
+    with pytest.warns(UserWarning, match="dropped 1 of 150 rows"):
+        fit = ppgmm.fit(spec, df, seed=0)
+    keep = slice(1, None)
+    m = np.isnan(data[keep])
+    direct = np.sqrt(((fit.impute().to_numpy()[m] - truth.values[keep][m]) ** 2).mean())
+    fit.to_netcdf(tmp_path / "f.nc")
+    loaded = ppgmm.load(tmp_path / "f.nc")  # keeps which rows were dropped
+    for f, t in ((fit, truth), (fit, truth.values), (loaded, truth),
+                 (fit, pd.DataFrame(truth.values, index=df.index, columns=df.columns))):
+        scores = ppgmm.compare([f], truth=t).imputation_scores
+        rmse = scores.set_index(["backend", "feature"]).loc[("em", "all"), "rmse"]
+        assert rmse == pytest.approx(direct, rel=1e-12)
+    with pytest.raises(ppgmm.DataError, match="or 150 with the rows dropped"):
+        ppgmm.compare([fit], truth=truth.values[:120])
+
+
 def test_truth_of_the_wrong_shape_is_refused(sim, em_fit):
     with pytest.raises(ppgmm.DataError, match="shape of the data"):
         ppgmm.compare([em_fit], truth=np.zeros((3, 5)))

@@ -254,7 +254,12 @@ def run_em(
     reg_covar: float,
     stop: str = "gain",
 ) -> EMRun:
-    """Iterate EM from ``params``; stop when the per-row objective gains less than ``tol``.
+    """Iterate EM from ``params``; stop when the per-row objective changes by less than ``tol``.
+
+    With ``reg_covar = 0`` each step raises the objective (the log-likelihood or
+    log-posterior), and a decrease beyond rounding raises an error. ``reg_covar > 0`` adds
+    to the covariances' diagonals after each M-step, which the objective does not include,
+    so a step may lower it; the iteration goes on until the change is below ``tol``.
 
     ``stop="gain"`` stops as soon as the step just taken gained less than ``tol``.
     ``stop="sklearn"`` is scikit-learn's rule: its E-step scores the parameters before the
@@ -276,12 +281,10 @@ def run_em(
                 "may contain extreme values or near-duplicate columns); rescale the data, "
                 "set reg_covar > 0, or use the default prior"
             )
-        if obj < prev - 1e-9 * (1.0 + abs(prev)):
-            if reg_covar > 0:
-                # reg_covar on the diagonals is not part of the objective: near the fixed point
-                # it can cost more than the EM step gains. Keep the better parameters and stop.
-                run.converged = True
-                break
+        # reg_covar on the diagonals is not part of the objective, so a regularised step may
+        # lower it (by much when reg_covar is large): iterate on, as scikit-learn does, until
+        # the change is below tol. Without it EM never lowers the objective beyond rounding.
+        if reg_covar == 0 and obj < prev - 1e-9 * (1.0 + abs(prev)):
             if not np.isfinite(obj) or _collapsed(new.covariances):
                 raise PpgmmError(
                     "a component collapsed onto too few rows (its covariance became singular) "
@@ -292,12 +295,20 @@ def run_em(
                 f"EM objective decreased from {prev!r} to {obj!r} at iteration "
                 f"{len(run.objective)}; this is a bug in ppgmm, please report it with the data"
             )
+        if obj == -np.inf:
+            raise PpgmmError(
+                f"the EM objective became -inf at iteration {len(run.objective)}: a component "
+                "collapsed onto too few rows; set reg_covar > 0, use a prior "
+                "(prior='default'), or use fewer components"
+            )
         run.params, run.e = new, e
         run.objective.append(obj)
-        if pending or ((obj - prev) / n < tol and stop == "gain"):
+        # without reg_covar a gain at or below rounding (even slightly negative) is convergence
+        small = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n < tol
+        if pending or (small and stop == "gain"):
             run.converged = True
             break
-        pending = (obj - prev) / n < tol
+        pending = small
     return run
 
 

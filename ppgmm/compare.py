@@ -29,6 +29,7 @@ import xarray as xr
 from scipy.special import ndtr, ndtri
 
 from .align import align_to
+from .backends import posterior as pst
 from .exceptions import DataError, PpgmmError
 from .fit import PARAM_NAMES, Fit
 from .spec import Params
@@ -504,7 +505,6 @@ def _scores(ds: xr.Dataset, features: list[str]) -> pd.DataFrame:
 
 
 def _convergence(fits: dict[str, Fit], perms: dict[str, np.ndarray]) -> pd.DataFrame:
-    import arviz as az
 
     rows = []
     for label, f in fits.items():
@@ -527,25 +527,20 @@ def _convergence(fits: dict[str, Fit], perms: dict[str, np.ndarray]) -> pd.DataF
         if "elbo" in stats:
             elbo = np.asarray(stats["elbo"].values, float)
             tail = elbo[-max(1, len(elbo) // 10):]
-            row.update(n_iter=int(a.get("n_iter", len(elbo))), elbo_final=float(np.mean(tail)))
+            # the ELBO of the returned approximation where the backend recorded it
+            row.update(n_iter=int(a.get("n_iter", len(elbo))),
+                       elbo_final=float(a.get("elbo_final", np.mean(tail))))
         if post.sizes["chain"] >= 2 and post.sizes["draw"] >= 4:
-            diag = xr.Dataset({
-                "weights": post["weights"], "means": post["means"],
-                "variances": xr.apply_ufunc(np.diagonal, post["covariances"],
-                                            input_core_dims=[["feature", "feature_"]],
-                                            output_core_dims=[["feature"]],
-                                            kwargs={"axis1": -2, "axis2": -1}),
-            })
+            # the backends' own diagnostics: every weight, mean and covariance entry
+            draws = pst.Draws(*(np.asarray(post[n].transpose("chain", "draw", ...).values,
+                                           dtype=float) for n in PARAM_NAMES))
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                rhat = az.rhat(diag)
-                bulk = az.ess(diag, method="bulk")
-                tail_ess = az.ess(diag, method="tail")
-            row.update(
-                rhat_max=float(np.nanmax([rhat[v].max() for v in rhat.data_vars])),
-                ess_bulk_min=float(np.nanmin([bulk[v].min() for v in bulk.data_vars])),
-                ess_tail_min=float(np.nanmin([tail_ess[v].min() for v in tail_ess.data_vars])),
-            )
+                row.update(
+                    rhat_max=pst.rhat_max(draws),
+                    ess_bulk_min=pst.ess_bulk_min(draws),
+                    ess_tail_min=pst.ess_bulk_min(draws, method="tail"),
+                )
         if "diverging" in stats:
             row["divergences"] = int(stats["diverging"].sum())
         elif "divergences" in a:

@@ -232,9 +232,18 @@ def prepare(
     """
     values, feats, obs, kind = _to_array(data)
     if feature_names is not None:
-        if kind == "DataFrame" and set(feature_names) <= set(feats):
+        generic = list(feature_names) == [f"x{j}" for j in range(len(feature_names))]
+        if kind != "ndarray" and set(feature_names) <= set(feats):
             cols = [feats.index(f) for f in feature_names]
             values, feats = values[:, cols], list(feature_names)
+        elif kind != "ndarray" and not generic:
+            # named columns are matched by name, never silently by position
+            absent = [f for f in feature_names if f not in feats]
+            raise DataError(
+                f"data should have the features {list(feature_names)} the model was fitted "
+                f"on, but {absent} are not among its columns {feats}; rename the columns, "
+                "or pass a NumPy array with the features in the fitted order"
+            )
         elif values.shape[1] != len(feature_names):
             raise DataError(
                 f"data should have the {len(feature_names)} features {feature_names} the model "

@@ -170,6 +170,12 @@ def test_feature_names_reorder_dataframe_and_check_width():
     assert_array_equal(md.values, df.to_numpy())
     with pytest.raises(ppgmm.DataError, match="3 features"):
         prepare(_x(4, 2), feature_names=["a", "b", "c"])
+    # named columns that do not match are refused, not used by position
+    renamed = df[["c", "b", "a"]].rename(columns={"c": "C"})
+    with pytest.raises(ppgmm.DataError, match=r"\['c'\] are not among its columns"):
+        prepare(renamed, feature_names=["a", "b", "c"])
+    # a model fitted on an unnamed array takes any same-width table by position
+    assert prepare(renamed, feature_names=["x0", "x1", "x2"]).feature_names == ["x0", "x1", "x2"]
 
 
 # --------------------------------------------------------------------------- patterns

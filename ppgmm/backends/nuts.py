@@ -338,7 +338,7 @@ def nuts_backend(
     from ..fit import Fit, build_idata
 
     draws = check_int("draws", draws, 4)
-    tune = check_int("tune", tune, 0)
+    tune = check_int("tune", tune, 1)  # nutpie needs at least one tuning step
     chains = check_int("chains", chains, 1)
     if not (isinstance(target_accept, float | int) and 0 < target_accept < 1):
         raise SpecError(f"target_accept should be a number in (0, 1), but got {target_accept!r}")

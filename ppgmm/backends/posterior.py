@@ -210,8 +210,8 @@ def rhat_max(draws: Draws) -> float:
     return float(r.max()) if r.size else float("nan")
 
 
-def ess_bulk_min(draws: Draws) -> float:
-    """Smallest bulk ESS over all scalar parameters."""
+def ess_bulk_min(draws: Draws, method: str = "bulk") -> float:
+    """Smallest ESS (``method`` "bulk" or "tail") over all scalar parameters."""
     import arviz as az
 
     x = _scalar_draws(draws)
@@ -219,7 +219,7 @@ def ess_bulk_min(draws: Draws) -> float:
         return float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        e = az.ess(az.convert_to_dataset({"x": x}), method="bulk")["x"].values
+        e = az.ess(az.convert_to_dataset({"x": x}), method=method)["x"].values
     e = e[np.isfinite(e)]
     return float(e.min()) if e.size else float("nan")
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import time
 from typing import Any
+
+import numpy as np
 
 from .data import prepare
 from .exceptions import SpecError
@@ -82,5 +85,24 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
     md = prepare(data, n_components=spec.n_components)
     start = time.perf_counter()
     result: Fit = func(spec, md, seed=seed, **options)
-    result.idata.posterior.attrs["wall_time"] = time.perf_counter() - start
+    attrs = result.idata.posterior.attrs
+    attrs["wall_time"] = time.perf_counter() - start
+    recorded, objects = _record(options)
+    attrs["options"] = json.dumps(recorded)  # as given, so a report can show the call again
+    if objects:
+        attrs["options_objects"] = json.dumps(objects)  # given as objects (a Fit, parameters)
     return result
+
+
+def _record(options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Options that JSON can hold, and the names of those it cannot."""
+    recorded, objects = {}, []
+    for key, value in options.items():
+        value = value.item() if isinstance(value, np.generic) else value
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            objects.append(key)
+        else:
+            recorded[key] = value
+    return recorded, objects

@@ -401,15 +401,20 @@ def _reproduce(cmp: Comparison) -> str:
             allowed = _options_of(f.backend)
         except Exception:  # backend not importable here: show the attrs only
             allowed = set()
-        opts = {k: v.item() if isinstance(v, np.generic) else v
-                for k, v in a.items() if k in allowed}
-        if opts.get("uncertainty") == "none":
-            opts["uncertainty"] = None
-        for key in ("reference", "init"):  # a fit given as an option is named, not repeated
-            if opts.get(key) == "given":
-                opts[key] = _Code(_var(ems[0])) if ems and key == "reference" else None
-            if opts.get(key) is None:
-                opts.pop(key, None)
+        note = ""
+        if "options" in a:  # the options as given (fits made by ppgmm.fit)
+            opts = json.loads(a["options"])
+            objects = json.loads(a.get("options_objects", "[]"))
+            if "reference" in objects and ems and b not in ems:
+                opts["reference"] = _Code(_var(ems[0]))
+                objects.remove("reference")
+            if objects:
+                note = "\n# also given as objects, not shown here: " + ", ".join(objects)
+        else:  # read back from the run's attrs
+            opts = {k: v.item() if isinstance(v, np.generic) else v
+                    for k, v in a.items() if k in allowed and k not in ("reference", "init")}
+            if opts.get("uncertainty") == "none":
+                opts["uncertainty"] = None
         seed = a.get("seed")
         seed = None if seed in (None, -1) else int(seed)
         args = "".join(f", {k}={v!r}" for k, v in opts.items())
@@ -417,6 +422,7 @@ def _reproduce(cmp: Comparison) -> str:
             "import ppgmm\n"
             f"spec = ppgmm.GMM.from_json({a.get('spec', '')!r})\n"
             f"{_var(b)} = ppgmm.fit(spec, data, backend={f.backend!r}, seed={seed!r}{args})"
+            + note
         )
         settings = {k: v for k, v in a.items() if k not in ("versions", "warnings", "spec")}
         settings_df = pd.DataFrame({"setting": list(settings),
@@ -498,11 +504,13 @@ def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:
     wide = entries.pivot_table(index=["missing_obs", "missing_feature"], columns="backend",
                                values="mean", sort=False)
     wide.columns.name = None
-    scores = (
-        _table(cmp.imputation_scores) if cmp.imputation_scores is not None else
-        '<p class="note">No truth given: pass <code>truth=</code> (e.g. from '
-        "<code>ppgmm.simulate</code>) to score RMSE, coverage and CRPS.</p>"
-    )
+    if cmp.imputation_scores is not None:
+        scores = _table(cmp.imputation_scores)
+    elif cmp.imputations.sizes.get("missing", 0) == 0:
+        scores = '<p class="note">The data have no missing entries: nothing to score.</p>'
+    else:
+        scores = ('<p class="note">No truth given: pass <code>truth=</code> (e.g. from '
+                  "<code>ppgmm.simulate</code>) to score RMSE, coverage and CRPS.</p>")
     body.append(_section("imputations", (
         scores + _figure(_fig_imputations, cmp)
         + "<details><summary>E[x_mis | x_obs] per missing entry</summary>"

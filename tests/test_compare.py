@@ -1,6 +1,7 @@
 """ppgmm.compare: numbers checked against direct NumPy / SciPy / ArviZ computations."""
 
 import importlib.util
+import re
 import warnings
 from pathlib import Path
 
@@ -432,6 +433,21 @@ def test_compare_with_the_bayesian_backends(bayes_fits, sim, tmp_path):
     assert "could not be drawn" not in text
     if "nuts" in bayes:
         assert "nuts rank plots" in text
+    # the report's reproduction code runs and gives back every fit
+    import html
+
+    section = text[text.index('<section id="reproduce">'):]
+    snippets = [html.unescape(m) for m in re.findall(r"<pre>(.*?)</pre>", section, flags=re.S)]
+    assert len(snippets) == len(bayes_fits)
+    ns = {"data": sim[1]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
+        for code in snippets:
+            exec(code, ns)  # noqa: S102 - the report's own text
+    for label, f in bayes_fits.items():
+        again = ns[f"fit_{label}"]
+        for a, b in zip(again.params, f.params, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_relative_l2_distance_is_scale_free():

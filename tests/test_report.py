@@ -220,6 +220,7 @@ def test_edge_cases_give_a_full_report(case, tmp_path, rng):
     text = Path(cmp.report(str(tmp_path / "r.html"))).read_text(encoding="utf-8")
     assert "could not be drawn" not in text
     assert not parse(text).errors
+    assert "no missing entries: nothing to score" in text and "No truth given" not in text
 
 
 def test_warnings_section_lists_each_fits_warnings_in_plain_words(fits, tmp_path):

@@ -30,11 +30,13 @@ from scipy.special import ndtr, ndtri
 
 from .align import align_to
 from .backends import posterior as pst
+from .backends.em import missing_marginals
 from .exceptions import DataError, PpgmmError
 from .fit import PARAM_NAMES, Fit
 from .spec import Params
 
-__all__ = ["Comparison", "compare", "l2_distance", "crps_ensemble", "crps_normal"]
+__all__ = ["Comparison", "compare", "l2_distance", "crps_ensemble", "crps_normal",
+           "crps_normal_mixture", "normal_mixture_quantile"]
 
 STATS = ("point", "sd", "hdi_lower", "hdi_upper")
 
@@ -113,6 +115,41 @@ def crps_normal(mu: np.ndarray, sigma: np.ndarray, y: np.ndarray) -> np.ndarray:
     z = (np.asarray(y, dtype=float) - mu) / sigma
     pdf = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
     return sigma * (z * (2 * ndtr(z) - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
+
+
+def crps_normal_mixture(w: np.ndarray, mu: np.ndarray, var: np.ndarray,
+                        y: np.ndarray) -> np.ndarray:
+    r"""CRPS of :math:`\sum_k w_k N(\mu_k, \sigma_k^2)` at ``y``; arrays (M, K), y (M,).
+
+    Closed form (Grimit et al. 2006): :math:`\sum_k w_k A(y - \mu_k, \sigma_k^2) -
+    \tfrac12 \sum_{k,l} w_k w_l A(\mu_k - \mu_l, \sigma_k^2 + \sigma_l^2)` with
+    :math:`A(m, s^2) = 2 s \varphi(m/s) + m (2 \Phi(m/s) - 1)`.
+    """
+    def a(m, s2):
+        sd = np.sqrt(s2)
+        z = m / sd
+        return 2 * sd * np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi) + m * (2 * ndtr(z) - 1)
+
+    y = np.asarray(y, dtype=float)[:, None]
+    first = (w * a(y - mu, var)).sum(1)
+    pair = w[:, :, None] * w[:, None, :] * a(mu[:, :, None] - mu[:, None, :],
+                                             var[:, :, None] + var[:, None, :])
+    return first - 0.5 * pair.sum((1, 2))
+
+
+def normal_mixture_quantile(w: np.ndarray, mu: np.ndarray, var: np.ndarray,
+                            q: float) -> np.ndarray:
+    """Quantile ``q`` of each row's normal mixture (arrays (M, K)), by bisection to 1e-12."""
+    sd = np.sqrt(var)
+    lo = (mu + ndtri(min(q, 1 - 1e-15)) * sd).min(1) - 1e-12
+    hi = (mu + ndtri(min(q, 1 - 1e-15)) * sd).max(1) + 1e-12
+    for _ in range(200):  # the quantile lies between the components' own quantiles
+        mid = 0.5 * (lo + hi)
+        below = (w * ndtr((mid[:, None] - mu) / sd)).sum(1) < q
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        if np.all(hi - lo <= 1e-12 * np.maximum(1.0, np.abs(mid))):
+            break
+    return 0.5 * (lo + hi)
 
 
 # --------------------------------------------------------------------------- result
@@ -431,13 +468,19 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
     coords = {"missing_obs": miss["missing_obs"].values,
               "missing_feature": miss["missing_feature"].values}
     q = [(1 - interval_prob) / 2, (1 + interval_prob) / 2]
-    means, lows, highs, draws = {}, {}, {}, {}
+    means, lows, highs, draws, exact = {}, {}, {}, {}, {}
     for label in labels:
         f = fits[label]
         if not _same_data(f, ref_fit):
             notes.append(f"{label}: fitted on other data than {ref}; imputations not compared.")
             continue
         means[label] = np.asarray(f.impute(), dtype=float)[rows, cols]
+        if _n_draws(f.idata.posterior) == 1 and n_mis:
+            # a point estimate (EM): its predictive is a known normal mixture per entry, so
+            # intervals and CRPS are exact rather than from a few stored draws
+            exact[label] = missing_marginals(f.params, md)
+            lows[label], highs[label] = (normal_mixture_quantile(*exact[label], p) for p in q)
+            continue
         pp = f.idata.posterior_predictive["x_missing"].transpose("missing", "chain", "draw")
         x = pp.values.reshape(n_mis, pp.sizes["chain"] * pp.sizes["draw"])
         draws[label] = x
@@ -470,6 +513,7 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
         y = _truth_array(truth, ref_fit)[rows, cols]
         crps = np.stack([
             crps_ensemble(draws[b], y) if b in draws and draws[b].shape[1] >= 2
+            else crps_normal_mixture(*exact[b], y) if b in exact
             else crps_normal(obs_mean[cols], obs_sd[cols], y) if b == base
             else np.abs(means[b] - y)
             for b in names

@@ -467,6 +467,23 @@ def conditional_draws(
     return mean[inv], out[:, inv]
 
 
+def missing_marginals(params: Params, md: MissingData) -> tuple[np.ndarray, ...]:
+    r"""The predictive of each missing entry at ``params``: a mixture of normals.
+
+    Returns ``(weights, means, variances)``, each (M, K) for the M missing entries in
+    ``md.missing_index`` order: the row's responsibilities :math:`r_{ik}`, and the entry's
+    conditional mean :math:`\hat x_{ik,j}` and variance :math:`(C_{pk})_{jj}` given the
+    row's observed entries under component k.
+    """
+    s = Sorted.of(md)
+    e = s.run_e_step(params)
+    inv = np.argsort(s.order)
+    cond_mean = (params.means[None] + e.deviations(params))[inv]  # (N, K, D)
+    var = np.diagonal(e.factors.cond_cov, axis1=2, axis2=3)[s.pat][inv]  # (N, K, D)
+    rows, cols = md.missing_index
+    return e.resp[inv][rows], cond_mean[rows, :, cols], var[rows, :, cols]
+
+
 def row_loglik(params: Params, md: MissingData) -> np.ndarray:
     """Observed-data log-likelihood of each row of ``md``, in its original order."""
     s = Sorted.of(md)

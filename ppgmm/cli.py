@@ -7,6 +7,7 @@ with one line on stderr, ``ppgmm: error: ...``, and exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
 import os
@@ -66,6 +67,17 @@ def _positive_k(text: str) -> int:
     return ks[0]
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"the seed should be a non-negative integer, but got "
+                                         f"{text!r}")
+    return value
+
+
 def _option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -86,9 +98,21 @@ def _read_csv(path: str, columns: str | None) -> Any:
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path!r}")
     try:
-        df = pd.read_csv(path)
+        with open(path, newline="", encoding="utf-8") as fh:
+            sample = fh.read(65536)
+        try:  # commas, tabs, semicolons and bars all read
+            sep = csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
+        except csv.Error:  # e.g. one column: nothing to sniff
+            sep = ","
+        df = pd.read_csv(path, sep=sep)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UsageError(f"could not read {path} as CSV: {err}") from None
+    if len(df.columns) and str(df.columns[0]).startswith("Unnamed: 0"):
+        # a CSV written with its row index (pandas' default): row labels, not a feature
+        df = df.set_index(df.columns[0])
+        df.index.name = None
+        warnings.warn(f"{path}: the first column has no name; it is used as row labels, "
+                      "not as a feature", UserWarning, stacklevel=2)
     if columns:
         wanted = [c.strip() for c in columns.split(",") if c.strip()]
         unknown = [c for c in wanted if c not in df.columns]
@@ -282,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="fit EM, ADVI and NUTS on airquality and write a report")
     d.add_argument("--out", default="ppgmm-demo", help="output folder (default ppgmm-demo)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_seed, default=0)
     d.set_defaults(run=_cmd_demo)
 
     def data_args(q):
@@ -290,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--columns", help="comma-separated columns to model (default all)")
         q.add_argument("--covariance", default="full",
                        choices=["full", "diag", "spherical", "tied"])
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--seed", type=_seed, default=0)
 
     f = sub.add_parser("fit", help="fit one backend and save the fit as netCDF")
     data_args(f)

@@ -108,6 +108,7 @@ BAD = [
     (["report", "{d}/missing.nc", "--out", "{t}/r.html"], "no such file"),
     (["report", "{d}/data.csv", "--out", "{t}/r.html"], "not a netCDF file saved by ppgmm"),
     (["report", "{d}/other.nc", "--out", "{t}/r.html"], "not a ppgmm fit"),
+    (["fit", "{d}/data.csv", "-k", "2", "--seed", "-1", "--out", "{t}/f.nc"], "non-negative"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
 ]
@@ -143,6 +144,25 @@ def test_console_script_runs_and_fails_cleanly(files, tmp_path):
     assert bad.stderr.strip().startswith("ppgmm: error: ")
     assert len(bad.stderr.strip().splitlines()) == 1
     assert "Traceback" not in bad.stderr
+
+
+def test_tabs_and_a_written_index_read_like_the_plain_csv(files, tmp_path, capsys):
+    df = pd.read_csv(files / "data.csv")
+    df.to_csv(tmp_path / "data.tsv", sep="\t", index=False)
+    df.to_csv(tmp_path / "indexed.csv")  # pandas' default writes the row index
+    fits = []
+    for name in ("data.tsv", "indexed.csv"):
+        out = tmp_path / f"{name}.nc"
+        code, _, err = run(["fit", tmp_path / name, "-k", "2", "--out", out], capsys)
+        assert code == 0, err
+        assert ("used as row labels" in err) == (name == "indexed.csv")
+        fits.append(ppgmm.load(str(out)))
+    plain = tmp_path / "plain.nc"
+    assert run(["fit", files / "data.csv", "-k", "2", "--out", plain], capsys)[0] == 0
+    ref = ppgmm.load(str(plain))
+    for f in fits:
+        assert f.feature_names == ["height", "weight"]
+        np.testing.assert_allclose(f.params.means, ref.params.means, rtol=1e-12)
 
 
 def test_help_exits_0(capsys):

@@ -375,11 +375,19 @@ def nuts_backend(
     if isinstance(start, list):
         start = start[0]
     sampler_seed = int(rng.integers(2**31))
-    idata, t_compile, t_sample = _sample(
-        engine, model, draws=draws, tune=tune, chains=chains, target_accept=float(target_accept),
-        seed=sampler_seed, starts=starts, progressbar=progressbar, dense_mass=bool(dense_mass),
-        engine_kwargs=engine_kwargs,
-    )
+    try:
+        idata, t_compile, t_sample = _sample(
+            engine, model, draws=draws, tune=tune, chains=chains,
+            target_accept=float(target_accept), seed=sampler_seed, starts=starts,
+            progressbar=progressbar, dense_mass=bool(dense_mass), engine_kwargs=engine_kwargs,
+        )
+    except (TypeError, AttributeError) as err:
+        if not engine_kwargs:
+            raise
+        raise SpecError(
+            f"engine_kwargs {sorted(engine_kwargs)} were not accepted by the {engine} engine "
+            f"({err}); see its sampling function's keywords"
+        ) from None
     p = idata.posterior
     raw = post.Draws(*(np.asarray(p[n].transpose("chain", "draw", ...).values, dtype=float)
                        for n in post.PARAMS))

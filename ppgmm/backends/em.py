@@ -266,6 +266,16 @@ def run_em(
     M-step, so it learns of a small gain one step late and takes one more M-step, and a run
     whose small gain comes at step ``max_iter`` has not converged.
     """
+    # floating-point trouble (a collapsing component overflows) shows up as a non-finite or
+    # decreasing objective below, which raises an error that says what to do; numpy's own
+    # warnings would only repeat it in less useful words
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _iterate(params, data, covariance, prior, max_iter=max_iter, tol=tol,
+                        reg_covar=reg_covar, stop=stop)
+
+
+def _iterate(params: Params, data: Sorted, covariance: str, prior: ResolvedPrior | None, *,
+             max_iter: int, tol: float, reg_covar: float, stop: str) -> EMRun:
     n = data.xs.shape[0]
     e = data.run_e_step(params)
     run = EMRun(params, e, [_objective(e, params, prior)])

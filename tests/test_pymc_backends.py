@@ -135,10 +135,12 @@ def test_chains_in_different_labellings_are_aligned(switched):
     assert a["modes_differ"] == 0
     perm = fit.idata.sample_stats["permutation"]
     assert perm.dims == ("chain", "draw", "component")
-    # chains 1-3 started relabelled; alignment undid exactly their start permutations
+    # three chains started relabelled; alignment undid exactly their start permutations
+    # (nutpie's threads take the starts in the order they ask, so which chain got which
+    # start may vary; the set of permutations may not)
     assert a["relabelled_draws"] >= 3 * 500
-    np.testing.assert_array_equal(perm.isel(draw=0).values[1], [2, 0, 1])
-    np.testing.assert_array_equal(perm.isel(draw=0).values[3], [1, 0, 2])
+    first = {tuple(p) for p in perm.isel(draw=0).values.tolist()}
+    assert first == {(0, 1, 2), (2, 0, 1), (1, 2, 0), (1, 0, 2)}
     # aligned posterior mean is near the EM fit the first chain started from
     np.testing.assert_allclose(fit.params.means, em.means, atol=0.3)
 

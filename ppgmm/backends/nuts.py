@@ -316,7 +316,9 @@ def nuts_backend(
         "em" starts every chain near the EM fit; "prior" uses PyMC's default jittered start
         (chains may then settle in different labellings, which alignment undoes); explicit
         parameters (e.g. another fit's ``point()``) start there, jittered; a list gives
-        each chain its own start, unjittered (the first one is the default reference).
+        each chain its own start, unjittered (the first one is the default reference;
+        with nutpie, whose chains run in threads, the chain numbers may not follow the
+        list's order).
     jitter : float, default 1.0
         Spread of the chain starts around ``init``, in posterior standard deviations.
     reference : ppgmm.Fit or Params, optional

@@ -474,13 +474,14 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
         if not _same_data(f, ref_fit):
             notes.append(f"{label}: fitted on other data than {ref}; imputations not compared.")
             continue
-        means[label] = np.asarray(f.impute(), dtype=float)[rows, cols]
         if _n_draws(f.idata.posterior) == 1 and n_mis:
             # a point estimate (EM): its predictive is a known normal mixture per entry, so
-            # intervals and CRPS are exact rather than from a few stored draws
-            exact[label] = missing_marginals(f.params, md)
-            lows[label], highs[label] = (normal_mixture_quantile(*exact[label], p) for p in q)
+            # the mean, intervals and CRPS are exact rather than from a few stored draws
+            exact[label] = w, mu, var = missing_marginals(f.params, md)
+            means[label] = (w * mu).sum(1)
+            lows[label], highs[label] = (normal_mixture_quantile(w, mu, var, p) for p in q)
             continue
+        means[label] = np.asarray(f.impute(), dtype=float)[rows, cols]
         pp = f.idata.posterior_predictive["x_missing"].transpose("missing", "chain", "draw")
         x = pp.values.reshape(n_mis, pp.sizes["chain"] * pp.sizes["draw"])
         draws[label] = x
@@ -576,8 +577,7 @@ def _convergence(fits: dict[str, Fit], perms: dict[str, np.ndarray]) -> pd.DataF
                        elbo_final=float(a.get("elbo_final", np.mean(tail))))
         if post.sizes["chain"] >= 2 and post.sizes["draw"] >= 4:
             # the backends' own diagnostics: every weight, mean and covariance entry
-            draws = pst.Draws(*(np.asarray(post[n].transpose("chain", "draw", ...).values,
-                                           dtype=float) for n in PARAM_NAMES))
+            draws = pst.Draws.from_dataset(post)
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
                 row.update(

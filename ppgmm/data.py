@@ -286,6 +286,6 @@ def prepare(
             f"data should have at least n_components={n_components} usable rows, but got "
             f"{values.shape[0]}; use fewer components or more data"
         )
-    name = getattr(data, "index", None)
-    name = None if kind != "DataFrame" or name.name is None else str(name.name)
-    return MissingData.from_arrays(values, feats, obs, kind, name, dropped)
+    index_name = data.index.name if kind == "DataFrame" else None
+    index_name = None if index_name is None else str(index_name)
+    return MissingData.from_arrays(values, feats, obs, kind, index_name, dropped)

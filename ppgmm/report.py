@@ -397,10 +397,6 @@ def _reproduce(cmp: Comparison) -> str:
     parts = []
     for b, f in cmp.fits.items():
         a = f.attrs
-        try:
-            allowed = _options_of(f.backend)
-        except Exception:  # backend not importable here: show the attrs only
-            allowed = set()
         note = ""
         if "options" in a:  # the options as given (fits made by ppgmm.fit)
             opts = json.loads(a["options"])
@@ -411,6 +407,10 @@ def _reproduce(cmp: Comparison) -> str:
             if objects:
                 note = "\n# also given as objects, not shown here: " + ", ".join(objects)
         else:  # read back from the run's attrs
+            try:
+                allowed = _options_of(f.backend)
+            except Exception:  # backend not importable here: show the attrs only
+                allowed = set()
             opts = {k: v.item() if isinstance(v, np.generic) else v
                     for k, v in a.items() if k in allowed and k not in ("reference", "init")}
             if opts.get("uncertainty") == "none":

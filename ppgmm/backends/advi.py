@@ -197,9 +197,7 @@ def _pymc_advi(model: Any, start: dict[str, np.ndarray] | None, *, method: str, 
     t_fit = time.perf_counter() - t0
     elbo = -np.asarray(approx.hist, dtype=float)
     idata = approx.sample(draws, random_seed=seed)
-    p = idata.posterior
-    drawn = post.Draws(*(np.asarray(p[n].transpose("chain", "draw", ...).values, dtype=float)
-                         for n in post.PARAMS))
+    drawn = post.Draws.from_dataset(idata.posterior)
     return {"elbo": elbo, "draws": drawn, "converged": len(elbo) < n_iter,
             "compile_time": float("nan"), "fit_time": t_fit,
             "elbo_final": float(elbo[-100:].mean())}

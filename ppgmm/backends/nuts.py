@@ -390,9 +390,7 @@ def nuts_backend(
             f"engine_kwargs {sorted(engine_kwargs)} were not accepted by the {engine} engine "
             f"({err}); see its sampling function's keywords"
         ) from None
-    p = idata.posterior
-    raw = post.Draws(*(np.asarray(p[n].transpose("chain", "draw", ...).values, dtype=float)
-                       for n in post.PARAMS))
+    raw = post.Draws.from_dataset(idata.posterior)
     stats, lp, n_div, n_hits = _stats(idata, engine)
     ref = ref if ref is not None else start if start is not None else post.pivot_params(raw, lp)
     t0 = time.perf_counter()

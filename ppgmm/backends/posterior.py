@@ -60,6 +60,12 @@ class Draws:
         return tuple(a.reshape(-1, *a.shape[2:]) for a in (self.weights, self.means,  # type: ignore[return-value]
                                                             self.covariances))
 
+    @classmethod
+    def from_dataset(cls, ds: Any) -> Draws:
+        """Weights, means and covariances of an xarray Dataset with chain and draw dims."""
+        return cls(*(np.asarray(ds[n].transpose("chain", "draw", ...).values, dtype=float)
+                     for n in PARAMS))
+
     def params(self, c: int, s: int) -> Params:
         """One draw as :class:`~ppgmm.spec.Params`."""
         return Params(self.weights[c, s], self.means[c, s], self.covariances[c, s])

@@ -1,6 +1,6 @@
 """ppgmm: Gaussian mixtures on data with missing values, by EM, ADVI and NUTS from one spec."""
 
-from .api import fit
+from .api import backend_options, fit
 from .compare import Comparison, compare
 from .data import MissingData, prepare
 from .estimator import GaussianMixture
@@ -14,6 +14,6 @@ __version__ = "0.1.0"
 __all__ = [
     "GMM", "Prior", "Params", "Fit", "MissingData",
     "GaussianMixture", "Truth",
-    "fit", "load", "prepare", "simulate", "compare", "Comparison",
+    "fit", "backend_options", "load", "prepare", "simulate", "compare", "Comparison",
     "PpgmmError", "DataError", "SpecError", "ConvergenceWarning",
 ]

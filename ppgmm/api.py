@@ -1,50 +1,20 @@
-"""``ppgmm.fit``: a thin dispatcher over a table of backends."""
+"""``ppgmm.fit``: a thin dispatcher over the backend registry (:mod:`ppgmm.backends`)."""
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import time
 from typing import Any
 
 import numpy as np
 
+from .backends import BACKENDS, backend_options, get
 from .data import prepare
 from .exceptions import SpecError
 from .fit import Fit
 from .spec import GMM
 
-__all__ = ["fit", "BACKENDS"]
-
-#: backend name -> (module, function); each function takes (spec, md, *, seed, **options)
-BACKENDS = {
-    "em": ("ppgmm.backends.em", "em_backend"),
-    "advi": ("ppgmm.backends.advi", "advi_backend"),
-    "nuts": ("ppgmm.backends.nuts", "nuts_backend"),
-}
-
-
-def _backend(name: str):
-    if name not in BACKENDS:
-        raise SpecError(f"backend should be one of {sorted(BACKENDS)}, but got {name!r}")
-    module, func = BACKENDS[name]
-    return getattr(importlib.import_module(module), func)
-
-
-def _options_of(name: str) -> set[str]:
-    """Keyword options a backend accepts (its implementation's keyword-only parameters)."""
-    if name == "em":
-        from .backends.em import fit_em
-
-        impl = fit_em
-    else:
-        impl = _backend(name)
-    return {
-        p.name
-        for p in inspect.signature(impl).parameters.values()
-        if p.kind is p.KEYWORD_ONLY and p.name not in ("seed", "warn")
-    }
+__all__ = ["fit", "backend_options", "BACKENDS"]
 
 
 def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
@@ -75,16 +45,17 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
     """
     if not isinstance(spec, GMM):
         raise SpecError(f"spec should be a ppgmm.GMM, but got {type(spec).__name__}")
-    func = _backend(backend)
-    unknown = set(options) - _options_of(backend)
+    entry = get(backend)
+    valid = entry.options()
+    unknown = set(options) - valid
     if unknown:
         raise SpecError(
             f"unknown option(s) {sorted(unknown)} for backend {backend!r}; valid options are "
-            f"{sorted(_options_of(backend))}"
+            f"{sorted(valid)}"
         )
     md = prepare(data, n_components=spec.n_components)
     start = time.perf_counter()
-    result: Fit = func(spec, md, seed=seed, **options)
+    result: Fit = entry.load()(spec, md, seed=seed, **options)
     attrs = result.idata.posterior.attrs
     attrs["wall_time"] = time.perf_counter() - start
     recorded, objects = _record(options)

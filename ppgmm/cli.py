@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import sys
@@ -139,24 +138,14 @@ def _check_out(path: str | None) -> None:
         raise UsageError(f"cannot write {path}: the folder {folder!r} does not exist")
 
 
-def _options_of(backend: str) -> set[str]:
-    from .api import _options_of as options_of
-
-    return options_of(backend)
-
-
 def _backend_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
     """Options for ``backend`` plus the quiet defaults it accepts."""
-    accepted = _options_of(backend)
+    from .backends import backend_options
+
+    accepted = backend_options(backend)
     out = {k: v for k, v in _QUIET.items() if k in accepted}
     out.update(options)
     return out
-
-
-def _available(backend: str) -> bool:
-    from .api import BACKENDS
-
-    return importlib.util.find_spec(BACKENDS[backend][0]) is not None
 
 
 def _fit(spec, data, backend: str, seed: int | None, options: dict[str, Any], reference=None):
@@ -164,7 +153,7 @@ def _fit(spec, data, backend: str, seed: int | None, options: dict[str, Any], re
     import ppgmm
 
     options = _backend_options(backend, options)
-    if reference is not None and "reference" in _options_of(backend):
+    if reference is not None and "reference" in ppgmm.backend_options(backend):
         options.setdefault("reference", reference)
     start = time.perf_counter()
     f = ppgmm.fit(spec, data, backend=backend, seed=seed, **options)
@@ -210,12 +199,9 @@ def _cmd_demo(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     df = load_airquality()
     spec = ppgmm.GMM(n_components=2, covariance="full", prior="default")
-    backends = [b for b in ("em", "advi", "nuts") if _available(b)]
-    missing = sorted({"em", "advi", "nuts"} - set(backends))
+    backends = list(DEMO_SETTINGS)
     print(f"ppgmm demo: {spec!r} on airquality ({len(df)} days; Ozone, Solar.R, Wind, Temp)",
           flush=True)
-    if missing:
-        print(f"  (backends not installed here: {', '.join(missing)})", flush=True)
     start = time.perf_counter()
     fits = []
     for b in backends:
@@ -247,12 +233,13 @@ def _cmd_compare(args) -> int:
     import pandas as pd
 
     import ppgmm
+    from ppgmm.backends import BACKENDS, kind
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in ("em", "advi", "nuts")]
+    unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise UsageError(
-            f"--backends should list some of em, advi, nuts, but got {args.backends!r}"
+            f"--backends should list some of {', '.join(BACKENDS)}, but got {args.backends!r}"
         )
     options = _split_options(args.option or [], backends)
     _check_out(args.report)
@@ -266,7 +253,7 @@ def _cmd_compare(args) -> int:
         first = None
         for b in backends:
             fits.append(_fit(spec, df, b, args.seed, options[b], reference=first))
-            first = first or (fits[-1] if b == "em" else None)
+            first = first or (fits[-1] if kind(b) == "optimum" else None)
     if args.save_fits:
         os.makedirs(args.save_fits, exist_ok=True)
     cmp = ppgmm.compare(fits, truth=truth)
@@ -298,6 +285,9 @@ def _cmd_report(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ppgmm`` command."""
+    from .backends import BACKENDS
+    from .spec import COVARIANCE_TYPES
+
     p = _Parser(prog="ppgmm", description=(
         "Fit Gaussian mixtures to data with missing values by EM, ADVI and NUTS, and compare."
     ))
@@ -313,14 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("data", metavar="DATA.csv", help="CSV with a header; empty cells = missing")
         q.add_argument("--columns", help="comma-separated columns to model (default all)")
         q.add_argument("--covariance", default="full",
-                       choices=["full", "diag", "spherical", "tied"])
+                       choices=list(COVARIANCE_TYPES))
         q.add_argument("--seed", type=_seed, default=0)
 
     f = sub.add_parser("fit", help="fit one backend and save the fit as netCDF")
     data_args(f)
     f.add_argument("-k", type=_positive_k, required=True, metavar="K",
                    help="number of components")
-    f.add_argument("--backend", default="em", choices=["em", "advi", "nuts"])
+    f.add_argument("--backend", default="em", choices=list(BACKENDS))
     f.add_argument("-o", "--option", type=_option, action="append", metavar="KEY=VALUE",
                    help="backend option, e.g. -o n_init=5 (repeatable)")
     f.add_argument("--out", required=True, metavar="FIT.nc")

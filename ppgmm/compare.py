@@ -1,18 +1,10 @@
 r"""``ppgmm.compare``: what the backends agree and disagree on, side by side.
 
 Everything is read from each fit's InferenceData by dimension name. Parameters are put on
-one labelling (the reference fit's, the EM fit by default) with :func:`ppgmm.align.align_to`,
-then summarised per backend; imputations are compared entry by entry and, when the
-complete data are known, scored against them.
-
-The NumPy kernels sit at module level:
-
-- :func:`l2_distance`: the closed-form :math:`L_2` distance between two Gaussian mixtures,
-  :math:`\|f-g\|_2^2 = \int f^2 - 2\int fg + \int g^2`, using
-  :math:`\int N(x \mid a, A)\,N(x \mid b, B)\,dx = N(a \mid b, A + B)`;
-- :func:`crps_ensemble`: the continuous ranked probability score of predictive draws,
-  :math:`E|X-y| - \tfrac12 E|X-X'|`;
-- :func:`crps_normal`: the same score for a normal predictive distribution.
+one labelling (the reference fit's, the EM fit by default) with
+:func:`ppgmm.numerics.alignment.align_to`, then summarised per backend; imputations are
+compared entry by entry and, when the complete data are known, scored against them with the
+kernels of :mod:`ppgmm.numerics.scores` (L2 distance between mixtures, CRPS).
 """
 
 from __future__ import annotations
@@ -26,130 +18,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtri
 
-from .align import align_to
-from .backends import posterior as pst
-from .backends.em import missing_marginals
+from .backends import kind
 from .exceptions import DataError, PpgmmError
-from .fit import PARAM_NAMES, Fit
-from .spec import Params
+from .fit import Fit, params_dataset
+from .numerics import diagnostics
+from .numerics.alignment import align_to, count_relabelled
+from .numerics.patterns import missing_marginals
+from .numerics.scores import (
+    crps_ensemble,
+    crps_normal,
+    crps_normal_mixture,
+    l2_distance,
+    normal_mixture_quantile,
+)
+from .spec import PARAM_NAMES, Draws, as_params
 
-__all__ = ["Comparison", "compare", "l2_distance", "crps_ensemble", "crps_normal",
-           "crps_normal_mixture", "normal_mixture_quantile"]
+__all__ = ["Comparison", "compare"]
 
 STATS = ("point", "sd", "hdi_lower", "hdi_upper")
-
-# --------------------------------------------------------------------------- NumPy kernels
-
-
-def _gaussian_products(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray,
-                       s2: np.ndarray) -> np.ndarray:
-    r""":math:`\int N(x \mid m_{1i}, S_{1i}) N(x \mid m_{2j}, S_{2j}) dx`, shape (K1, K2)."""
-    d = m1.shape[-1]
-    cov = s1[:, None] + s2[None, :]  # (K1, K2, D, D)
-    chol = np.linalg.cholesky(cov)
-    diff = (m1[:, None] - m2[None, :])[..., None]
-    z = np.linalg.solve(chol, diff)[..., 0]
-    logdet = 2 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
-    return np.exp(-0.5 * ((z**2).sum(-1) + logdet + d * np.log(2 * np.pi)))
-
-
-def l2_distance(p: Params, q: Params, *, relative: bool = False) -> float:
-    r"""Closed-form :math:`L_2` distance between mixtures, :math:`(\int (f - g)^2 dx)^{1/2}`.
-
-    Parameters
-    ----------
-    p, q : Params
-        Weights (K,), means (K, D) and covariances (K, D, D); K may differ between them.
-    relative : bool, default False
-        Return :math:`\|f - g\| / (\|f\|^2 + \|g\|^2)^{1/2}` instead: 0 for identical and 1
-        for non-overlapping densities (as :math:`\int fg \ge 0`), unchanged when the data are
-        shifted, rescaled or rotated.
-
-    Returns
-    -------
-    float
-        0 for identical mixtures. The plain distance is in units of density (it shrinks as
-        the data's scale grows), so compare it on one data set only.
-    """
-    w, v = np.asarray(p.weights, float), np.asarray(q.weights, float)
-    ff = w @ _gaussian_products(p.means, p.covariances, p.means, p.covariances) @ w
-    gg = v @ _gaussian_products(q.means, q.covariances, q.means, q.covariances) @ v
-    fg = w @ _gaussian_products(p.means, p.covariances, q.means, q.covariances) @ v
-    dist = float(np.sqrt(max(ff + gg - 2 * fg, 0.0)))
-    return dist / float(np.sqrt(ff + gg)) if relative else dist
-
-
-def crps_ensemble(draws: np.ndarray, y: np.ndarray) -> np.ndarray:
-    r"""CRPS of predictive draws, :math:`E|X - y| - \tfrac12 E|X - X'|`, along the last axis.
-
-    :math:`E|X-y|` is the mean over draws and :math:`E|X-X'|` the mean over the
-    :math:`m(m-1)` ordered pairs of distinct draws, so the estimate is unbiased for the
-    CRPS of the predictive distribution the draws come from (the "fair" CRPS); it is
-    computed in :math:`O(m \log m)` from the sorted draws.
-
-    Parameters
-    ----------
-    draws : ndarray of shape (..., m), m >= 2
-    y : ndarray broadcastable to shape (...)
-
-    Returns
-    -------
-    ndarray of shape (...)
-    """
-    x = np.sort(np.asarray(draws, dtype=float), axis=-1)
-    m = x.shape[-1]
-    if m < 2:
-        raise ValueError(f"draws should have at least 2 draws on the last axis, but got {m}")
-    abs_err = np.abs(x - np.asarray(y, dtype=float)[..., None]).mean(-1)
-    # sum_{i,j} |x_i - x_j| = 2 sum_i (2i - m - 1) x_(i), i = 1..m
-    coef = 2 * np.arange(1, m + 1) - m - 1
-    pair_sum = 2 * (x * coef).sum(-1)
-    return abs_err - 0.5 * pair_sum / (m * (m - 1))
-
-
-def crps_normal(mu: np.ndarray, sigma: np.ndarray, y: np.ndarray) -> np.ndarray:
-    r"""CRPS of :math:`N(\mu, \sigma^2)` at ``y`` (closed form, Gneiting et al. 2005)."""
-    sigma = np.asarray(sigma, dtype=float)
-    z = (np.asarray(y, dtype=float) - mu) / sigma
-    pdf = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
-    return sigma * (z * (2 * ndtr(z) - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
-
-
-def crps_normal_mixture(w: np.ndarray, mu: np.ndarray, var: np.ndarray,
-                        y: np.ndarray) -> np.ndarray:
-    r"""CRPS of :math:`\sum_k w_k N(\mu_k, \sigma_k^2)` at ``y``; arrays (M, K), y (M,).
-
-    Closed form (Grimit et al. 2006): :math:`\sum_k w_k A(y - \mu_k, \sigma_k^2) -
-    \tfrac12 \sum_{k,l} w_k w_l A(\mu_k - \mu_l, \sigma_k^2 + \sigma_l^2)` with
-    :math:`A(m, s^2) = 2 s \varphi(m/s) + m (2 \Phi(m/s) - 1)`.
-    """
-    def a(m, s2):
-        sd = np.sqrt(s2)
-        z = m / sd
-        return 2 * sd * np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi) + m * (2 * ndtr(z) - 1)
-
-    y = np.asarray(y, dtype=float)[:, None]
-    first = (w * a(y - mu, var)).sum(1)
-    pair = w[:, :, None] * w[:, None, :] * a(mu[:, :, None] - mu[:, None, :],
-                                             var[:, :, None] + var[:, None, :])
-    return first - 0.5 * pair.sum((1, 2))
-
-
-def normal_mixture_quantile(w: np.ndarray, mu: np.ndarray, var: np.ndarray,
-                            q: float) -> np.ndarray:
-    """Quantile ``q`` of each row's normal mixture (arrays (M, K)), by bisection to 1e-12."""
-    sd = np.sqrt(var)
-    lo = (mu + ndtri(min(q, 1 - 1e-15)) * sd).min(1) - 1e-12
-    hi = (mu + ndtri(min(q, 1 - 1e-15)) * sd).max(1) + 1e-12
-    for _ in range(200):  # the quantile lies between the components' own quantiles
-        mid = 0.5 * (lo + hi)
-        below = (w * ndtr((mid[:, None] - mu) / sd)).sum(1) < q
-        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-        if np.all(hi - lo <= 1e-12 * np.maximum(1.0, np.abs(mid))):
-            break
-    return 0.5 * (lo + hi)
 
 
 # --------------------------------------------------------------------------- result
@@ -376,15 +264,6 @@ def _truth_array(truth: Any, fit: Fit) -> np.ndarray:
     return arr
 
 
-def _same_data(a: Fit, b: Fit) -> bool:
-    xa, xb = a.idata.observed_data["x"], b.idata.observed_data["x"]
-    return (
-        xa.shape == xb.shape
-        and a.feature_names == b.feature_names
-        and bool(np.array_equal(xa.values, xb.values, equal_nan=True))
-    )
-
-
 def _warnings_of(fit: Fit) -> list[str]:
     try:
         return [str(w) for w in json.loads(fit.attrs.get("warnings", "[]"))]
@@ -395,27 +274,22 @@ def _warnings_of(fit: Fit) -> list[str]:
 # --------------------------------------------------------------------------- sections
 
 
-def _parameters(fits: dict[str, Fit], ref: str, hdi_prob: float, notes: list[str]):
+def _parameters(fits: dict[str, Fit], ref: str, hdi_prob: float):
     ref_fit = fits[ref]
-    k, feats = ref_fit.spec.n_components, ref_fit.feature_names
+    k = ref_fit.spec.n_components
     posteriors: dict[str, xr.Dataset] = {}
     perms: dict[str, np.ndarray] = {}
     stats: dict[str, xr.Dataset] = {}
     for label, f in fits.items():
         post = f.idata.posterior[list(PARAM_NAMES)]
         point = f.point()
-        if f.spec.n_components == k and f.feature_names == feats and label != ref:
+        if f.spec.n_components == k and label != ref:
             _, perm = align_to(f.params, ref_fit.params)
         else:
             perm = np.arange(f.spec.n_components)
         perms[label] = perm
         posteriors[label] = _relabel(post, perm)
-        if f.spec.n_components != k or f.feature_names != feats:
-            if f.feature_names != feats:
-                notes.append(
-                    f"{label}: fitted on features {f.feature_names}, not the reference's "
-                    f"{feats}; left out of the parameter comparison."
-                )
+        if f.spec.n_components != k:
             continue
         stats[label] = _param_stats(posteriors[label], _relabel(point, perm), hdi_prob)
     params = xr.concat(list(stats.values()), dim=pd.Index(list(stats), name="backend"))
@@ -424,10 +298,10 @@ def _parameters(fits: dict[str, Fit], ref: str, hdi_prob: float, notes: list[str
 
 def _em_in_hdi(params: xr.Dataset, fits: dict[str, Fit]) -> xr.Dataset:
     labels = [str(b) for b in params["backend"].values]
-    em = [b for b in labels if fits[b].backend == "em"]
+    em = [b for b in labels if kind(fits[b].backend) == "optimum"]
     others = [
         b for b in labels
-        if fits[b].backend != "em" and bool(np.isfinite(params["weights"].sel(
+        if kind(fits[b].backend) != "optimum" and bool(np.isfinite(params["weights"].sel(
             backend=b, stat="hdi_lower")).all())
     ]
     if not em or not others:
@@ -445,10 +319,9 @@ def _distance(fits: dict[str, Fit], labels: list[str], relative: bool) -> xr.Dat
     dist = np.full((n, n), np.nan)
     for i, a in enumerate(labels):
         for j, b in enumerate(labels[i:], start=i):
-            if fits[a].feature_names == fits[b].feature_names:
-                dist[i, j] = dist[j, i] = 0.0 if i == j else l2_distance(
-                    fits[a].params, fits[b].params, relative=relative
-                )
+            dist[i, j] = dist[j, i] = 0.0 if i == j else l2_distance(
+                fits[a].params, fits[b].params, relative=relative
+            )
     what = ("relative L2 distance ||f - g|| / sqrt(||f||^2 + ||g||^2)" if relative
             else "L2 distance")
     return xr.DataArray(
@@ -459,7 +332,7 @@ def _distance(fits: dict[str, Fit], labels: list[str], relative: bool) -> xr.Dat
 
 
 def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
-                 interval_prob: float, notes: list[str]):
+                 interval_prob: float):
     ref_fit = fits[ref]
     md = ref_fit.data
     rows, cols = md.missing_index
@@ -471,9 +344,6 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
     means, lows, highs, draws, exact = {}, {}, {}, {}, {}
     for label in labels:
         f = fits[label]
-        if not _same_data(f, ref_fit):
-            notes.append(f"{label}: fitted on other data than {ref}; imputations not compared.")
-            continue
         if _n_draws(f.idata.posterior) == 1 and n_mis:
             # a point estimate (EM): its predictive is a known normal mixture per entry, so
             # the mean, intervals and CRPS are exact rather than from a few stored draws
@@ -577,21 +447,19 @@ def _convergence(fits: dict[str, Fit], perms: dict[str, np.ndarray]) -> pd.DataF
                        elbo_final=float(a.get("elbo_final", np.mean(tail))))
         if post.sizes["chain"] >= 2 and post.sizes["draw"] >= 4:
             # the backends' own diagnostics: every weight, mean and covariance entry
-            draws = pst.Draws.from_dataset(post)
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")
-                row.update(
-                    rhat_max=pst.rhat_max(draws),
-                    ess_bulk_min=pst.ess_bulk_min(draws),
-                    ess_tail_min=pst.ess_bulk_min(draws, method="tail"),
-                )
+            draws = Draws.from_dataset(post)
+            row.update(
+                rhat_max=diagnostics.rhat_max(draws),
+                ess_bulk_min=diagnostics.ess_min(draws),
+                ess_tail_min=diagnostics.ess_min(draws, method="tail"),
+            )
         if "diverging" in stats:
             row["divergences"] = int(stats["diverging"].sum())
         elif "divergences" in a:
             row["divergences"] = int(a["divergences"])
         if "permutation" in stats:
             p = stats["permutation"].transpose("chain", "draw", "component").values
-            row["relabelled_draws"] = int((p != np.arange(k)).any(-1).sum())
+            row["relabelled_draws"] = count_relabelled(p)
             uniq, counts = np.unique(p.reshape(-1, k), axis=0, return_counts=True)
             row["permutations"] = "; ".join(
                 f"({', '.join(map(str, u))}): {c}" for u, c in zip(uniq, counts, strict=True)
@@ -622,7 +490,7 @@ def _model_comparison(fits: dict[str, Fit], notes: list[str]) -> pd.DataFrame | 
     for backend, labels in by_backend.items():
         if len(labels) < 2:
             continue
-        if backend == "em":
+        if kind(backend) == "optimum":
             bic = {b: fits[b].bic() for b in labels}
             order = sorted(labels, key=bic.get)
             for rank, b in enumerate(order):
@@ -729,7 +597,7 @@ def compare(
     fits = _labels(fits)
     _check_same_data(fits)
     if reference is None:
-        ems = [b for b, f in fits.items() if f.backend == "em"]
+        ems = [b for b, f in fits.items() if kind(f.backend) == "optimum"]
         ref = ems[0] if ems else next(iter(fits))
     elif isinstance(reference, Fit):
         matches = [b for b, f in fits.items() if f is reference]
@@ -748,17 +616,15 @@ def compare(
         notes += [f"{label}: {w}" for w in own]
         if not f.converged and not own:
             notes.append(f"{label}: the {f.backend} fit did not meet its convergence criterion.")
-    params, posteriors, perms = _parameters(fits, ref, hdi_prob, notes)
+    params, posteriors, perms = _parameters(fits, ref, hdi_prob)
     compared = [str(b) for b in params["backend"].values]
     truth_params = None
-    if truth is not None and isinstance(getattr(truth, "params", None), Params):
-        tp = truth.params
+    if truth is not None and hasattr(truth, "params"):
+        tp = as_params(truth, name="truth")
         if tp.means.shape == fits[ref].params.means.shape:
             aligned, _ = align_to(tp, fits[ref].params)
-            from .fit import params_dataset
-
             truth_params = params_dataset(aligned, fits[ref].feature_names)
-    imputations, scores = _imputations(fits, compared, ref, truth, interval_prob, notes)
+    imputations, scores = _imputations(fits, compared, ref, truth, interval_prob)
     return Comparison(
         fits=fits,
         reference=ref,

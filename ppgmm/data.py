@@ -16,7 +16,57 @@ import xarray as xr
 
 from .exceptions import DataError
 
-__all__ = ["MissingData", "prepare"]
+__all__ = ["MissingData", "PatternLayout", "prepare"]
+
+
+@dataclass(frozen=True, eq=False)
+class PatternLayout:
+    """Rows sorted by missingness pattern: the layout the numerics read.
+
+    Attributes
+    ----------
+    xs : ndarray of shape (n, d)
+        The rows in pattern order, missing entries set to 0.
+    pat : ndarray of int, shape (n,)
+        Pattern of each sorted row.
+    patterns : ndarray of bool, shape (p, d)
+        The observed-masks; the rows of pattern ``j`` are ``xs[starts[j]:starts[j + 1]]``.
+    starts : ndarray of int, shape (p + 1,)
+    order : ndarray of int, shape (n,)
+        Original position of each sorted row.
+    """
+
+    xs: np.ndarray
+    pat: np.ndarray
+    patterns: np.ndarray
+    starts: np.ndarray
+    order: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return self.xs.shape[0]
+
+    @property
+    def observed(self) -> np.ndarray:
+        """Observed-mask of each sorted row, shape (n, d)."""
+        return self.patterns[self.pat]
+
+    def block(self, a: int, b: int) -> tuple[PatternLayout, tuple[int, int]]:
+        """Sorted rows ``a:b`` as a layout of the patterns they hold, and those patterns'
+        range ``(p0, p1)`` in this layout (every one of them has rows in the block)."""
+        p0 = int(np.searchsorted(self.starts, a, side="right")) - 1
+        p1 = int(np.searchsorted(self.starts, b, side="left"))
+        starts = np.clip(self.starts[p0:p1 + 1], a, b) - a
+        sub = PatternLayout(self.xs[a:b], self.pat[a:b] - p0, self.patterns[p0:p1], starts,
+                            self.order[a:b])
+        return sub, (p0, p1)
+
+    def unsort(self, a: np.ndarray, axis: int = 0) -> np.ndarray:
+        """``a``, whose ``axis`` runs over the sorted rows, with the rows in original order."""
+        inverse = np.empty_like(self.order)
+        inverse[self.order] = np.arange(len(self.order))
+        return np.take(a, inverse, axis=axis)
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +130,13 @@ class MissingData:
     def zero_filled(self) -> np.ndarray:
         """The values with missing entries replaced by 0."""
         return np.where(self.observed, self.values, 0.0)
+
+    @property
+    def layout(self) -> PatternLayout:
+        """The rows sorted by pattern, the layout the numerics read."""
+        o = self.order
+        return PatternLayout(self.zero_filled[o], self.pattern_index[o], self.patterns,
+                             self.starts, o)
 
     @property
     def missing_index(self) -> tuple[np.ndarray, np.ndarray]:

@@ -35,11 +35,11 @@ import numpy as np
 import xarray as xr
 
 from .data import MissingData, prepare
-from .spec import GMM, Params
+from .exceptions import DataError
+from .numerics.patterns import conditional_draws, e_step, responsibilities, row_loglik
+from .spec import GMM, PARAM_NAMES, Draws, Params, as_params
 
 __all__ = ["Fit", "build_idata", "load", "params_dataset"]
-
-PARAM_NAMES = ("weights", "means", "covariances")
 
 
 def _versions() -> str:
@@ -73,9 +73,7 @@ def build_idata(
     spec: GMM,
     *,
     backend: str,
-    weights: np.ndarray,
-    means: np.ndarray,
-    covariances: np.ndarray,
+    draws: Draws,
     imputed_mean: np.ndarray,
     x_missing: np.ndarray,
     loglik: np.ndarray,
@@ -84,7 +82,7 @@ def build_idata(
     estimate: Params | None = None,
     extra: dict[str, xr.Dataset] | None = None,
 ) -> Any:
-    """Assemble the InferenceData of the schema from (chain, draw, ...) arrays.
+    """Assemble the InferenceData of the schema from parameter draws and (chain, draw, ...) arrays.
 
     ``imputed_mean`` and ``x_missing`` are (chain, draw, N, D) arrays over all entries; only
     the missing entries are stored. ``attrs`` are added to ``posterior.attrs`` after the
@@ -104,6 +102,7 @@ def build_idata(
     def cd(a: np.ndarray) -> dict[str, np.ndarray]:
         return {"chain": np.arange(a.shape[0]), "draw": np.arange(a.shape[1])}
 
+    weights, means, covariances = draws
     comp = {"component": np.arange(k), "feature": feats, "feature_": feats}
     posterior = xr.Dataset(
         {
@@ -220,8 +219,7 @@ class Fit:
     @cached_property
     def params(self) -> Params:
         """:meth:`point` as plain arrays."""
-        p = self.point()
-        return Params(*(np.asarray(p[n].values, dtype=float) for n in PARAM_NAMES))
+        return as_params(self.point(), name="the fit's point estimate")
 
     @cached_property
     def loglik(self) -> float:
@@ -230,8 +228,6 @@ class Fit:
 
     def score_samples(self, data: Any = None) -> np.ndarray:
         """Observed-data log-likelihood of each row at :meth:`point` (NaN allowed)."""
-        from .backends.em import row_loglik
-
         return row_loglik(self.params, self._data_or(data))
 
     def bic(self) -> float:
@@ -254,11 +250,7 @@ class Fit:
 
     def predict_proba(self, data: Any = None) -> np.ndarray:
         """Component membership probabilities given each row's observed entries."""
-        from .backends.em import Sorted
-
-        md = self._data_or(data)
-        s = Sorted.of(md)
-        return s.run_e_step(self.params).resp[np.argsort(s.order)]
+        return responsibilities(self.params, self._data_or(data))
 
     def predict(self, data: Any = None) -> np.ndarray:
         """Most probable component of each row."""
@@ -285,8 +277,6 @@ class Fit:
         -------
         Same type as the input (ndarray, DataFrame or DataArray), or a list of them.
         """
-        from .backends.em import Sorted, conditional_draws
-
         md = self._data_or(data)
         if data is None and draws is None and "estimate" not in self.idata.groups():
             mean = self.idata.posterior["imputed_mean"].mean(("chain", "draw")).values
@@ -300,10 +290,10 @@ class Fit:
                 )
             pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)
             return [md.wrap(self._fill(md, stored[i])) for i in pick]
-        s = Sorted.of(md)
-        e = s.run_e_step(self.params)
+        layout = md.layout
         n_draws = 0 if draws is None else int(draws)
-        mean, sims = conditional_draws(self.params, e, s, np.random.default_rng(seed), n_draws)
+        mean, sims = conditional_draws(self.params, e_step(self.params, layout), layout,
+                                       np.random.default_rng(seed), n_draws)
         if draws is None:
             return md.wrap(mean)
         return [md.wrap(x) for x in sims]
@@ -335,8 +325,6 @@ def load(path: str) -> Fit:
         If the file is not a fit saved by ppgmm.
     """
     import arviz as az
-
-    from .exceptions import DataError
 
     if not os.path.isfile(str(path)):
         raise FileNotFoundError(f"no such file: {str(path)!r}")

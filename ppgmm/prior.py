@@ -1,7 +1,8 @@
-r"""The conjugate prior of Fraley & Raftery (2007): resolution against data and log density.
+r"""The conjugate prior of Fraley & Raftery (2007): its hyperparameters resolved against data.
 
-This module owns the prior. The PyMC graph writes the same density in PyTensor; a test
-checks both against ``scipy.stats``.
+This module owns the prior's defaults; its log density is
+:func:`ppgmm.numerics.densities.log_prior` (the PyMC graph writes the same density in
+PyTensor, and a test checks both against ``scipy.stats``).
 
 With :math:`\mu_P` the column means, :math:`V` the sample covariance (N - 1 denominator)
 and :math:`f = K^{-2/D}`, mclust's ``defaultPrior`` sets :math:`\kappa = 0.01`,
@@ -12,36 +13,18 @@ one-component maximum-likelihood fit under MAR (EM with K = 1, V rescaled by N/(
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-from scipy.special import gammaln, multigammaln
 
 from .data import MissingData
-from .spec import GMM, Params
+from .exceptions import DataError, ObjectiveDecreaseError, PpgmmError, SpecError
+from .numerics.em import fit_single_gaussian
+from .spec import GMM, ResolvedPrior
 
-__all__ = ["ResolvedPrior", "resolve_prior", "log_prior"]
-
-
-@dataclass(frozen=True)
-class ResolvedPrior:
-    """A prior with every hyperparameter set to a number.
-
-    ``scale`` is the (d, d) matrix :math:`\\Lambda` for full and tied covariances, and
-    the scalar :math:`s^2` for diag and spherical.
-    """
-
-    kappa: float
-    mean: np.ndarray  # (d,)
-    dof: float
-    scale: np.ndarray  # (d, d) or ()
-    covariance: str
+__all__ = ["resolve_prior", "data_moments"]
 
 
 def data_moments(md: MissingData) -> tuple[np.ndarray, np.ndarray]:
     """Column means and sample covariance (N - 1), by the K=1 MAR MLE when entries are missing."""
-    from .exceptions import DataError
-
     x = md.values
     n = md.n
     remedy = ("give the prior's mean and scale (ppgmm.Prior(mean=..., scale=...)), or use "
@@ -61,9 +44,6 @@ def data_moments(md: MissingData) -> tuple[np.ndarray, np.ndarray]:
         )
     if md.observed.all():
         return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
-    from .backends.em import fit_single_gaussian
-    from .exceptions import ObjectiveDecreaseError, PpgmmError
-
     try:
         mean, cov = fit_single_gaussian(md)
     except (ObjectiveDecreaseError, PpgmmError):
@@ -111,8 +91,6 @@ def resolve_prior(spec: GMM, md: MissingData) -> ResolvedPrior | None:
 def _check_scale(scale: np.ndarray, dof: float, d: int, *, from_data: bool,
                  names: list[str]) -> None:
     """A proper prior: positive definite Lambda and nu > d - 1, or s2 > 0."""
-    from .exceptions import DataError, SpecError
-
     if scale.ndim == 0:
         if not (np.isfinite(scale) and scale > 0):
             raise SpecError(f"prior scale should be a positive number, but got {float(scale)}")
@@ -140,66 +118,3 @@ def _check_scale(scale: np.ndarray, dof: float, d: int, *, from_data: bool,
         raise SpecError(
             f"prior dof should exceed d - 1 = {d - 1} for a proper inverse-Wishart, but got {dof}"
         )
-
-
-# --------------------------------------------------------------------------- densities
-
-
-def _chol_logdet(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    chol = np.linalg.cholesky(a)
-    return chol, 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
-
-
-def _log_mvn(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    chol, logdet = _chol_logdet(cov)
-    z = np.linalg.solve(chol, (x - mean)[..., None])[..., 0]
-    d = x.shape[-1]
-    return -0.5 * (d * np.log(2 * np.pi) + logdet + (z**2).sum(-1))
-
-
-def _log_invwishart(sigma: np.ndarray, dof: float, scale: np.ndarray) -> np.ndarray:
-    d = scale.shape[-1]
-    chol, logdet = _chol_logdet(sigma)
-    _, logdet_scale = _chol_logdet(scale)
-    # tr(Lambda Sigma^-1) = ||L^-1 C||_F^2 with C C^T = Lambda
-    cs = np.linalg.cholesky(scale)
-    m = np.linalg.solve(chol, np.broadcast_to(cs, sigma.shape))
-    tr = (m**2).sum((-2, -1))
-    return (
-        0.5 * dof * logdet_scale
-        - 0.5 * dof * d * np.log(2.0)
-        - multigammaln(0.5 * dof, d)
-        - 0.5 * (dof + d + 1) * logdet
-        - 0.5 * tr
-    )
-
-
-def _log_invgamma(x: np.ndarray, a: float, b: float) -> np.ndarray:
-    return a * np.log(b) - gammaln(a) - (a + 1) * np.log(x) - b / x
-
-
-def log_prior(params: Params, prior: ResolvedPrior) -> float:
-    """Log prior density of ``params`` (weights on the simplex, covariances as matrices).
-
-    Densities are with respect to Lebesgue measure on (w_1..w_{K-1}), the means and the
-    free covariance entries (the lower triangle, the diagonal, or one variance), so the
-    value equals the sum of the matching ``scipy.stats`` log densities.
-    """
-    w, mu, cov = params
-    k = len(w)
-    out = float(gammaln(k))  # Dirichlet(1, ..., 1)
-    kappa = prior.kappa
-    if prior.covariance == "full":
-        out += float(_log_mvn(mu, prior.mean, cov / kappa).sum())
-        out += float(_log_invwishart(cov, prior.dof, prior.scale).sum())
-    elif prior.covariance == "tied":
-        out += float(_log_mvn(mu, prior.mean, cov / kappa).sum())
-        out += float(_log_invwishart(cov[0], prior.dof, prior.scale))
-    else:
-        var = np.diagonal(cov, axis1=1, axis2=2)  # (K, D)
-        out += float(
-            (-0.5 * (np.log(2 * np.pi * var / kappa) + kappa * (mu - prior.mean) ** 2 / var)).sum()
-        )
-        s = var if prior.covariance == "diag" else var[:, 0]
-        out += float(_log_invgamma(s, prior.dof / 2, float(prior.scale) / 2).sum())
-    return out

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .backends import backend_options, kind
+
 if TYPE_CHECKING:
     from .compare import Comparison
 
@@ -355,7 +357,7 @@ def _fig_traces(cmp: Comparison) -> list[str]:
         fig.tight_layout()
         out.append(_img(fig, "objective and ELBO traces"))
     for b, post in cmp.posteriors.items():
-        if cmp.fits[b].backend != "nuts" or post.sizes["chain"] < 2:
+        if kind(cmp.fits[b].backend) != "mcmc" or post.sizes["chain"] < 2:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -391,9 +393,7 @@ def _var(label: str) -> str:
 
 
 def _reproduce(cmp: Comparison) -> str:
-    from .api import _options_of
-
-    ems = [b for b, f in cmp.fits.items() if f.backend == "em"]
+    ems = [b for b, f in cmp.fits.items() if kind(f.backend) == "optimum"]
     parts = []
     for b, f in cmp.fits.items():
         a = f.attrs
@@ -408,8 +408,8 @@ def _reproduce(cmp: Comparison) -> str:
                 note = "\n# also given as objects, not shown here: " + ", ".join(objects)
         else:  # read back from the run's attrs
             try:
-                allowed = _options_of(f.backend)
-            except Exception:  # backend not importable here: show the attrs only
+                allowed = backend_options(f.backend)
+            except Exception:  # backend not known or importable here: show the attrs only
                 allowed = set()
             opts = {k: v.item() if isinstance(v, np.generic) else v
                     for k, v in a.items() if k in allowed and k not in ("reference", "init")}
@@ -452,18 +452,15 @@ class _Code(str):
         return str(self)
 
 
-def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:
-    """The report as one HTML string (see :func:`write_report`)."""
-    ref = cmp.fits[cmp.reference]
-    md = ref.data
-    feats, pats = data_tables(cmp)
+def _header(cmp: Comparison, title: str) -> list[str]:
+    md = cmp.fits[cmp.reference].data
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     fits_df = pd.DataFrame({
         "label": list(cmp.fits),
         "backend": [f.backend for f in cmp.fits.values()],
         "model": [repr(f.spec) for f in cmp.fits.values()],
     })
-    body = [
+    return [
         f"<h1>{_esc(title)}</h1>",
         f'<p class="note">Made by ppgmm on {_esc(now)}. Reference labelling: '
         f"<b>{_esc(cmp.reference)}</b>. {md.n} rows, {md.d} features, "
@@ -471,22 +468,30 @@ def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:
         "<nav>" + "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in SECTIONS) + "</nav>",
         _table(fits_df),
     ]
-    body.append(_section("data", (
-        f"{_table(feats)}\n<h3>Missingness patterns</h3>\n{_table(pats)}\n"
-        + _figure(_fig_missingness, cmp)
-    )))
-    body.append(_section("parameters", (
+
+
+def _data_section(cmp: Comparison) -> str:
+    feats, pats = data_tables(cmp)
+    return (f"{_table(feats)}\n<h3>Missingness patterns</h3>\n{_table(pats)}\n"
+            + _figure(_fig_missingness, cmp))
+
+
+def _parameters_section(cmp: Comparison) -> str:
+    return (
         f'<p class="note">Point estimate (EM estimate or posterior mean) and '
         f"{cmp.hdi_prob:.0%} HDI per backend, on the labelling of {_esc(cmp.reference)}. "
         "\u2020: the EM estimate lies outside this HDI. Covariances: upper triangle.</p>"
         + _table(parameter_table(cmp))
         + "<details><summary>Tidy table (also <code>cmp.summary()</code>)</summary>"
         + _table(cmp.summary()) + "</details>"
-    )))
+    )
+
+
+def _agreement_section(cmp: Comparison) -> str:
     agree = agreement_table(cmp)
     dist = cmp.relative_distance.to_pandas()
     dist.index.name, dist.columns.name = None, None
-    body.append(_section("agreement", (
+    return (
         ("<h3>EM estimate inside each HDI</h3>" + _table(agree) if agree is not None else
          '<p class="note">No EM fit with another backend that has draws: nothing to check.</p>')
         + "<h3>Distance between the fitted mixture densities</h3>"
@@ -495,11 +500,11 @@ def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:
         "change when the data are shifted or rescaled. The plain L2 distance is "
         "<code>cmp.distance</code>.</p>"
         + _table(dist, index=True)
-    )))
-    body.append(_section("forest", _figure(_fig_forest, cmp)))
-    body.append(_section("ellipses", _figure(_fig_ellipses, cmp)))
-    imp = cmp.imputations
-    entries = imp[["mean", "lower", "upper"]].to_dataframe().reset_index()
+    )
+
+
+def _imputations_section(cmp: Comparison) -> str:
+    entries = cmp.imputations[["mean", "lower", "upper"]].to_dataframe().reset_index()
     entries = entries.drop(columns=["missing"])
     wide = entries.pivot_table(index=["missing_obs", "missing_feature"], columns="backend",
                                values="mean", sort=False)
@@ -511,29 +516,50 @@ def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:
     else:
         scores = ('<p class="note">No truth given: pass <code>truth=</code> (e.g. from '
                   "<code>ppgmm.simulate</code>) to score RMSE, coverage and CRPS.</p>")
-    body.append(_section("imputations", (
-        scores + _figure(_fig_imputations, cmp)
-        + "<details><summary>E[x_mis | x_obs] per missing entry</summary>"
-        + _table(wide.reset_index()) + "</details>"
-    )))
-    body.append(_section("convergence", (
+    return (scores + _figure(_fig_imputations, cmp)
+            + "<details><summary>E[x_mis | x_obs] per missing entry</summary>"
+            + _table(wide.reset_index()) + "</details>")
+
+
+def _convergence_section(cmp: Comparison) -> str:
+    return (
         _table(convergence_table(cmp)) + _figure(_fig_traces, cmp)
         + ('<p class="note">Rank plots: histograms of each chain\'s draws ranked among all '
            "chains; flat when the chains sample the same distribution.</p>"
-           if any(f.backend == "nuts" for f in cmp.fits.values()) else "")
-    )))
-    mc = cmp.model_comparison
-    body.append(_section("model-comparison", (
-        _table(mc) if mc is not None else
-        '<p class="note">One fit per backend: pass fits with several K to compare them '
-        "(BIC for EM, LOO for ADVI and NUTS).</p>"
-    )))
-    warn = (
-        "<ul>" + "".join(f'<li class="warn">{_esc(w)}</li>' for w in cmp.warnings) + "</ul>"
-        if cmp.warnings else "<p>No warnings.</p>"
+           if any(kind(f.backend) == "mcmc" for f in cmp.fits.values()) else "")
     )
-    body.append(_section("warnings", warn))
-    body.append(_section("reproduce", _reproduce(cmp)))
+
+
+def _model_comparison_section(cmp: Comparison) -> str:
+    mc = cmp.model_comparison
+    return (_table(mc) if mc is not None else
+            '<p class="note">One fit per backend: pass fits with several K to compare them '
+            "(BIC for EM, LOO for ADVI and NUTS).</p>")
+
+
+def _warnings_section(cmp: Comparison) -> str:
+    return ("<ul>" + "".join(f'<li class="warn">{_esc(w)}</li>' for w in cmp.warnings)
+            + "</ul>" if cmp.warnings else "<p>No warnings.</p>")
+
+
+#: section anchor -> its builder, in the order of SECTIONS
+_BUILDERS = {
+    "data": _data_section,
+    "parameters": _parameters_section,
+    "agreement": _agreement_section,
+    "forest": lambda cmp: _figure(_fig_forest, cmp),
+    "ellipses": lambda cmp: _figure(_fig_ellipses, cmp),
+    "imputations": _imputations_section,
+    "convergence": _convergence_section,
+    "model-comparison": _model_comparison_section,
+    "warnings": _warnings_section,
+    "reproduce": lambda cmp: _reproduce(cmp),
+}
+
+
+def render_report(cmp: Comparison, title: str = "ppgmm comparison") -> str:
+    """The report as one HTML string (see :func:`write_report`)."""
+    body = _header(cmp, title) + [_section(a, _BUILDERS[a](cmp)) for a, _ in SECTIONS]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'

@@ -27,7 +27,8 @@ from scipy.optimize import brentq
 from scipy.special import expit
 
 from .exceptions import SpecError
-from .spec import GMM, Params
+from .numerics.em import constrain_covariance
+from .spec import GMM, Params, as_params
 
 __all__ = ["simulate", "Truth", "random_params"]
 
@@ -80,18 +81,9 @@ def random_params(spec: GMM, n_features: int, rng: np.random.Generator,
     cov = q @ (lam[:, :, None] * np.swapaxes(q, 1, 2))
     if spec.covariance == "tied":
         cov[:] = cov[0]
-    elif spec.covariance == "diag":
-        cov = np.diagonal(cov, axis1=1, axis2=2)[:, :, None] * np.eye(d)
-    elif spec.covariance == "spherical":
-        cov = lam.mean(1)[:, None, None] * np.eye(d)
+    else:
+        cov = constrain_covariance(cov, spec.covariance)
     return Params(w, mu, 0.5 * (cov + np.swapaxes(cov, 1, 2)))
-
-
-def _coerce_params(obj: Any) -> Params:
-    if isinstance(obj, Params):
-        return obj
-    get = (lambda n: obj[n].values) if hasattr(obj, "data_vars") else (lambda n: obj[n])
-    return Params(*(np.asarray(get(n), dtype=float) for n in Params._fields))
 
 
 def _rate_intercept(z: np.ndarray, slope: float, rate: float) -> float:
@@ -154,7 +146,7 @@ def simulate(
     if isinstance(spec_or_params, GMM):
         params = random_params(spec_or_params, n_features, rng)
     else:
-        params = _coerce_params(spec_or_params)
+        params = as_params(spec_or_params)
     w, mu, cov = params
     k, d = mu.shape
     labels = rng.choice(k, size=n, p=w / w.sum())

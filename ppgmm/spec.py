@@ -10,7 +10,7 @@ import numpy as np
 
 from .exceptions import SpecError
 
-__all__ = ["GMM", "Prior", "Params", "COVARIANCE_TYPES"]
+__all__ = ["GMM", "Prior", "Params", "ResolvedPrior", "Draws", "as_params", "COVARIANCE_TYPES"]
 
 #: covariance types and their mclust model names
 COVARIANCE_TYPES = {"full": "VVV", "diag": "VVI", "spherical": "VII", "tied": "EEE"}
@@ -25,6 +25,116 @@ class Params(NamedTuple):
     weights: np.ndarray  # (K,)
     means: np.ndarray  # (K, D)
     covariances: np.ndarray  # (K, D, D)
+
+
+PARAM_NAMES = Params._fields
+
+
+def as_params(obj: Any, n_components: int | None = None, n_features: int | None = None, *,
+              name: str = "parameters") -> Params:
+    """Mixture parameters from anything that holds them: the one coercion ppgmm uses.
+
+    Accepts a :class:`ppgmm.Fit` (its point estimate), a :class:`Params`, an xarray
+    Dataset such as ``fit.point()`` or ``truth.point()``, an object with ``params`` (a
+    ``ppgmm.Truth``), or a mapping with ``weights``, ``means`` and ``covariances``.
+    Checks the shapes against ``n_components`` and ``n_features`` when given, that the
+    weights lie on the simplex and that the covariances are positive definite.
+
+    Raises
+    ------
+    SpecError
+        Naming ``name`` (the option the parameters were given as) and what is wrong.
+    """
+    if hasattr(obj, "params") and isinstance(getattr(obj, "params", None), Params):
+        obj = obj.params  # a Fit or a Truth
+    if isinstance(obj, Params):
+        get = obj._asdict().__getitem__
+    elif hasattr(obj, "data_vars"):
+        get = lambda key: obj[key].values  # noqa: E731
+    elif hasattr(obj, "keys") and hasattr(obj, "__getitem__"):
+        get = obj.__getitem__
+    else:
+        get = None
+    try:
+        if get is None:
+            raise KeyError
+        w, mu, cov = (np.asarray(get(n), dtype=float) for n in PARAM_NAMES)
+    except (KeyError, AttributeError, TypeError, ValueError):
+        raise SpecError(
+            f"{name} should be a ppgmm.Fit, fit.point(), ppgmm.Params or a dict with weights, "
+            f"means and covariances, but got {type(obj).__name__}"
+        ) from None
+    k = len(w) if n_components is None else n_components
+    d = mu.shape[-1] if n_features is None and mu.ndim == 2 else n_features
+    if w.shape != (k,) or mu.shape != (k, d) or cov.shape != (k, d, d):
+        raise SpecError(
+            f"{name} parameters should have the shapes {(k,)}, {(k, d)}, {(k, d, d)} (weights, "
+            f"means, covariances), but got {w.shape}, {mu.shape}, {cov.shape}"
+        )
+    if not (np.all(np.isfinite(w)) and np.all(w > 0) and abs(w.sum() - 1) < 1e-8):
+        raise SpecError(f"{name}: weights should be positive and sum to 1")
+    if not (np.isfinite(mu).all() and np.isfinite(cov).all()):
+        raise SpecError(f"{name}: means and covariances should be finite")
+    try:
+        np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise SpecError(f"{name}: covariances should be symmetric positive definite") from None
+    return Params(w, mu, cov)
+
+
+@dataclass(frozen=True)
+class ResolvedPrior:
+    """A prior with every hyperparameter set to a number (see :mod:`ppgmm.prior`).
+
+    ``scale`` is the (d, d) matrix :math:`\\Lambda` for full and tied covariances, and
+    the scalar :math:`s^2` for diag and spherical.
+    """
+
+    kappa: float
+    mean: np.ndarray  # (d,)
+    dof: float
+    scale: np.ndarray  # (d, d) or ()
+    covariance: str
+
+
+@dataclass
+class Draws:
+    """Parameter draws with (chain, draw) leading axes."""
+
+    weights: np.ndarray  # (C, S, K)
+    means: np.ndarray  # (C, S, K, D)
+    covariances: np.ndarray  # (C, S, K, D, D)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(chains, draws)."""
+        return self.weights.shape[:2]
+
+    def flat(self) -> Params:
+        """The three arrays with (chain, draw) merged into one leading axis."""
+        return Params(*(a.reshape(-1, *a.shape[2:]) for a in self))
+
+    def __iter__(self):
+        return iter((self.weights, self.means, self.covariances))
+
+    @classmethod
+    def from_dataset(cls, ds: Any) -> Draws:
+        """Weights, means and covariances of an xarray Dataset with chain and draw dims."""
+        return cls(*(np.asarray(ds[n].transpose("chain", "draw", ...).values, dtype=float)
+                     for n in PARAM_NAMES))
+
+    @classmethod
+    def of(cls, params: Params) -> Draws:
+        """One parameter set as one chain of one draw."""
+        return cls(*(np.asarray(a, dtype=float)[None, None] for a in params))
+
+    def params(self, c: int, s: int) -> Params:
+        """One draw as :class:`Params`."""
+        return Params(self.weights[c, s], self.means[c, s], self.covariances[c, s])
+
+    def mean_params(self) -> Params:
+        """Posterior mean of each parameter."""
+        return Params(*(a.mean(axis=(0, 1)) for a in self))
 
 
 @dataclass(frozen=True)

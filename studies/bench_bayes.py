@@ -25,8 +25,9 @@ import warnings
 import numpy as np
 
 import ppgmm
-from ppgmm.align import align_draws
-from ppgmm.backends.posterior import Draws, ess_bulk_min, rhat_max
+from ppgmm.numerics.alignment import align_draws
+from ppgmm.numerics.diagnostics import ess_min, rhat_max
+from ppgmm.spec import Draws
 
 
 def reference_data(seed: int = 0, n: int = 500) -> np.ndarray:
@@ -128,7 +129,7 @@ def bench_peer(x: np.ndarray, em: ppgmm.spec.Params, seed: int) -> None:
     aligned = Draws(w[idx, perm].reshape(c, s, k), m[idx, perm].reshape(c, s, k, d),
                     cov[idx, perm].reshape(c, s, k, d, d))
     div = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
-    report("numpyro peer", wall, ess_bulk_min(aligned), rhat_max(aligned), div,
+    report("numpyro peer", wall, ess_min(aligned), rhat_max(aligned), div,
            sample_s=np.nan)
 
 

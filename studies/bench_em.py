@@ -9,7 +9,7 @@ One EM iteration is one E-step plus one M-step. Both libraries are timed on thei
 kernels, called exactly as their EM loops call them, in the same process, on the same
 parameters, with the same BLAS threads:
 
-- ppgmm: ``Sorted.run_e_step`` (pattern factors: one batched Cholesky per pattern and
+- ppgmm: ``numerics.em.expected_stats`` (pattern factors: one batched Cholesky per pattern and
   component, whitened residuals and conditional means of every row, responsibilities,
   row log-likelihoods) followed by ``m_step`` (expected sufficient statistics including the
   conditional-covariance correction, new parameters), on the data with 20% of entries
@@ -42,7 +42,7 @@ from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 import ppgmm
-from ppgmm.backends.em import Sorted, m_step
+from ppgmm.numerics.em import expected_stats, m_step
 from ppgmm.spec import Params
 
 
@@ -76,11 +76,10 @@ def time_kernels(x, xm, p0: Params, reps: int):
     """Median seconds per iteration (E + M) for ppgmm and scikit-learn kernels."""
     k = len(p0.weights)
     md = ppgmm.prepare(xm, n_components=k)
-    data = Sorted.of(md)
+    layout = md.layout
 
     def ppgmm_iter():
-        e = data.run_e_step(p0)
-        return m_step(p0, e, data.starts, "full", 1e-6, None)
+        return m_step(expected_stats(p0, layout), "full", 1e-6, None)
 
     sk = GaussianMixture(k, covariance_type="full", reg_covar=1e-6)
     sk.weights_, sk.means_ = p0.weights.copy(), p0.means.copy()

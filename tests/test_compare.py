@@ -13,7 +13,7 @@ import xarray as xr
 from scipy import integrate
 
 import ppgmm
-from ppgmm.compare import (
+from ppgmm.numerics.scores import (
     crps_ensemble,
     crps_normal,
     crps_normal_mixture,

@@ -16,9 +16,9 @@ import ppgmm
 from ppgmm import GMM, ConvergenceWarning, Prior, SpecError
 from ppgmm.backends.em import fit_em
 from ppgmm.backends.nuts import diagnose
-from ppgmm.backends.posterior import Draws, modes_differ
 from ppgmm.data import prepare
-from ppgmm.spec import Params
+from ppgmm.numerics.diagnostics import modes_differ
+from ppgmm.spec import Draws, Params
 
 PARAMS = ["weights", "means", "covariances"]
 
@@ -85,7 +85,7 @@ def large_n():
     x = simulate(rng, 5000, np.array([0.6, 0.4]), means, covs)
     spec = GMM(2, "full")
     em = ppgmm.fit(spec, x, backend="em", seed=0, n_init=3)
-    nuts = ppgmm.fit(spec, x, backend="nuts", seed=2, draws=500, tune=500, reference=em)
+    nuts = ppgmm.fit(spec, x, backend="nuts", seed=2, draws=1000, tune=500, reference=em)
     advi = ppgmm.fit(spec, x, backend="advi", seed=3, method="fullrank_advi", reference=em)
     return em, nuts, advi
 
@@ -254,7 +254,7 @@ def test_latent_missing_entries_agree_with_marginalised():
     x = simulate(rng, 80, np.array([0.5, 0.5]), np.array([[0.0, 0.0], [4.0, 3.0]]),
                  np.array([np.diag([1.0, 0.5]), np.diag([0.6, 1.2])]), missing=0.25)
     spec = GMM(2, "diag", prior=None)
-    common = dict(backend="nuts", draws=1000, tune=700, engine="numpyro")
+    common = dict(backend="nuts", draws=2000, tune=1000, engine="numpyro")
     marg = ppgmm.fit(spec, x, seed=6, **common)
     lat = ppgmm.fit(spec, x, seed=7, missing="latent", reference=marg, **common)
     assert lat.attrs["missing"] == "latent" and lat.attrs["engine"] == "numpyro"

@@ -16,15 +16,11 @@ import pytest
 from scipy import stats
 
 from ppgmm import GMM, Prior
-from ppgmm.backends.em import row_loglik
-from ppgmm.backends.pymc_model import (
-    build_model,
-    import_pymc,
-    initial_values,
-    resolve_bayes_prior,
-)
+from ppgmm.backends.bayes import resolve_bayes_prior
+from ppgmm.backends.pymc_model import build_model, import_pymc, initial_values
 from ppgmm.data import prepare
-from ppgmm.prior import log_prior
+from ppgmm.numerics.densities import log_prior
+from ppgmm.numerics.patterns import row_loglik
 from ppgmm.spec import Params
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]

@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 import ppgmm
-from ppgmm.align import align_to
+from ppgmm.numerics.alignment import align_to
 
 COV_TYPES = ["full", "diag", "spherical", "tied"]
 

@@ -16,9 +16,10 @@ with reparameterised Monte Carlo gradients (:math:`\theta = m + L\epsilon`,
 Engines:
 
 - ``"jax"`` (default): PyMC's log density of the model compiled to JAX
-  (``pymc.sampling.jax.get_jaxified_logp``); the optimisation loop (Adam) is a compiled
-  ``lax.scan``. pip installs of PyTensor find no BLAS, so ``pm.fit``'s step function is
-  slow in PyTensor's C mode, takes over a minute to compile in NUMBA mode, and does not
+  (``pymc.sampling.jax.get_jaxified_logp``); the optimisation loop is a compiled
+  ``lax.scan`` of a pure step ``step(key, state) -> (state, info)`` (the shape of BlackJAX's
+  VI kernels) with optax's Adam. pip installs of PyTensor find no BLAS, so ``pm.fit``'s step
+  function is slow in PyTensor's C mode, takes over a minute to compile in NUMBA mode, and does not
   compile in JAX mode (its random state); see ``docs/bayesian.md``.
 - ``"pymc"``: ``pm.fit(method=...)`` itself, compiled in ``compile_mode`` ("NUMBA" or
   "FAST_RUN"), for comparison.
@@ -33,147 +34,180 @@ returned approximation averages the variational parameters over the last window
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..align import align_to
 from ..checks import check_int, check_number
 from ..data import MissingData
 from ..exceptions import SpecError
-from ..spec import GMM
-from . import posterior as post
-from .nuts import em_start
-from .pymc_model import build_model, import_pymc, initial_values, resolve_bayes_prior
+from ..fit import Fit
+from ..spec import GMM, PARAM_NAMES, Draws
+from . import bayes
+from .pymc_model import import_pymc
 
 __all__ = ["advi_backend", "METHODS", "ENGINES"]
 
 METHODS = ("advi", "fullrank_advi")
-ENGINES = ("jax", "pymc")
 
 
 # --------------------------------------------------------------------------- the JAX engine
 
 
-def _unconstrained_start(model: Any, start: dict[str, np.ndarray] | None, seed: int
-                         ) -> dict[str, np.ndarray]:
-    from pymc.initial_point import make_initial_point_fn
+class ADVIState(NamedTuple):
+    """What carries between iterations: the variational parameters and Adam's state."""
 
-    fn = make_initial_point_fn(model=model, overrides=start, jitter_rvs=set(),
-                               return_transformed=True)
-    return fn(seed)
+    params: tuple  # (m, rho, off): mean, log-scale diagonal, strict lower triangle
+    opt_state: Any
 
 
-def _jax_advi(model: Any, start: dict[str, np.ndarray], *, method: str, n_iter: int,
-              tol: float, window: int, learning_rate: float, n_mc: int, draws: int,
-              seed: int, progressbar: bool) -> dict[str, Any]:
-    """Run ADVI with a compiled JAX loop; returns ELBO trace, draws and timings."""
+class ADVIInfo(NamedTuple):
+    """Diagnostics of one iteration."""
+
+    elbo: Any  # the one-sample (or obj_n_mc-sample) ELBO estimate at the iterate
+
+
+class Gaussian(NamedTuple):
+    r"""The Gaussian family on the unconstrained space: :math:`\theta = m + L\epsilon`."""
+
+    dim: int
+    full: bool
+
+    def scale(self, rho: Any, off: Any) -> Any:
+        """:math:`L`: ``diag(exp(rho))``, with ``off`` below the diagonal when full-rank."""
+        import jax.numpy as jnp
+
+        lmat = jnp.diag(jnp.exp(rho))
+        return lmat.at[np.tril_indices(self.dim, -1)].set(off) if self.full else lmat
+
+    def entropy(self, rho: Any) -> Any:
+        r""":math:`H[q] = \sum \rho + \tfrac{d}{2}(1 + \log 2\pi)`."""
+        return rho.sum() + 0.5 * self.dim * (1.0 + np.log(2 * np.pi))
+
+    def init(self, m0: np.ndarray) -> tuple:
+        """Start at ``m0`` with standard deviations 0.1 and no correlation."""
+        import jax.numpy as jnp
+
+        n_off = self.dim * (self.dim - 1) // 2 if self.full else 0
+        return (jnp.asarray(m0), jnp.full(self.dim, np.log(0.1)), jnp.zeros(n_off))
+
+
+def advi_kernel(logp: Any, family: Gaussian, optimizer: Any, n_mc: int):
+    """``step(key, state) -> (state, info)``: one reparameterised-gradient ascent step."""
     import jax
-    import jax.numpy as jnp
-    from pymc.sampling.jax import get_jaxified_graph, get_jaxified_logp
+    import optax
 
-    t0 = time.perf_counter()
+    def negative_elbo(params, key):
+        m, rho, off = params
+        eps = jax.random.normal(key, (n_mc, family.dim))
+        theta = m + eps @ family.scale(rho, off).T
+        return -(jax.numpy.mean(jax.vmap(logp)(theta)) + family.entropy(rho))
+
+    grad_fn = jax.value_and_grad(negative_elbo)
+
+    def step(key, state: ADVIState) -> tuple[ADVIState, ADVIInfo]:
+        value, grads = grad_fn(state.params, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return ADVIState(optax.apply_updates(state.params, updates), opt_state), ADVIInfo(-value)
+
+    return step
+
+
+def _flat_logp(model: Any, start: dict[str, np.ndarray]):
+    """PyMC's log density as a function of one flat unconstrained vector, and its unravel."""
+    from pymc.sampling.jax import get_jaxified_logp
+
     values = model.value_vars
     shapes = [tuple(np.shape(start[v.name])) for v in values]
-    sizes = [int(np.prod(s)) for s in shapes]
-    cuts = np.cumsum([0, *sizes])
+    cuts = np.cumsum([0, *[int(np.prod(sh)) for sh in shapes]])
     m0 = np.concatenate([np.ravel(start[v.name]) for v in values]).astype(float)
-    dim = len(m0)
     logp_list = get_jaxified_logp(model)  # the log density (PyMC negates it for numpyro)
 
     def unravel(theta):
-        return [theta[a:b].reshape(s) for a, b, s in zip(cuts[:-1], cuts[1:], shapes,
-                                                          strict=True)]
+        return [theta[a:b].reshape(sh) for a, b, sh in zip(cuts[:-1], cuts[1:], shapes,
+                                                            strict=True)]
 
-    def logp(theta):
-        return logp_list(unravel(theta))
+    return (lambda theta: logp_list(unravel(theta))), unravel, m0
 
-    full = method == "fullrank_advi"
-    entropy_const = 0.5 * dim * (1.0 + np.log(2 * np.pi))
-    tril = np.tril_indices(dim, -1)
 
-    def scale_matrix(rho, off):
-        lmat = jnp.diag(jnp.exp(rho))
-        return lmat.at[tril].set(off) if full else lmat
+def _windows(run_window: Any, state: ADVIState, key: Any, *, n_windows: int, tol: float,
+             progressbar: bool) -> tuple[Any, list[np.ndarray], bool, float]:
+    """Run windows until two successive window-mean ELBOs agree (see the module docstring).
 
-    def elbo(params, key):
-        m, rho, off = params
-        eps = jax.random.normal(key, (n_mc, dim))
-        theta = m + eps @ scale_matrix(rho, off).T
-        return jnp.mean(jax.vmap(logp)(theta)) + jnp.sum(rho) + entropy_const
+    Returns the last window's averaged parameters, the ELBO trace per window, whether it
+    converged, and the seconds the first window took (it compiles the loop).
+    """
+    import jax
 
-    b1, b2, adam_eps = 0.9, 0.999, 1e-8
-    grad_fn = jax.value_and_grad(elbo)
-
-    def step(carry, key):
-        params, mom, vel, t = carry
-        val, g = grad_fn(params, key)
-        t = t + 1
-        mom = jax.tree.map(lambda a, b: b1 * a + (1 - b1) * b, mom, g)
-        vel = jax.tree.map(lambda a, b: b2 * a + (1 - b2) * b * b, vel, g)
-        upd = jax.tree.map(
-            lambda a, b: learning_rate * (a / (1 - b1**t)) / (jnp.sqrt(b / (1 - b2**t)) + adam_eps),
-            mom, vel)
-        params = jax.tree.map(lambda p, u: p + u, params, upd)  # ascent
-        return (params, mom, vel, t), (val, params)
-
-    @jax.jit
-    def run_window(carry, key):
-        keys = jax.random.split(key, window)
-        carry, (vals, trace) = jax.lax.scan(step, carry, keys)
-        avg = jax.tree.map(lambda a: a.mean(axis=0), trace)
-        return carry, vals, avg
-
-    n_off = len(tril[0]) if full else 0
-    params = (jnp.asarray(m0), jnp.full(dim, np.log(0.1)), jnp.zeros(n_off))
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    carry = (params, zeros, zeros, jnp.asarray(0.0))
-    key = jax.random.PRNGKey(seed)
-    key, sub = jax.random.split(key)
-    carry, vals, avg = run_window(carry, sub)  # compiles
-    jax.block_until_ready(vals)
-    t_compile = time.perf_counter() - t0
-    trace = [np.asarray(vals)]
-    converged = False
-    windows = max(1, n_iter // window)
-    for w in range(1, windows):
+    trace, avg, converged, first = [], None, False, 0.0
+    for w in range(n_windows):
         key, sub = jax.random.split(key)
-        carry, vals, avg = run_window(carry, sub)
+        t0 = time.perf_counter()
+        state, vals, avg = run_window(state, sub)
         trace.append(np.asarray(vals))
+        if w == 0:
+            first = time.perf_counter() - t0
+            continue
         a, b = trace[-2], trace[-1]
         diff = abs(b.mean() - a.mean())
         se = np.sqrt(a.var() / len(a) + b.var() / len(b))
         if progressbar:
-            print(f"\rADVI {(w + 1) * window}/{windows * window} ELBO {b.mean():.4g}",
+            print(f"\rADVI {(w + 1) * len(b)}/{n_windows * len(b)} ELBO {b.mean():.4g}",
                   end="", file=sys.stderr)
         if w >= 2 and diff < max(tol * abs(b.mean()), 2.0 * se):
             converged = True
             break
     if progressbar:
         print(file=sys.stderr)
+    return avg, trace, converged, first
+
+
+def _jax_advi(model: Any, start: dict[str, np.ndarray], *, method: str, n_iter: int,
+              tol: float, window: int, learning_rate: float, n_mc: int, draws: int,
+              seed: int, progressbar: bool) -> bayes.EngineResult:
+    """Run ADVI with a compiled JAX loop."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from pymc.sampling.jax import get_jaxified_graph
+
+    t0 = time.perf_counter()
+    logp, unravel, m0 = _flat_logp(model, start)
+    family = Gaussian(len(m0), method == "fullrank_advi")
+    optimizer = optax.adam(learning_rate)
+    step = advi_kernel(logp, family, optimizer, n_mc)
+
+    def body(state, key):
+        state, info = step(key, state)
+        return state, (info.elbo, state.params)
+
+    @jax.jit
+    def run_window(state, key):
+        state, (elbo, params) = jax.lax.scan(body, state, jax.random.split(key, window))
+        # Polyak-Ruppert averaging of the variational parameters over the window
+        return state, elbo, jax.tree.map(lambda a: a.mean(axis=0), params)
+
+    params = family.init(m0)
+    avg, trace, converged, t_compile = _windows(
+        run_window, ADVIState(params, optimizer.init(params)), jax.random.PRNGKey(seed),
+        n_windows=max(1, n_iter // window), tol=tol, progressbar=progressbar)
     t_fit = time.perf_counter() - t0 - t_compile
 
     m, rho, off = (np.asarray(a) for a in avg)
-    lmat = np.diag(np.exp(rho))
-    if full:
-        lmat[tril] = off
-    rng = np.random.default_rng(seed)
-    theta = m + rng.standard_normal((draws, dim)) @ lmat.T
+    lmat = np.asarray(family.scale(jnp.asarray(rho), jnp.asarray(off)))
+    theta = m + np.random.default_rng(seed).standard_normal((draws, family.dim)) @ lmat.T
     # ELBO of the returned (averaged) approximation; the trace is taken at the optimiser's
     # iterates, which jitter around it and score lower
     lp_draws = np.asarray(jax.jit(jax.vmap(logp))(jnp.asarray(theta)))
-    elbo_final = float(lp_draws.mean() + rho.sum() + entropy_const)
-    names = list(post.PARAMS)
-    outs = model.replace_rvs_by_values([model[n] for n in names])
-    fn = jax.jit(jax.vmap(lambda th: get_jaxified_graph(inputs=values, outputs=outs)(
-        *unravel(th))))
-    drawn = [np.asarray(a, dtype=float)[None] for a in fn(jnp.asarray(theta))]
-    return {
-        "elbo": np.concatenate(trace), "draws": post.Draws(*drawn), "converged": converged,
-        "compile_time": t_compile, "fit_time": t_fit, "elbo_final": elbo_final,
-    }
+    outs = model.replace_rvs_by_values([model[n] for n in PARAM_NAMES])
+    graph = get_jaxified_graph(inputs=model.value_vars, outputs=outs)
+    drawn = jax.jit(jax.vmap(lambda th: graph(*unravel(th))))(jnp.asarray(theta))
+    return _result(np.concatenate(trace), Draws(*(np.asarray(a, float)[None] for a in drawn)),
+                   converged, float(lp_draws.mean() + family.entropy(rho)),
+                   compile_time=t_compile, fit_time=t_fit)
 
 
 # --------------------------------------------------------------------------- PyMC's own
@@ -181,8 +215,8 @@ def _jax_advi(model: Any, start: dict[str, np.ndarray], *, method: str, n_iter: 
 
 def _pymc_advi(model: Any, start: dict[str, np.ndarray] | None, *, method: str, n_iter: int,
                tol: float, learning_rate: float, n_mc: int, draws: int, seed: int,
-               progressbar: bool, compile_mode: str) -> dict[str, Any]:
-    """``pm.fit`` with a parameter-change convergence check."""
+               progressbar: bool, compile_mode: str, window: int) -> bayes.EngineResult:
+    """``pm.fit`` with a parameter-change convergence check (``window`` is not used)."""
     pm = import_pymc()
     from pymc.variational.callbacks import CheckParametersConvergence
 
@@ -196,11 +230,50 @@ def _pymc_advi(model: Any, start: dict[str, np.ndarray] | None, *, method: str, 
         )
     t_fit = time.perf_counter() - t0
     elbo = -np.asarray(approx.hist, dtype=float)
-    idata = approx.sample(draws, random_seed=seed)
-    drawn = post.Draws.from_dataset(idata.posterior)
-    return {"elbo": elbo, "draws": drawn, "converged": len(elbo) < n_iter,
-            "compile_time": float("nan"), "fit_time": t_fit,
-            "elbo_final": float(elbo[-100:].mean())}
+    drawn = Draws.from_dataset(approx.sample(draws, random_seed=seed).posterior)
+    return _result(elbo, drawn, len(elbo) < n_iter, float(elbo[-100:].mean()),
+                   compile_time=float("nan"), fit_time=t_fit)
+
+
+def _result(elbo: np.ndarray, drawn: Draws, converged: bool, elbo_final: float, *,
+            compile_time: float, fit_time: float) -> bayes.EngineResult:
+    """The one result type, with the ELBO trace as a statistic over ``iteration``."""
+    import xarray as xr
+
+    stats = xr.Dataset({"elbo": ("iteration", elbo)},
+                       coords={"iteration": np.arange(len(elbo)), "chain": [0],
+                               "draw": np.arange(drawn.shape[1])})
+    return bayes.EngineResult(drawn, stats, None, converged, {
+        "n_iter": int(len(elbo)), "elbo_final": float(elbo_final),
+        "compile_time": float(compile_time), "fit_time": float(fit_time)})
+
+
+#: engine name -> function ``engine(model, start, **options) -> EngineResult``
+ENGINES = {"jax": _jax_advi, "pymc": _pymc_advi}
+
+
+def _engine(engine: str, options: dict[str, Any], model: Any, values: list | None,
+            seed: int) -> bayes.EngineResult:
+    """Run one engine from the single start (the mean of the approximation)."""
+    start = values[0] if values else None
+    options = dict(options)
+    if engine == "jax":
+        from pymc.initial_point import make_initial_point_fn
+
+        start = make_initial_point_fn(model=model, overrides=start, jitter_rvs=set(),
+                                      return_transformed=True)(seed)
+        del options["compile_mode"]
+    return ENGINES[engine](model, start, seed=seed, **options)
+
+
+def _check(max_iter: int, raw: Draws, aligned: Draws, result: bayes.EngineResult
+           ) -> tuple[dict, bayes.Messages, bool]:
+    msgs = bayes.Messages()
+    if not result.converged:
+        msgs.warn(f"ADVI did not converge in n_iter={max_iter} iterations (the windowed ELBO "
+                  "still changed more than tol); raise n_iter, or lower learning_rate.",
+                  stacklevel=6)
+    return {}, msgs, result.converged
 
 
 # --------------------------------------------------------------------------- the backend
@@ -223,7 +296,7 @@ def advi_backend(
     engine: str = "jax",
     compile_mode: str = "NUMBA",
     progressbar: bool | None = None,
-):
+) -> Fit:
     """Fit the posterior by ADVI and package draws from the approximation in the Fit schema.
 
     Parameters
@@ -267,10 +340,6 @@ def advi_backend(
     -------
     ppgmm.Fit
     """
-    import xarray as xr
-
-    from ..fit import Fit, build_idata
-
     if method not in METHODS:
         raise SpecError(f"method should be one of {list(METHODS)}, but got {method!r}")
     if engine not in ENGINES:
@@ -284,73 +353,18 @@ def advi_backend(
             f"n_iter should be at least 3 windows ({3 * window}) to judge convergence, but got "
             f"{n_iter}; raise n_iter or lower window"
         )
-    progressbar = sys.stderr.isatty() if progressbar is None else bool(progressbar)
-
-    spec_fit, rp, prior_note = resolve_bayes_prior(spec, md)
-    ref = post.reference_params(reference, spec.n_components, md.d)
-    rng = np.random.default_rng(seed)
-    start_params, _ = em_start(spec_fit, md, init,
-                               None if seed is None else int(rng.integers(2**31)))
-    if ref is not None and start_params is not None:
-        start_params = align_to(start_params, ref)[0]  # start in the reference's labelling
-    model = build_model(spec_fit, md, rp)
-    start = (initial_values(start_params, rp, spec_fit.covariance)
-             if start_params is not None else None)
-    fit_seed = int(rng.integers(2**31))
-    if engine == "jax":
-        out = _jax_advi(model, _unconstrained_start(model, start, fit_seed), method=method,
-                        n_iter=int(n_iter), tol=float(tol), window=int(window),
-                        learning_rate=float(learning_rate), n_mc=int(obj_n_mc),
-                        draws=int(draws), seed=fit_seed, progressbar=progressbar)
-    else:
-        out = _pymc_advi(model, start, method=method, n_iter=int(n_iter), tol=float(tol),
-                         learning_rate=float(learning_rate), n_mc=int(obj_n_mc),
-                         draws=int(draws), seed=fit_seed, progressbar=progressbar,
-                         compile_mode=compile_mode)
-    raw: post.Draws = out["draws"]
-    ref_kind = "given" if ref is not None else "pivot" if start_params is None else (
-        "em" if init == "em" else "start")
-    if ref is None:
-        ref = start_params if start_params is not None else raw.mean_params()
-    aligned, perm = post.align(raw, ref)
-
-    msgs = post.Messages()
-    if not out["converged"]:
-        msgs.warn(f"ADVI did not converge in n_iter={n_iter} iterations (the windowed ELBO "
-                  "still changed more than tol); raise n_iter, or lower learning_rate.")
-    imputed, predictive, loglik = post.derived_quantities(md, aligned, rng)
-    elbo = np.asarray(out["elbo"], dtype=float)
-    stats = xr.Dataset(
-        {
-            "elbo": ("iteration", elbo),
-            "permutation": (("chain", "draw", "component"), perm.astype(np.int64)),
-        },
-        coords={"iteration": np.arange(len(elbo)), "chain": [0], "draw": np.arange(draws)},
-    )
-    attrs = {
-        "seed": -1 if seed is None else int(seed),
-        "converged": int(out["converged"]),
-        "warnings": msgs.json(),
-        "prior_note": prior_note,
-        "method": method,
-        "engine": engine,
-        "compile_mode": "JAX" if engine == "jax" else str(compile_mode),
-        "n_iter": int(len(elbo)),
-        "max_iter": int(n_iter),
-        "tol": float(tol),
-        "learning_rate": float(learning_rate),
-        "draws": int(draws),
-        "init": init if isinstance(init, str) else "parameters",
-        "reference": ref_kind,
-        "elbo_final": float(out["elbo_final"]),
-        "relabelled_draws": int((perm != np.arange(spec.n_components)).any(-1).sum()),
-        "compile_time": float(out["compile_time"]),
-        "fit_time": float(out["fit_time"]),
+    options = {
+        "method": method, "n_iter": n_iter, "tol": tol, "window": window,
+        "learning_rate": learning_rate, "n_mc": obj_n_mc, "draws": draws,
+        "progressbar": sys.stderr.isatty() if progressbar is None else bool(progressbar),
+        "compile_mode": str(compile_mode),
     }
-    built = build_idata(
-        md, spec_fit, backend="advi",
-        weights=aligned.weights, means=aligned.means, covariances=aligned.covariances,
-        imputed_mean=imputed, x_missing=predictive, loglik=loglik,
-        attrs=attrs, sample_stats=stats,
+    attrs = {"method": method, "engine": engine,
+             "compile_mode": "JAX" if engine == "jax" else str(compile_mode),
+             "max_iter": int(n_iter), "tol": float(tol),
+             "learning_rate": float(learning_rate), "draws": int(draws)}
+    return bayes.run(
+        spec, md, backend="advi", seed=seed, init=init, reference=reference,
+        engine=functools.partial(_engine, engine, options),
+        check=functools.partial(_check, n_iter), attrs=attrs,
     )
-    return Fit(built)

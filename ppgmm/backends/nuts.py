@@ -10,14 +10,18 @@ Engines (``engine=``), all driven through PyMC:
 - ``"pymc"``: PyMC's own NUTS on the graph compiled with PyTensor's NUMBA mode (pip
   installs of PyTensor find no BLAS, so its default C mode is slow).
 
-Chains start from the EM fit (MAP under the same prior), each jittered by about one
-posterior standard deviation, so they begin in one labelling and skip the symmetric
-region. Draws are then aligned to a reference (``reference=``, default that EM fit) and
-packaged by :func:`ppgmm.fit.build_idata`.
+Each engine is a function with one signature that returns a
+:class:`~ppgmm.backends.bayes.EngineResult`, with a table (:data:`STAT_NAMES`) that renames
+its sample statistics to ArviZ's names. Everything else is the shared Bayesian run
+(:func:`ppgmm.backends.bayes.run`): chains start from the EM fit (MAP under the same prior),
+each jittered by about one posterior standard deviation, so they begin in one labelling and
+skip the symmetric region; draws are then aligned to a reference (``reference=``, default
+that EM fit).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import warnings
@@ -25,74 +29,40 @@ from typing import Any
 
 import numpy as np
 
-from ..align import align_to
 from ..checks import check_bool, check_int, check_number
 from ..data import MissingData
 from ..exceptions import SpecError
-from ..spec import GMM, Params
-from . import posterior as post
-from .pymc_model import build_model, import_pymc, initial_values, resolve_bayes_prior
+from ..fit import Fit
+from ..numerics import diagnostics
+from ..spec import GMM, Draws
+from . import bayes
+from .pymc_model import import_pymc
 
-__all__ = ["nuts_backend", "diagnose", "ENGINES"]
+__all__ = ["nuts_backend", "diagnose", "ENGINES", "STAT_NAMES"]
 
-#: engine name -> what runs it
-ENGINES = {
-    "nutpie": "PyMC graph compiled to JAX, nutpie NUTS",
-    "numpyro": "PyMC graph compiled to JAX, numpyro NUTS",
-    "pymc": "PyMC NUTS, PyTensor NUMBA mode",
-}
 MISSING = ("marginal", "latent")
 #: deepest NUTS tree per engine (numpyro and nutpie default 10; PyMC 10)
 MAX_TREEDEPTH = 10
+NAMES = ["weights", "means", "covariances"]
 
-
-def em_start(spec: GMM, md: MissingData, init: Any, seed: int | None) -> tuple[Params | None, Any]:
-    """Starting parameters: the EM fit (MAP under ``spec``'s prior), given ones, or None.
-
-    Returns the parameters and the EM result (None unless ``init="em"``).
-    """
-    from .em import _coerce_init, fit_em
-
-    if isinstance(init, str):
-        if init == "em":
-            res = fit_em(spec, md, seed=seed, n_init=4, warn=False)
-            return res.params, res
-        if init == "prior":
-            return None, None
-        raise SpecError(
-            f"init should be 'em', 'prior' or parameters (a Fit's point()), but got {init!r}"
-        )
-    if hasattr(init, "idata") and hasattr(init, "params"):
-        return init.params, None
-    return _coerce_init(init, spec, md.d), None
-
-
-def chain_starts(params: Params | list[Params] | None, rp: Any, spec: GMM, md: MissingData,
-                 chains: int, rng: np.random.Generator, jitter: float,
-                 latent: bool) -> list[dict[str, np.ndarray]] | None:
-    """Initial values (constrained scale) per chain, jittered around ``params``.
-
-    A list gives one parameter set per chain, used as given.
-    """
-    if params is None:
-        return None
-    if isinstance(params, list):
-        return [initial_values(p, rp, spec.covariance, md if latent else None) for p in params]
-    out = []
-    for _ in range(chains):
-        p = params if jitter == 0 else post.jitter_params(params, md.n, rng, jitter,
-                                                          spec.covariance)
-        out.append(initial_values(p, rp, spec.covariance, md if latent else None))
-    return out
+#: engine -> its sample statistics' names that differ from ArviZ's
+STAT_NAMES = {
+    "nutpie": {"depth": "tree_depth", "maxdepth_reached": "reached_max_treedepth",
+               "logp": "lp", "mean_tree_accept": "acceptance_rate"},
+    "numpyro": {},
+    "pymc": {},
+}
 
 
 def _nutpie_per_chain_starts(compiled: Any, model: Any, starts: list[dict]) -> Any:
     """Give each nutpie chain its own start.
 
-    nutpie asks the compiled model for one start per chain (a flat unconstrained vector);
-    successive requests here get successive entries of ``starts``. If no layout of the
-    variables reproduces nutpie's own first start, the model is returned unchanged (every
-    chain then starts at ``starts[0]``).
+    nutpie documents no per-chain initial points: it asks the compiled model for one start
+    per chain (a flat unconstrained vector, through the undocumented ``_make_initial_points``
+    field); successive requests here get successive entries of ``starts``. If no layout of
+    the variables reproduces nutpie's own first start, the model is returned unchanged
+    (every chain then starts at ``starts[0]``). A test starts four chains in four
+    labellings and fails if nutpie changes this.
     """
     import dataclasses
     import itertools
@@ -126,63 +96,72 @@ def _nutpie_per_chain_starts(compiled: Any, model: Any, starts: list[dict]) -> A
     return dataclasses.replace(compiled, _make_initial_points=next_start)
 
 
-def _sample(engine: str, model: Any, *, draws: int, tune: int, chains: int,
-            target_accept: float, seed: int, starts: list | None, progressbar: bool,
-            dense_mass: bool, engine_kwargs: dict) -> tuple[Any, float, float]:
-    """Run one engine; returns PyMC-style InferenceData, compile seconds, sampling seconds."""
-    pm = import_pymc()
-    names = ["weights", "means", "covariances"]
+# --------------------------------------------------------------------------- engines
+# engine(model, starts, seed, *, draws, tune, chains, target_accept, progressbar,
+#        dense_mass, engine_kwargs) -> (InferenceData, compile seconds, sampling seconds)
+
+
+def _numpyro(model: Any, starts: list | None, seed: int, *, draws: int, tune: int,
+             chains: int, target_accept: float, progressbar: bool, dense_mass: bool,
+             engine_kwargs: dict) -> tuple[Any, float, float]:
+    import jax
+    from pymc.sampling.jax import sample_jax_nuts
+
     t0 = time.perf_counter()
-    if engine == "numpyro":
-        import jax
+    if jax.local_device_count() >= chains:
+        method: Any = "parallel"
+    else:
+        # numpyro's own "sequential" drives each chain from Python and ran 2.5x slower
+        # here; one compiled loop over the chains (lax.map) runs at pmap speed
+        def method(chain_fn):
+            return jax.jit(lambda xs: jax.lax.map(chain_fn, xs))
 
-        if jax.local_device_count() >= chains:
-            method: Any = "parallel"
-        else:
-            # numpyro's own "sequential" drives each chain from Python and ran 2.5x slower
-            # here; one compiled loop over the chains (lax.map) runs at pmap speed
-            def method(chain_fn):
-                return jax.jit(lambda xs: jax.lax.map(chain_fn, xs))
-
-        nuts_kwargs = {"dense_mass": dense_mass, **engine_kwargs.pop("nuts_kwargs", {})}
-        kw = {"chain_method": method, "jitter": starts is None, "nuts_kwargs": nuts_kwargs,
-              **engine_kwargs}
-        with warnings.catch_warnings():
-            # PyMC donates the raw draws to its post-processing; XLA may decline, harmlessly
-            warnings.filterwarnings("ignore", message="Some donated buffers were not usable",
-                                    category=UserWarning)
-            # what pm.sample(nuts_sampler="numpyro") runs, minus its step-method assignment
-            # (a symbolic gradient of the whole graph that numpyro never uses: 6 s here)
-            from pymc.sampling.jax import sample_jax_nuts
-
-            idata = sample_jax_nuts(
-                draws, tune=tune, chains=chains, model=model, nuts_sampler="numpyro",
-                target_accept=target_accept, random_seed=seed, initvals=starts,
-                var_names=names, progressbar=progressbar, compute_convergence_checks=False,
-                idata_kwargs={"log_likelihood": False}, **kw,
-            )
-        sampling = float(idata.posterior.attrs.get("sampling_time", np.nan))
-        return idata, time.perf_counter() - t0 - sampling, sampling
-    if engine == "nutpie":
-        import nutpie
-
-        compiled = nutpie.compile_pymc_model(
-            model, backend="jax", gradient_backend="jax", var_names=names,
-            initial_points=starts[0] if starts else None, jitter_rvs=set() if starts else None,
+    nuts_kwargs = {"dense_mass": dense_mass, **engine_kwargs.pop("nuts_kwargs", {})}
+    kw = {"chain_method": method, "jitter": starts is None, "nuts_kwargs": nuts_kwargs,
+          **engine_kwargs}
+    with warnings.catch_warnings():
+        # PyMC donates the raw draws to its post-processing; XLA may decline, harmlessly
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable",
+                                category=UserWarning)
+        # what pm.sample(nuts_sampler="numpyro") runs, minus its step-method assignment
+        # (a symbolic gradient of the whole graph that numpyro never uses: 6 s here)
+        idata = sample_jax_nuts(
+            draws, tune=tune, chains=chains, model=model, nuts_sampler="numpyro",
+            target_accept=target_accept, random_seed=seed, initvals=starts,
+            var_names=NAMES, progressbar=progressbar, compute_convergence_checks=False,
+            idata_kwargs={"log_likelihood": False}, **kw,
         )
-        if starts and len(starts) > 1:
-            compiled = _nutpie_per_chain_starts(compiled, model, starts)
-        t1 = time.perf_counter()
-        kw = {"low_rank_modified_mass_matrix": dense_mass, "save_warmup": False,
-              **engine_kwargs}
-        idata = nutpie.sample(
-            compiled, draws=draws, tune=tune, chains=chains, seed=seed,
-            target_accept=target_accept, progress_bar=progressbar, **kw,
-        )
-        return idata, t1 - t0, time.perf_counter() - t1
+    sampling = float(idata.posterior.attrs.get("sampling_time", np.nan))
+    return idata, time.perf_counter() - t0 - sampling, sampling
+
+
+def _nutpie(model: Any, starts: list | None, seed: int, *, draws: int, tune: int,
+            chains: int, target_accept: float, progressbar: bool, dense_mass: bool,
+            engine_kwargs: dict) -> tuple[Any, float, float]:
+    import nutpie
+
+    t0 = time.perf_counter()
+    compiled = nutpie.compile_pymc_model(
+        model, backend="jax", gradient_backend="jax", var_names=NAMES,
+        initial_points=starts[0] if starts else None, jitter_rvs=set() if starts else None,
+    )
+    if starts and len(starts) > 1:
+        compiled = _nutpie_per_chain_starts(compiled, model, starts)
+    t1 = time.perf_counter()
+    kw = {"low_rank_modified_mass_matrix": dense_mass, "save_warmup": False, **engine_kwargs}
+    idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
+                          target_accept=target_accept, progress_bar=progressbar, **kw)
+    return idata, t1 - t0, time.perf_counter() - t1
+
+
+def _pymc(model: Any, starts: list | None, seed: int, *, draws: int, tune: int, chains: int,
+          target_accept: float, progressbar: bool, dense_mass: bool,
+          engine_kwargs: dict) -> tuple[Any, float, float]:
+    pm = import_pymc()
+    t0 = time.perf_counter()
     idata = pm.sample(
         draws, tune=tune, chains=chains, model=model, target_accept=target_accept,
-        random_seed=seed, initvals=starts, var_names=names, progressbar=progressbar,
+        random_seed=seed, initvals=starts, var_names=NAMES, progressbar=progressbar,
         compute_convergence_checks=False, compile_kwargs={"mode": "NUMBA"},
         **({"init": "adapt_diag"} if starts else {}), **engine_kwargs,
     )
@@ -190,52 +169,69 @@ def _sample(engine: str, model: Any, *, draws: int, tune: int, chains: int,
     return idata, time.perf_counter() - t0 - sampling, sampling
 
 
-def _stats(idata: Any, engine: str) -> tuple[Any, np.ndarray | None, int, int]:
-    """(chain, draw) sample stats, the log density per draw, divergences, tree-depth hits."""
+#: engine name -> (what runs it, the function)
+ENGINES = {
+    "nutpie": ("PyMC graph compiled to JAX, nutpie NUTS", _nutpie),
+    "numpyro": ("PyMC graph compiled to JAX, numpyro NUTS", _numpyro),
+    "pymc": ("PyMC NUTS, PyTensor NUMBA mode", _pymc),
+}
+
+
+def _stats(idata: Any, engine: str) -> Any:
+    """(chain, draw) sample stats under ArviZ's names."""
     import xarray as xr
 
     ss = idata.sample_stats
     keep = {n: v for n, v in ss.data_vars.items() if set(v.dims) <= {"chain", "draw"}}
     stats = xr.Dataset(keep).reset_coords(drop=True)
+    stats = stats.rename({k: v for k, v in STAT_NAMES[engine].items()
+                          if k in stats and v not in stats})
     stats = stats.assign_coords(chain=np.arange(stats.sizes["chain"]),
                                 draw=np.arange(stats.sizes["draw"]))
     for name in list(stats.data_vars):
         if stats[name].dtype == bool:
             stats[name] = stats[name].astype(np.int8)
-    if "depth" in stats and "tree_depth" not in stats:
-        stats = stats.rename({"depth": "tree_depth"})
-    lp = None
-    for name in ("lp", "logp"):
-        if name in stats:
-            lp = np.asarray(stats[name].values, dtype=float)
-            break
-    div = int(np.asarray(stats["diverging"].values).sum()) if "diverging" in stats else 0
-    if "reached_max_treedepth" in stats:
-        hits = int(np.asarray(stats["reached_max_treedepth"].values).sum())
-    elif "maxdepth_reached" in stats:
-        hits = int(np.asarray(stats["maxdepth_reached"].values).sum())
-    elif "tree_depth" in stats:
-        hits = int((np.asarray(stats["tree_depth"].values) >= MAX_TREEDEPTH).sum())
-    else:
-        hits = 0
-    return stats, lp, div, hits
+    if "reached_max_treedepth" not in stats and "tree_depth" in stats:
+        stats["reached_max_treedepth"] = (stats["tree_depth"] >= MAX_TREEDEPTH).astype(np.int8)
+    return stats
 
 
-def diagnose(raw: post.Draws, aligned: post.Draws, *, n_div: int, n_hits: int,
+def _engine(engine: str, options: dict[str, Any], model: Any, values: list | None,
+            seed: int) -> bayes.EngineResult:
+    """Run one engine and return its draws and statistics."""
+    run = ENGINES[engine][1]
+    try:
+        idata, t_compile, t_sample = run(model, values, seed, **options)
+    except (TypeError, AttributeError) as err:
+        if not options["engine_kwargs"]:
+            raise
+        raise SpecError(
+            f"engine_kwargs {sorted(options['engine_kwargs'])} were not accepted by the "
+            f"{engine} engine ({err}); see its sampling function's keywords"
+        ) from None
+    stats = _stats(idata, engine)
+    lp = np.asarray(stats["lp"].values, dtype=float) if "lp" in stats else None
+    return bayes.EngineResult(
+        Draws.from_dataset(idata.posterior), stats, lp,
+        attrs={"compile_time": float(t_compile), "sampling_time": float(t_sample)},
+    )
+
+
+def diagnose(raw: Draws, aligned: Draws, *, n_div: int, n_hits: int,
              stacklevel: int = 5) -> dict[str, Any]:
     """Convergence diagnostics of NUTS draws, raised as warnings that say what to do.
 
     Checks divergences, tree-depth saturation, chains in different modes
-    (:func:`ppgmm.backends.posterior.modes_differ`), max R-hat > 1.01 after alignment and
+    (:func:`ppgmm.numerics.diagnostics.modes_differ`), max R-hat > 1.01 after alignment and
     bulk ESS < 100 per chain. Returns the attrs (``divergences``, ``treedepth_hits``,
     ``rhat_max_raw``, ``rhat_max``, ``ess_bulk_min``, ``modes_differ``), the
-    :class:`~ppgmm.backends.posterior.Messages` under ``"messages"`` and ``"converged"``.
+    :class:`~ppgmm.backends.bayes.Messages` under ``"messages"`` and ``"converged"``.
     """
     chains, draws = raw.shape
-    rhat_raw, rhat = post.rhat_max(raw), post.rhat_max(aligned)
-    ess = post.ess_bulk_min(aligned)
-    split = post.modes_differ(aligned) if chains > 1 else []
-    msgs = post.Messages()
+    rhat_raw, rhat = diagnostics.rhat_max(raw), diagnostics.rhat_max(aligned)
+    ess = diagnostics.ess_min(aligned)
+    split = diagnostics.modes_differ(aligned) if chains > 1 else []
+    msgs = bayes.Messages()
     total = chains * draws
     if n_div:
         msgs.warn(f"{n_div} of {total} draws diverged after tuning; the posterior may be "
@@ -272,6 +268,17 @@ def diagnose(raw: post.Draws, aligned: post.Draws, *, n_div: int, n_hits: int,
     }
 
 
+def _check(raw: Draws, aligned: Draws, result: bayes.EngineResult
+           ) -> tuple[dict, bayes.Messages, bool]:
+    stats = result.stats
+    count = {n: int(np.asarray(stats[n].values).sum()) if n in stats else 0
+             for n in ("diverging", "reached_max_treedepth")}
+    diag = diagnose(raw, aligned, n_div=count["diverging"],
+                    n_hits=count["reached_max_treedepth"], stacklevel=6)
+    msgs, converged = diag.pop("messages"), diag.pop("converged")
+    return diag, msgs, converged
+
+
 def nuts_backend(
     spec: GMM,
     md: MissingData,
@@ -289,7 +296,7 @@ def nuts_backend(
     missing: str = "marginal",
     progressbar: bool | None = None,
     engine_kwargs: dict | None = None,
-):
+) -> Fit:
     """Sample the posterior by NUTS and package it in the Fit schema.
 
     Parameters
@@ -337,8 +344,6 @@ def nuts_backend(
     -------
     ppgmm.Fit
     """
-    from ..fit import Fit, build_idata
-
     draws = check_int("draws", draws, 4)
     tune = check_int("tune", tune, 1)  # nutpie needs at least one tuning step
     chains = check_int("chains", chains, 1)
@@ -352,83 +357,15 @@ def nuts_backend(
     dense_mass = check_bool("dense_mass", dense_mass)
     if missing == "latent" and md.observed.all():
         missing = "marginal"
-    progressbar = sys.stderr.isatty() if progressbar is None else bool(progressbar)
-    engine_kwargs = dict(engine_kwargs or {})
-
-    spec_fit, rp, prior_note = resolve_bayes_prior(spec, md)
-    ref = post.reference_params(reference, spec.n_components, md.d)
-    rng = np.random.default_rng(seed)
-    em_seed = None if seed is None else int(rng.integers(2**31))
-    if isinstance(init, list | tuple):
-        if len(init) != chains:
-            raise SpecError(f"init should give one parameter set per chain ({chains}), but got "
-                            f"{len(init)}")
-        per_chain = [em_start(spec_fit, md, p, em_seed)[0] for p in init]
-        start: Any = per_chain
-    else:
-        start, _ = em_start(spec_fit, md, init, em_seed)
-    if ref is not None and isinstance(start, Params):
-        # start in the reference's labelling, so a relabelled draw is a real label switch
-        # (per-chain starts stay as given: they may be in different labellings on purpose)
-        start = align_to(start, ref)[0]
-    model = build_model(spec_fit, md, rp, missing=missing)
-    starts = chain_starts(start, rp, spec_fit, md, chains, rng, float(jitter),
-                          missing == "latent")
-    if isinstance(start, list):
-        start = start[0]
-    sampler_seed = int(rng.integers(2**31))
-    try:
-        idata, t_compile, t_sample = _sample(
-            engine, model, draws=draws, tune=tune, chains=chains,
-            target_accept=float(target_accept), seed=sampler_seed, starts=starts,
-            progressbar=progressbar, dense_mass=bool(dense_mass), engine_kwargs=engine_kwargs,
-        )
-    except (TypeError, AttributeError) as err:
-        if not engine_kwargs:
-            raise
-        raise SpecError(
-            f"engine_kwargs {sorted(engine_kwargs)} were not accepted by the {engine} engine "
-            f"({err}); see its sampling function's keywords"
-        ) from None
-    raw = post.Draws.from_dataset(idata.posterior)
-    stats, lp, n_div, n_hits = _stats(idata, engine)
-    ref = ref if ref is not None else start if start is not None else post.pivot_params(raw, lp)
-    t0 = time.perf_counter()
-    aligned, perm = post.align(raw, ref)
-    stats["permutation"] = (("chain", "draw", "component"), perm.astype(np.int64))
-    relabelled = int((perm != np.arange(spec.n_components)).any(-1).sum())
-
-    diag = diagnose(raw, aligned, n_div=n_div, n_hits=n_hits)
-    msgs, converged = diag.pop("messages"), diag.pop("converged")
-
-    imputed, predictive, loglik = post.derived_quantities(md, aligned, rng)
-    t_post = time.perf_counter() - t0
-    attrs = {
-        "seed": -1 if seed is None else int(seed),
-        "converged": int(converged),
-        "warnings": msgs.json(),
-        "prior_note": prior_note,
-        "engine": engine,
-        "engine_detail": ENGINES[engine],
-        "draws": draws,
-        "tune": tune,
-        "chains": chains,
-        "target_accept": float(target_accept),
-        "init": init if isinstance(init, str) else "per-chain" if isinstance(
-            init, list | tuple) else "parameters",
-        "missing": missing,
-        **diag,
-        "relabelled_draws": relabelled,
-        "reference": "given" if reference is not None else "pivot" if start is None else (
-            "em" if isinstance(init, str) else "start"),
-        "compile_time": float(t_compile),
-        "sampling_time": float(t_sample),
-        "postprocess_time": float(t_post),
+    options = {
+        "draws": draws, "tune": tune, "chains": chains, "target_accept": float(target_accept),
+        "progressbar": sys.stderr.isatty() if progressbar is None else bool(progressbar),
+        "dense_mass": dense_mass, "engine_kwargs": dict(engine_kwargs or {}),
     }
-    built = build_idata(
-        md, spec_fit, backend="nuts",
-        weights=aligned.weights, means=aligned.means, covariances=aligned.covariances,
-        imputed_mean=imputed, x_missing=predictive, loglik=loglik,
-        attrs=attrs, sample_stats=stats,
+    attrs = {"engine": engine, "engine_detail": ENGINES[engine][0], "draws": draws,
+             "tune": tune, "chains": chains, "target_accept": float(target_accept)}
+    return bayes.run(
+        spec, md, backend="nuts", seed=seed, init=init, reference=reference,
+        engine=functools.partial(_engine, engine, options), chains=chains, jitter=jitter,
+        missing=missing, check=_check, attrs=attrs,
     )
-    return Fit(built)

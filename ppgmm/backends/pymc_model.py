@@ -19,7 +19,8 @@ The graph (``N`` rows, ``D`` features, ``K`` components, ``P`` missingness patte
   :math:`\kappa = 0.01` the data, not the prior, fix the means);
 - likelihood, missing entries marginalised exactly. For pattern :math:`p` with observed
   indicator :math:`o_p \in \{0,1\}^D`, the embedded covariance
-  :math:`S_{pk} = (o_p o_p^T) \odot \Sigma_k + \mathrm{diag}(1 - o_p)` equals
+  :math:`S_{pk} = (o_p o_p^T) \odot \Sigma_k + \mathrm{diag}(1 - o_p)`
+  (:func:`ppgmm.numerics.patterns.embedded_covariance`, shared with the EM) equals
   :math:`\Sigma_{k,oo}` on the observed block and the identity on the missing block, so
   :math:`\log|S_{pk}| = \log|\Sigma_{k,oo}|` and, with residuals zeroed on missing entries,
   :math:`r^T S_{pk}^{-1} r = r_o^T \Sigma_{k,oo}^{-1} r_o`. One batched Cholesky over
@@ -46,12 +47,11 @@ from typing import Any
 import numpy as np
 
 from ..data import MissingData
-from ..prior import ResolvedPrior, resolve_prior
-from ..spec import GMM, Params, Prior
+from ..numerics.patterns import conditional_draws, e_step, embedded_covariance
+from ..spec import GMM, Params, ResolvedPrior
 
 __all__ = [
     "import_pymc",
-    "resolve_bayes_prior",
     "build_model",
     "initial_values",
     "FREE_NAMES",
@@ -81,23 +81,6 @@ def import_pymc():
         # accessing the BLAS flags is what raises the note; do it here, once
         pytensor.config.blas__ldflags  # noqa: B018
     return pm
-
-
-def resolve_bayes_prior(spec: GMM, md: MissingData) -> tuple[GMM, ResolvedPrior, str]:
-    """The spec's prior resolved against the data; ``prior=None`` becomes the default.
-
-    Returns the spec actually fitted, the resolved prior and a note for the result's attrs.
-    """
-    note = "the spec's prior"
-    if spec.prior is None:
-        spec = GMM(spec.n_components, spec.covariance, Prior())
-        note = (
-            "the spec had prior=None (maximum likelihood); the Bayesian backends need a proper "
-            "prior and used the default prior (ppgmm.Prior())"
-        )
-    rp = resolve_prior(spec, md)
-    assert rp is not None
-    return spec, rp, note
 
 
 # --------------------------------------------------------------------------- graph pieces
@@ -139,18 +122,14 @@ def mixture_loglik_rows(pt: Any, x0: Any, row_pattern: np.ndarray, patterns: np.
     instead lets graph rewrites push the index inside the batched Cholesky, factorising
     per row; that is twice as slow.)
     """
-    o = patterns.astype(float)  # (P, D)
-    n_pat, d = o.shape
-    oo = o[:, None, :, None] * o[:, None, None, :]  # (P, 1, D, D)
-    fill = (1.0 - o)[:, None, :, None] * np.eye(d)  # (P, 1, D, D)
-    s = oo * covs[None] + fill  # (P, K, D, D)
-    chol = pt.linalg.cholesky(s)
+    n_pat, d = patterns.shape
+    chol = pt.linalg.cholesky(embedded_covariance(patterns, covs))  # (P, K, D, D)
     logdet = 2.0 * pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)  # (P, K)
     eye = np.broadcast_to(np.eye(d), (n_pat, 1, d, d))
     chol_inv = pt.linalg.solve_triangular(chol, eye, lower=True)  # (P, K, D, D)
     s_inv = pt.matmul(pt.swapaxes(chol_inv, -1, -2), chol_inv)  # (P, K, D, D)
     k = s_inv.shape[1]
-    obs = o[row_pattern]  # (N, D) constant
+    obs = patterns.astype(float)[row_pattern]  # (N, D) constant
     onehot = np.eye(n_pat)[row_pattern]  # (N, P) constant
     resid = (x0[:, None, :] - means[None]) * obs[:, None, :]  # (N, K, D)
     outer = (resid[:, :, :, None] * resid[:, :, None, :]).reshape((len(obs), k, d * d))
@@ -175,7 +154,7 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
     spec : GMM
     md : MissingData
     rp : ResolvedPrior
-        From :func:`resolve_bayes_prior`.
+        From :func:`ppgmm.backends.bayes.resolve_bayes_prior`.
     missing : {"marginal", "latent"}, default "marginal"
         Marginalise missing entries exactly, or sample them as latent variables.
 
@@ -274,10 +253,7 @@ def initial_values(params: Params, rp: ResolvedPrior, covariance: str,
         var = np.diagonal(cov, axis1=-2, axis2=-1)
         out["variances"] = var if covariance == "diag" else var.mean(axis=1)
     if md is not None:
-        from .em import Sorted, conditional_draws
-
-        s = Sorted.of(md)
-        mean, _ = conditional_draws(Params(w, mu, cov), s.run_e_step(Params(w, mu, cov)), s,
-                                    np.random.default_rng(0), 0)
+        p, layout = Params(w, mu, cov), md.layout
+        mean, _ = conditional_draws(p, e_step(p, layout), layout, np.random.default_rng(0), 0)
         out["x_missing_latent"] = mean[md.missing_index]
     return out

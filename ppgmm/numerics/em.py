@@ -1,0 +1,314 @@
+r"""EM steps: the closed-form M-step (MLE or MAP), the EM loop, starting points, one Gaussian.
+
+The M-step works on expected sufficient statistics: :math:`n_k = \sum_i r_{ik}`,
+:math:`\bar y_k = \sum_i r_{ik}\hat x_{ik}/n_k`,
+:math:`W_k = \sum_i r_{ik}(\hat x_{ik}-\bar y_k)(\hat x_{ik}-\bar y_k)^T
++ \sum_i r_{ik} C_{p(i)k}` (:mod:`ppgmm.numerics.patterns`), then the MLE or the
+closed-form MAP of the prior of Fraley & Raftery (2007) (design: "The prior").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from ..data import MissingData, PatternLayout
+from ..exceptions import ObjectiveDecreaseError, PpgmmError
+from ..spec import Params, ResolvedPrior
+from .densities import log_prior
+from .patterns import EStep, PatternFactors, e_step, pattern_factors
+
+__all__ = ["constrain_covariance", "SuffStats", "expected_stats", "m_step", "EMRun", "run_em",
+           "objective",
+           "fit_single_gaussian", "mean_imputed", "params_from_resp", "kmeans_labels"]
+
+EPS = 10 * np.finfo(float).eps
+
+
+def constrain_covariance(cov: np.ndarray, covariance: str,
+                         weights: np.ndarray | None = None) -> np.ndarray:
+    """Project full (K, D, D) matrices onto a covariance type, still stored as (K, D, D).
+
+    ``diag`` keeps the diagonals, ``spherical`` their mean, ``tied`` the average weighted
+    by ``weights`` (equal weights when None), ``full`` everything.
+    """
+    k, d, _ = cov.shape
+    eye = np.eye(d)
+    if covariance == "diag":
+        return np.diagonal(cov, axis1=1, axis2=2)[:, :, None] * eye
+    if covariance == "spherical":
+        return (np.trace(cov, axis1=1, axis2=2) / d)[:, None, None] * eye
+    if covariance == "tied":
+        w = np.ones(k) if weights is None else np.asarray(weights, dtype=float)
+        return np.broadcast_to((w[:, None, None] * cov).sum(0) / w.sum(), (k, d, d)).copy()
+    return np.array(cov)
+
+
+class SuffStats(NamedTuple):
+    r"""Expected sufficient statistics of one E-step, per component.
+
+    ``nk`` :math:`= \sum_i r_{ik}`, ``mean`` :math:`= \bar y_k`, ``scatter`` :math:`= W_k`
+    (centred at :math:`\bar y_k`, conditional-covariance correction included) and the
+    observed-data log-likelihood ``loglik`` of the rows. Statistics of disjoint row blocks
+    combine exactly (:meth:`combine`, Chan et al.'s pairwise update), so an E-step can run
+    block by block in bounded memory, or chunk by chunk on a cluster.
+    """
+
+    nk: np.ndarray  # (K,)
+    mean: np.ndarray  # (K, D)
+    scatter: np.ndarray  # (K, D, D)
+    loglik: float
+
+    @classmethod
+    def of(cls, params: Params, e: EStep, starts: np.ndarray) -> SuffStats:
+        r"""The statistics of one E-step's rows.
+
+        With :math:`\hat x_{ik} - \mu_k = \Sigma_k v_{ik}`, the scatter is
+        :math:`W_k = \Sigma_k \left[\sum_i r_{ik}(v_{ik}-\bar v_k)(v_{ik}-\bar v_k)^T\right]
+        \Sigma_k + \sum_p R_{pk} C_{pk}`, one Gram matrix per component.
+        """
+        mu_old, sigma = params.means, params.covariances
+        k, d = mu_old.shape
+        resp = e.resp
+        nk = resp.sum(axis=0)
+        vbar = np.einsum("nk,nkd->kd", resp, e.v) / (nk + EPS)[:, None]
+        ybar = mu_old + np.einsum("kde,ke->kd", sigma, vbar)
+        gram = np.empty((k, d, d))
+        for j in range(k):
+            dev = e.v[:, j, :] - vbar[j]
+            gram[j] = (resp[:, j, None] * dev).T @ dev
+        w_k = sigma @ gram @ sigma
+        r_pk = np.add.reduceat(resp, starts[:-1], axis=0)  # (P, K)
+        w_k += np.einsum("pk,pkde->kde", r_pk, e.factors.cond_cov)
+        return cls(nk, ybar, 0.5 * (w_k + np.swapaxes(w_k, -1, -2)), float(e.row_loglik.sum()))
+
+    def combine(self, other: SuffStats) -> SuffStats:
+        """The statistics of the union of two disjoint sets of rows."""
+        n = self.nk + other.nk
+        frac = np.divide(other.nk, n, out=np.zeros_like(n), where=n > 0)
+        delta = other.mean - self.mean
+        cross = (self.nk * frac)[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        return SuffStats(n, self.mean + frac[:, None] * delta,
+                         self.scatter + other.scatter + cross, self.loglik + other.loglik)
+
+
+#: rows per block of the E-step: bounds the (rows, K, D) work arrays to about 64 MiB
+BLOCK_ENTRIES = 2**23
+
+
+def expected_stats(params: Params, layout: PatternLayout,
+                   block_entries: int = BLOCK_ENTRIES) -> SuffStats:
+    """The E-step's sufficient statistics, in row blocks of about ``block_entries / (K D)``.
+
+    The pattern factors are computed once; each block reuses those of its patterns.
+    """
+    k, d = params.means.shape
+    rows = max(1024, block_entries // (k * d))
+    if layout.n <= rows:
+        return SuffStats.of(params, e_step(params, layout), layout.starts)
+    factors = pattern_factors(params, layout.patterns)
+    total = None
+    for a in range(0, layout.n, rows):
+        block, (p0, p1) = layout.block(a, min(a + rows, layout.n))
+        sub = PatternFactors(*(f[p0:p1] for f in factors))
+        stats = SuffStats.of(params, e_step(params, block, sub), block.starts)
+        total = stats if total is None else total.combine(stats)
+    assert total is not None
+    return total
+
+
+def m_step(stats: SuffStats, covariance: str, reg_covar: float,
+           prior: ResolvedPrior | None) -> Params:
+    """Closed-form MLE (``prior=None``) or MAP from the expected sufficient statistics."""
+    nk = stats.nk + EPS
+    ybar, w_k = stats.mean, stats.scatter
+    k, d = ybar.shape
+    eye = np.eye(d)
+    if prior is None:
+        means = ybar
+        cov = constrain_covariance(w_k / nk[:, None, None], covariance, nk)
+    else:
+        kap, mp, nu, sc = prior.kappa, prior.mean, prior.dof, prior.scale
+        means = (nk[:, None] * ybar + kap * mp) / (nk + kap)[:, None]
+        diff = ybar - mp
+        b_k = (kap * nk / (nk + kap))[:, None, None] * diff[:, :, None] * diff[:, None, :]
+        if covariance == "full":
+            cov = (sc + b_k + w_k) / (nu + nk + d + 2)[:, None, None]
+        elif covariance == "tied":
+            n = nk.sum()
+            cov = np.broadcast_to((sc + b_k.sum(0) + w_k.sum(0)) / (nu + n + d + 1 + k), (k, d, d))
+        elif covariance == "diag":
+            num = sc + np.diagonal(b_k + w_k, axis1=1, axis2=2)
+            cov = (num / (nu + nk + 3)[:, None])[:, :, None] * eye
+        else:
+            num = sc + np.trace(b_k + w_k, axis1=1, axis2=2)
+            cov = (num / (nu + (nk + 1) * d + 2))[:, None, None] * eye
+    cov = np.array(cov)
+    cov += reg_covar * eye
+    return Params(nk / nk.sum(), means, cov)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class EMRun:
+    """One EM run from one start."""
+
+    params: Params
+    stats: SuffStats  # of the E-step at ``params``
+    objective: list[float] = field(default_factory=list)
+    converged: bool = False
+
+    @property
+    def n_iter(self) -> int:
+        """Number of M-steps taken."""
+        return len(self.objective) - 1
+
+
+def objective(stats: SuffStats, params: Params, prior: ResolvedPrior | None) -> float:
+    """The EM objective: the log-likelihood, plus the log prior under a prior."""
+    return stats.loglik if prior is None else stats.loglik + log_prior(params, prior)
+
+
+EStepFn = Callable[[Params], SuffStats]
+
+
+def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
+           prior: ResolvedPrior | None, *, max_iter: int, tol: float, reg_covar: float,
+           stop: str = "gain", n: int | None = None) -> EMRun:
+    """Iterate EM from ``params``; stop when the per-row objective changes by less than ``tol``.
+
+    ``data`` is the rows' :class:`~ppgmm.data.PatternLayout`, or any function that returns
+    the E-step's :class:`SuffStats` at given parameters (then ``n``, the number of rows, is
+    needed): a chunked E-step on a cluster runs the same loop.
+
+    With ``reg_covar = 0`` each step raises the objective (the log-likelihood or
+    log-posterior), and a decrease beyond rounding raises an error. ``reg_covar > 0`` adds
+    to the covariances' diagonals after each M-step, which the objective does not include,
+    so a step may lower it; the iteration goes on until the change is below ``tol``.
+
+    ``stop="gain"`` stops as soon as the step just taken gained less than ``tol``.
+    ``stop="sklearn"`` is scikit-learn's rule: its E-step scores the parameters before the
+    M-step, so it learns of a small gain one step late and takes one more M-step, and a run
+    whose small gain comes at step ``max_iter`` has not converged.
+    """
+    if isinstance(data, PatternLayout):
+        layout, n = data, data.n
+
+        def estep(p: Params) -> SuffStats:
+            return expected_stats(p, layout)
+    else:
+        estep = data
+        assert n is not None, "n (the number of rows) is needed with an E-step function"
+    # floating-point trouble (a collapsing component overflows) shows up as a non-finite or
+    # decreasing objective below, which raises an error that says what to do; numpy's own
+    # warnings would only repeat it in less useful words
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        stats = estep(params)
+        run = EMRun(params, stats, [objective(stats, params, prior)])
+        pending = False
+        for _ in range(max_iter):
+            new = m_step(run.stats, covariance, reg_covar, prior)
+            stats = estep(new)
+            obj = objective(stats, new, prior)
+            prev = run.objective[-1]
+            _check_step(obj, prev, new, len(run.objective), reg_covar)
+            run.params, run.stats = new, stats
+            run.objective.append(obj)
+            # without reg_covar a gain at or below rounding (even slightly negative) is
+            # convergence
+            small = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n < tol
+            if pending or (small and stop == "gain"):
+                run.converged = True
+                break
+            pending = small
+    return run
+
+
+def _check_step(obj: float, prev: float, new: Params, it: int, reg_covar: float) -> None:
+    """Raise the error that says what to do when a step's objective is not usable."""
+    collapse = (
+        f"a component collapsed onto too few rows (its covariance became singular) at "
+        f"iteration {it}; set reg_covar > 0, use a prior (prior='default'), or use fewer "
+        "components"
+    )
+    if np.isnan(obj) or obj == np.inf:
+        raise PpgmmError(
+            f"the EM objective became {obj} at iteration {it} (the data may contain extreme "
+            "values or near-duplicate columns); rescale the data, set reg_covar > 0, or use "
+            "the default prior"
+        )
+    # reg_covar on the diagonals is not part of the objective, so a regularised step may
+    # lower it (by much when reg_covar is large): iterate on, as scikit-learn does, until
+    # the change is below tol. Without it EM never lowers the objective beyond rounding.
+    if reg_covar == 0 and obj < prev - 1e-9 * (1.0 + abs(prev)):
+        if not np.isfinite(obj) or _collapsed(new.covariances):
+            raise PpgmmError(collapse)
+        raise ObjectiveDecreaseError(
+            f"EM objective decreased from {prev!r} to {obj!r} at iteration {it}; this is a "
+            "bug in ppgmm, please report it with the data"
+        )
+    if obj == -np.inf:
+        raise PpgmmError(f"the EM objective became -inf at iteration {it}: {collapse}")
+
+
+def _collapsed(cov: np.ndarray) -> bool:
+    """Whether some component's covariance is singular relative to the others' scale."""
+    scale = np.trace(cov, axis1=1, axis2=2).max() / cov.shape[-1]
+    return bool(np.linalg.eigvalsh(cov).min() <= 1e-10 * scale)
+
+
+def fit_single_gaussian(md: MissingData, max_iter: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood mean and covariance (N denominator) of one Gaussian under MAR."""
+    x = md.values
+    mean = np.nanmean(x, axis=0)
+    var = np.nanvar(x, axis=0)
+    var = np.where(var > 0, var, 1.0)
+    p0 = Params(np.ones(1), mean[None], np.diag(var)[None])
+    run = run_em(p0, md.layout, "full", None, max_iter=max_iter, tol=1e-13, reg_covar=0.0)
+    return run.params.means[0], run.params.covariances[0]
+
+
+# --------------------------------------------------------------------------- starting points
+
+
+def mean_imputed(md: MissingData) -> np.ndarray:
+    """The values with each missing entry replaced by its column's observed mean."""
+    return np.where(md.observed, md.values, np.nanmean(md.values, axis=0))
+
+
+def params_from_resp(x: np.ndarray, resp: np.ndarray, covariance: str, reg: float) -> Params:
+    """Complete-data M-step (on mean-imputed rows) for a starting point."""
+    n, d = x.shape
+    nk = resp.sum(0) + EPS
+    means = resp.T @ x / nk[:, None]
+    floor = 1e-6 * np.var(x, axis=0).mean() + reg
+    cov = np.empty((len(nk), d, d))
+    for j in range(len(nk)):
+        dev = x - means[j]
+        cov[j] = (resp[:, j, None] * dev).T @ dev / nk[j]
+    cov = constrain_covariance(cov, covariance, nk)
+    cov += floor * np.eye(d)
+    return Params(nk / nk.sum(), means, cov)
+
+
+def kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator,
+                  attempts: int = 10) -> np.ndarray | None:
+    """k-means++ labels of the standardised rows of ``x``; None if no try gave k clusters."""
+    import warnings
+
+    from scipy.cluster.vq import kmeans2
+
+    sd = x.std(axis=0)
+    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    for _ in range(attempts):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty cluster: tried again below
+            _, labels = kmeans2(z, k, minit="++", seed=rng)
+        if len(np.unique(labels)) == k:
+            return labels
+    return None

@@ -1,0 +1,231 @@
+r"""The observed-block Gaussian algebra of missingness patterns.
+
+Notation (see docs/em.md). Row :math:`i` has observed index set :math:`o` (its pattern)
+and missing set :math:`m`. For component :math:`k` with mean :math:`\mu_k` and
+covariance :math:`\Sigma_k`:
+
+- :math:`\log p(x_{i,o} \mid k) = \log N(x_{i,o} \mid \mu_{k,o}, \Sigma_{k,oo})`,
+  :math:`r_{ik} \propto w_k\,p(x_{i,o} \mid k)`;
+- conditional moments: :math:`\hat x_{ik,m} = \mu_{k,m} + \Sigma_{k,mo}\Sigma_{k,oo}^{-1}
+  (x_{i,o} - \mu_{k,o})` and :math:`C_{pk} = \Sigma_{k,mm} - \Sigma_{k,mo}\Sigma_{k,oo}^{-1}
+  \Sigma_{k,om}` (zero outside the missing block).
+
+Every (pattern, component) pair gets one Cholesky factor of the "embedded" matrix
+:math:`S_{pk}` (:func:`embedded_covariance`) that equals :math:`\Sigma_{k,oo}` on the
+observed block and the identity on the missing block, so all patterns are factorised in
+one batched call. Each pattern's rows then go through a single matrix product that yields,
+for all components at once, the precision-weighted residuals (for the density) and the
+conditional means (for the M-step). The PyMC graph builds its likelihood from the same
+:func:`embedded_covariance`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..data import MissingData, PatternLayout
+from ..exceptions import PpgmmError
+from ..spec import Draws, Params
+from .densities import LOG_2PI
+
+__all__ = ["embedded_covariance", "PatternFactors", "pattern_factors", "EStep", "e_step",
+           "row_loglik", "responsibilities", "conditional_draws", "missing_marginals",
+           "derived_quantities"]
+
+
+def embedded_covariance(patterns: np.ndarray, sigma: Any) -> Any:
+    r""":math:`S_{pk} = (o_p o_p^T) \odot \Sigma_k + \mathrm{diag}(1 - o_p)`, shape (P, K, D, D).
+
+    ``patterns`` (P, D) holds the observed masks. ``sigma`` (K, D, D) may be a NumPy array
+    or a PyTensor tensor (only ``*`` and ``+`` are applied to it), so the EM and the PyMC
+    graph share this one expression. :math:`\log|S_{pk}| = \log|\Sigma_{k,oo}|`, and with
+    residuals zero on missing entries :math:`r^T S_{pk}^{-1} r = r_o^T \Sigma_{k,oo}^{-1} r_o`.
+    """
+    o = np.asarray(patterns, dtype=float)
+    d = o.shape[1]
+    oo = o[:, None, :, None] * o[:, None, None, :]  # (P, 1, D, D)
+    fill = (1.0 - o)[:, None, :, None] * np.eye(d)  # (P, 1, D, D)
+    return oo * sigma[None] + fill
+
+
+class PatternFactors(NamedTuple):
+    """Per (pattern, component) factors of the observed sub-covariances."""
+
+    logdet: np.ndarray  # (P, K) log|Sigma_k,oo|
+    maps: np.ndarray  # (P, D, K * D): Sigma_k,oo^-1 embedded, all components side by side
+    offsets: np.ndarray  # (P, K * D): (mu_k on o) @ Sigma_k,oo^-1
+    cond_cov: np.ndarray  # (P, K, D, D) C_pk, zero outside the missing block
+    n_obs: np.ndarray  # (P,) observed entries per pattern
+
+
+def pattern_factors(params: Params, patterns: np.ndarray) -> PatternFactors:
+    """Factorise every observed sub-covariance, batched over patterns and components."""
+    _, mu, sigma = params
+    k, d = mu.shape
+    o = patterns.astype(float)  # (P, D)
+    oo = o[:, None, :, None] * o[:, None, None, :]
+    mm = (1.0 - o)[:, None, :, None] * (1.0 - o)[:, None, None, :]
+    eye = np.eye(d)
+    try:
+        chol = np.linalg.cholesky(embedded_covariance(patterns, sigma))
+    except np.linalg.LinAlgError:
+        raise PpgmmError(
+            "a component covariance is not positive definite (a component collapsed onto too "
+            "few points); increase reg_covar, use fewer components, or rescale the data"
+        ) from None
+    logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    # the inverse Cholesky factor is the precision Cholesky (a triangular solve, batched)
+    chol_inv = np.linalg.solve(chol, np.broadcast_to(eye, chol.shape))
+    prec = np.swapaxes(chol_inv, -1, -2) @ chol_inv * oo  # Sigma_oo^-1 embedded, (P, K, D, D)
+    cond = (sigma[None] - sigma[None] @ prec @ sigma[None]) * mm
+    cond = 0.5 * (cond + np.swapaxes(cond, -1, -2))
+    maps = np.ascontiguousarray(np.moveaxis(prec, 1, 2).reshape(len(o), d, k * d))
+    offsets = np.einsum("pkd,pkde->pke", o[:, None, :] * mu[None], prec).reshape(len(o), -1)
+    return PatternFactors(logdet, maps, offsets, cond, patterns.sum(axis=1))
+
+
+def _transform(xs: np.ndarray, starts: np.ndarray, factors: PatternFactors, k: int) -> np.ndarray:
+    r"""Precision-weighted residuals :math:`v_{ik} = \Sigma_{k,oo}^{-1}(x_{i,o} - \mu_{k,o})`.
+
+    Rows are pattern-sorted; the result has shape (N, K, D), zero on missing entries.
+    """
+    n, d = xs.shape
+    out = np.empty((n, k * d))
+    for p in range(len(starts) - 1):
+        a, b = starts[p], starts[p + 1]
+        np.matmul(xs[a:b], factors.maps[p], out=out[a:b])
+        out[a:b] -= factors.offsets[p]
+    return out.reshape(n, k, d)
+
+
+class EStep(NamedTuple):
+    r"""What one E-step returns, rows in pattern-sorted order.
+
+    ``v`` holds :math:`v_{ik} = \Sigma_{k,oo}^{-1} r_{ik}` (embedded, zero on missing
+    entries). Then the Mahalanobis term is :math:`r_{ik}^T v_{ik}` and the conditional mean
+    is :math:`\hat x_{ik} = \mu_k + \Sigma_k v_{ik}`, exact on the observed entries too.
+    """
+
+    row_loglik: np.ndarray  # (N,)
+    resp: np.ndarray  # (N, K)
+    v: np.ndarray  # (N, K, D)
+    factors: PatternFactors
+
+    def deviations(self, params: Params) -> np.ndarray:
+        r""":math:`\hat x_{ik} - \mu_k = \Sigma_k v_{ik}`, shape (N, K, D)."""
+        return np.einsum("nkd,kde->nke", self.v, params.covariances)
+
+
+def e_step(params: Params, layout: PatternLayout,
+           factors: PatternFactors | None = None) -> EStep:
+    """Responsibilities and precision-weighted residuals of the pattern-sorted rows.
+
+    ``factors`` are the layout's :func:`pattern_factors`, computed here when not given.
+    """
+    w, mu, _ = params
+    k = mu.shape[0]
+    xs = layout.xs
+    f = pattern_factors(params, layout.patterns) if factors is None else factors
+    v = _transform(xs, layout.starts, f, k)
+    # r_ik . v_ik with r_ik = x0_i - mu_k on the observed entries (v is zero elsewhere)
+    quad = np.einsum("nd,nkd->nk", xs, v) - np.einsum("kd,nkd->nk", mu, v)
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w)
+    pat = layout.pat
+    log_prob = log_w - 0.5 * (f.n_obs[pat, None] * LOG_2PI + f.logdet[pat] + quad)
+    # log-sum-exp by a max shift, reusing the exponentials for the responsibilities
+    top = log_prob.max(axis=1, keepdims=True)
+    prob = np.exp(log_prob - top)
+    total = prob.sum(axis=1, keepdims=True)
+    ll = (top + np.log(total))[:, 0]
+    return EStep(ll, prob / total, v, f)
+
+
+def row_loglik(params: Params, md: MissingData) -> np.ndarray:
+    """Observed-data log-likelihood of each row of ``md``, in its original order."""
+    layout = md.layout
+    return layout.unsort(e_step(params, layout).row_loglik)
+
+
+def responsibilities(params: Params, md: MissingData) -> np.ndarray:
+    """Component membership probabilities of each row given its observed entries, (N, K)."""
+    layout = md.layout
+    return layout.unsort(e_step(params, layout).resp)
+
+
+def conditional_draws(params: Params, e: EStep, layout: PatternLayout,
+                      rng: np.random.Generator, n_draws: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""E[x | x_obs] (N, D) and ``n_draws`` predictive draws (S, N, D), in the original row order.
+
+    Each draw picks a component from the row's responsibilities and draws the missing
+    entries from their conditional normal :math:`N(\hat x_{ik,m}, C_{pk})`.
+    """
+    n, k, d = e.v.shape
+    cond_mean = params.means[None] + e.deviations(params)  # (N, K, D)
+    mean = np.einsum("nk,nkd->nd", e.resp, cond_mean)
+    o = layout.observed  # (N, D)
+    xs = layout.xs
+    # Cholesky of C_pk with the identity on the observed block
+    c = e.factors.cond_cov + (layout.patterns.astype(float)[:, None, :, None] * np.eye(d))
+    chol = np.linalg.cholesky(c)  # (P, K, D, D)
+    rows = np.flatnonzero(~o.all(axis=1))
+    out = np.empty((n_draws, n, d))
+    out[:] = xs
+    cum = np.cumsum(e.resp[rows], axis=1)
+    for s in range(n_draws):
+        u = rng.random(len(rows))[:, None]
+        comp = np.minimum((u > cum).sum(1), k - 1)
+        eps = rng.standard_normal((len(rows), d))
+        draw = cond_mean[rows, comp] + np.einsum("nde,ne->nd", chol[layout.pat[rows], comp], eps)
+        out[s, rows] = np.where(o[rows], xs[rows], draw)
+    mean = np.where(o, xs, mean)
+    return layout.unsort(mean), layout.unsort(out, axis=1)
+
+
+def missing_marginals(params: Params, md: MissingData) -> tuple[np.ndarray, ...]:
+    r"""The predictive of each missing entry at ``params``: a mixture of normals.
+
+    Returns ``(weights, means, variances)``, each (M, K) for the M missing entries in
+    ``md.missing_index`` order: the row's responsibilities :math:`r_{ik}`, and the entry's
+    conditional mean :math:`\hat x_{ik,j}` and variance :math:`(C_{pk})_{jj}` given the
+    row's observed entries under component k.
+    """
+    layout = md.layout
+    e = e_step(params, layout)
+    cond_mean = layout.unsort(params.means[None] + e.deviations(params))  # (N, K, D)
+    var = layout.unsort(np.diagonal(e.factors.cond_cov, axis1=2, axis2=3)[layout.pat])
+    rows, cols = md.missing_index
+    return layout.unsort(e.resp)[rows], cond_mean[rows, :, cols], var[rows, :, cols]
+
+
+def derived_quantities(md: MissingData, draws: Draws, rng: np.random.Generator,
+                       n_predictive: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Imputed means, predictive draws and per-row log-likelihood for every parameter draw.
+
+    Returns arrays of shapes (C, S, N, D), (C, S * n_predictive, N, D) and (C, S, N), rows
+    in the original order: for each draw :math:`\\theta^{(s)}`,
+    :math:`E[x_{mis} \\mid x_{obs}, \\theta^{(s)}]`, ``n_predictive`` draws of
+    :math:`x_{mis} \\sim p(x_{mis} \\mid x_{obs}, \\theta^{(s)})` and the observed-data
+    log-likelihood of each row.
+    """
+    layout = md.layout
+    c, s = draws.shape
+    n, d = md.n, md.d
+    imputed = np.empty((c, s, n, d))
+    predictive = np.empty((c, s, n_predictive, n, d))
+    loglik = np.empty((c, s, n))
+    complete = bool(md.observed.all())
+    for i in range(c):
+        for j in range(s):
+            p = draws.params(i, j)
+            e = e_step(p, layout)
+            loglik[i, j] = layout.unsort(e.row_loglik)
+            if complete:
+                imputed[i, j] = md.values
+                predictive[i, j] = md.values
+            else:
+                imputed[i, j], predictive[i, j] = conditional_draws(p, e, layout, rng,
+                                                                    n_predictive)
+    return imputed, predictive.reshape(c, s * n_predictive, n, d), loglik

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .backends import BACKENDS, backend_options, get
+from .checks import check_seed
 from .data import prepare
 from .exceptions import SpecError
 from .fit import Fit
@@ -29,7 +30,8 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
         NaN marks a missing entry; missing entries are marginalised exactly (MAR).
     backend : {"em", "advi", "nuts"}, default "em"
     seed : int, optional
-        Seed for everything random (initialisation, bootstrap, draws).
+        Seed for everything random (initialisation, bootstrap, draws): a non-negative
+        integer below 2**63 (it is saved with the fit), or None for fresh entropy.
     **options
         Backend options. EM: ``n_init`` (1), ``init`` ("kmeans++", "random" or parameters
         such as ``fit.point()``), ``max_iter`` (1000), ``tol`` (1e-10, on the gain in the
@@ -45,6 +47,7 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
     """
     if not isinstance(spec, GMM):
         raise SpecError(f"spec should be a ppgmm.GMM, but got {type(spec).__name__}")
+    seed = check_seed(seed)
     entry = get(backend)
     valid = entry.options()
     unknown = set(options) - valid
@@ -53,7 +56,7 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
             f"unknown option(s) {sorted(unknown)} for backend {backend!r}; valid options are "
             f"{sorted(valid)}"
         )
-    md = prepare(data, n_components=spec.n_components)
+    md = prepare(data, n_components=spec.n_components, covariance=spec.covariance)
     start = time.perf_counter()
     result: Fit = entry.load()(spec, md, seed=seed, **options)
     attrs = result.idata.posterior.attrs

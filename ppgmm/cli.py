@@ -1,13 +1,19 @@
 """The ``ppgmm`` command: ``demo``, ``fit``, ``compare`` and ``report``.
 
 Every user error (a missing file, a non-numeric column, a bad K, an unknown option) ends
-with one line on stderr, ``ppgmm: error: ...``, and exit status 2; no traceback.
+with one line on stderr, ``ppgmm: error: ...``, and exit status 2; no traceback. With
+``--strict``, a run in which some fit did not converge exits with status 3 (after saving
+and printing everything, so the results can be inspected).
+
+Exit status: 0 success, 2 user error, 3 (``--strict`` only) a fit did not converge,
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -67,13 +73,15 @@ def _positive_k(text: str) -> int:
 
 
 def _seed(text: str) -> int:
+    from .checks import SEED_LIMIT
+
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"the seed should be a non-negative integer, but got "
-                                         f"{text!r}")
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"the seed should be a non-negative integer below 2**63, but got {text!r}")
     return value
 
 
@@ -91,7 +99,8 @@ def _option(text: str) -> tuple[str, Any]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _read_csv(path: str, columns: str | None) -> Any:
+def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None,
+              decimal: str = ".") -> Any:
     import pandas as pd
 
     if not os.path.isfile(path):
@@ -99,13 +108,22 @@ def _read_csv(path: str, columns: str | None) -> Any:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             sample = fh.read(65536)
+        delimiters = ",\t;|" if decimal != "," else "\t;|"
         try:  # commas, tabs, semicolons and bars all read
-            sep = csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
+            sep = csv.Sniffer().sniff(sample, delimiters=delimiters).delimiter
         except csv.Error:  # e.g. one column: nothing to sniff
-            sep = ","
-        df = pd.read_csv(path, sep=sep)
+            sep = ";" if decimal == "," and ";" in sample else ","
+        header = next(csv.reader(io.StringIO(sample), delimiter=sep), [])
+        names = [h.strip() for h in header]
+        dup = sorted({h for h in names if names.count(h) > 1 and h})
+        if dup:
+            raise UsageError(f"the header of {path} repeats the column name(s) {dup}; column "
+                             "names should be unique")
+        df = pd.read_csv(path, sep=sep, na_values=na_values or None, decimal=decimal)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UsageError(f"could not read {path} as CSV: {err}") from None
+    if df.shape[0] == 0:
+        raise UsageError(f"{path} has a header but no data rows")
     if len(df.columns) and str(df.columns[0]).startswith("Unnamed: 0"):
         # a CSV written with its row index (pandas' default): row labels, not a feature
         df = df.set_index(df.columns[0])
@@ -120,14 +138,27 @@ def _read_csv(path: str, columns: str | None) -> Any:
                 f"column(s) {unknown} are not in {path}; its columns are {list(df.columns)}"
             )
         df = df[wanted]
-    bad = [str(c) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    bad = [str(c) for c, t in df.dtypes.items()
+           if not pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t)]
     if bad:
+        hint = ""
+        texts = [c for c, t in df[bad].dtypes.items() if not pd.api.types.is_bool_dtype(t)]
+        text = df[texts].astype(str).stack()
+        if len(texts) < len(bad):
+            hint = " (true/false values)"
+        elif decimal == "." and text.str.fullmatch(r"\s*-?\d+,\d+\s*").any():
+            hint = " (decimal commas? use --decimal ,)"
+        elif len(text):
+            odd = text[pd.to_numeric(text, errors="coerce").isna()]
+            if len(odd):
+                hint = (f" (e.g. {odd.iloc[0]!r}; if that marks a missing value, use "
+                        f"--na-values {odd.iloc[0].strip()!r})")
         raise UsageError(
-            f"column(s) {bad} of {path} are not numeric; choose numeric columns with "
+            f"column(s) {bad} of {path} are not numeric{hint}; choose numeric columns with "
             "--columns A,B,..."
         )
-    if df.shape[1] == 0 or df.shape[0] == 0:
-        raise UsageError(f"{path} has no data rows or no columns")
+    if df.shape[1] == 0:
+        raise UsageError(f"{path} has no columns")
     return df
 
 
@@ -136,6 +167,22 @@ def _check_out(path: str | None) -> None:
     folder = os.path.dirname(os.path.abspath(path)) if path else ""
     if folder and not os.path.isdir(folder):
         raise UsageError(f"cannot write {path}: the folder {folder!r} does not exist")
+
+
+def _options_help() -> str:
+    from .backends import BACKENDS, backend_options
+
+    return "; ".join(f"{b}: {', '.join(sorted(backend_options(b)))}" for b in BACKENDS)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Fills in the backends' option names only when help is shown (they need imports)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and "{backend_options}" in text:
+            text = text.replace("{backend_options}", _options_help())
+        return text
 
 
 def _backend_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +239,20 @@ def _split_options(pairs: list[tuple[str, Any]], backends: list[str]) -> dict[st
 # --------------------------------------------------------------------------- commands
 
 
+def _prior(args) -> str | None:
+    return None if getattr(args, "prior", "default") == "none" else "default"
+
+
+def _status(args, fits) -> int:
+    """0, or 3 under --strict when some fit did not converge (listed on stderr)."""
+    failed = [f"{f.backend} K={f.spec.n_components}" for f in fits if not f.converged]
+    if failed and getattr(args, "strict", False):
+        print(f"ppgmm: not converged: {', '.join(failed)} (--strict: exit status 3)",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
 def _cmd_demo(args) -> int:
     import ppgmm
     from ppgmm.datasets import load_airquality
@@ -213,20 +274,20 @@ def _cmd_demo(args) -> int:
     print(f"report: {os.path.abspath(path)}")
     print(f"fits:   {', '.join(os.path.join(args.out, f'fit_{b}.nc') for b in backends)}")
     print(f"total time {time.perf_counter() - start:.1f} s")
-    return 0
+    return _status(args, fits)
 
 
 def _cmd_fit(args) -> int:
     import ppgmm
 
     _check_out(args.out)
-    df = _read_csv(args.data, args.columns)
-    spec = ppgmm.GMM(args.k, covariance=args.covariance)
+    df = _read_csv(args.data, args.columns, args.na_values, args.decimal)
+    spec = ppgmm.GMM(args.k, covariance=args.covariance, prior=_prior(args))
     f = _fit(spec, df, args.backend, args.seed, dict(args.option or []))
     f.to_netcdf(args.out)
     print(_summary(f))
     print(f"saved: {args.out}")
-    return 0
+    return _status(args, [f])
 
 
 def _cmd_compare(args) -> int:
@@ -243,13 +304,13 @@ def _cmd_compare(args) -> int:
         )
     options = _split_options(args.option or [], backends)
     _check_out(args.report)
-    df = _read_csv(args.data, args.columns)
+    df = _read_csv(args.data, args.columns, args.na_values, args.decimal)
     truth = None
     if args.truth:
-        truth = _read_csv(args.truth, args.columns)
+        truth = _read_csv(args.truth, args.columns, args.na_values, args.decimal)
     fits = []
     for k in args.k:
-        spec = ppgmm.GMM(k, covariance=args.covariance)
+        spec = ppgmm.GMM(k, covariance=args.covariance, prior=_prior(args))
         first = None
         for b in backends:
             fits.append(_fit(spec, df, b, args.seed, options[b], reference=first))
@@ -264,9 +325,15 @@ def _cmd_compare(args) -> int:
         print(cmp.convergence.to_string(index=False))
         if cmp.imputation_scores is not None:
             print(cmp.imputation_scores.query("feature == 'all'").to_string(index=False))
+        if cmp.model_comparison is not None:
+            print("\nmodel comparison (BIC: smaller is better; LOO elpd: larger is better; "
+                  "rank 0 is best within each backend)")
+            mc = cmp.model_comparison.merge(
+                cmp.convergence[["label", "converged"]], on="label", how="left")
+            print(mc.to_string(index=False))
     if args.report:
         print(f"report: {os.path.abspath(cmp.report(args.report))}")
-    return 0
+    return _status(args, fits)
 
 
 def _cmd_report(args) -> int:
@@ -274,7 +341,8 @@ def _cmd_report(args) -> int:
 
     _check_out(args.out)
     fits = [ppgmm.load(path) for path in args.fits]
-    truth = _read_csv(args.truth, None) if args.truth else None
+    truth = (_read_csv(args.truth, None, args.na_values, args.decimal) if args.truth
+             else None)
     cmp = ppgmm.compare(fits, truth=truth)
     print(f"report: {os.path.abspath(cmp.report(args.out))}")
     return 0
@@ -285,18 +353,34 @@ def _cmd_report(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ppgmm`` command."""
+    from . import __version__
     from .backends import BACKENDS
     from .spec import COVARIANCE_TYPES
 
     p = _Parser(prog="ppgmm", description=(
         "Fit Gaussian mixtures to data with missing values by EM, ADVI and NUTS, and compare."
-    ))
+    ), epilog="Exit status: 0 success, 2 user error, 3 a fit did not converge (--strict only).")
+    p.add_argument("--version", action="version", version=f"ppgmm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+
+    def strict_arg(q):
+        q.add_argument("--strict", action="store_true",
+                       help="exit with status 3 when any fit did not converge (EM or ADVI "
+                            "criterion, NUTS R-hat/ESS/divergence checks)")
+
+    def csv_args(q):
+        q.add_argument("--na-values", metavar="TOKEN", action="append",
+                       help="also read TOKEN as missing, e.g. --na-values ? (repeatable; empty "
+                            "cells and NA are always missing)")
+        q.add_argument("--decimal", default=".", choices=[".", ","], metavar="{.|,}",
+                       help="decimal separator (default .; with , columns are separated by "
+                            "; or tabs)")
 
     d = sub.add_parser("demo", help="fit EM, ADVI and NUTS on airquality and write a report")
     d.add_argument("--out", default="ppgmm-demo", help="output folder (default ppgmm-demo)")
     d.add_argument("--seed", type=_seed, default=0)
+    strict_arg(d)
     d.set_defaults(run=_cmd_demo)
 
     def data_args(q):
@@ -304,26 +388,35 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--columns", help="comma-separated columns to model (default all)")
         q.add_argument("--covariance", default="full",
                        choices=list(COVARIANCE_TYPES))
+        q.add_argument("--prior", default="default", choices=["default", "none"],
+                       help="default: Fraley & Raftery's conjugate prior (MAP for EM); none: "
+                            "maximum likelihood for EM (ADVI and NUTS then use the default)")
         q.add_argument("--seed", type=_seed, default=0)
+        csv_args(q)
+        strict_arg(q)
 
-    f = sub.add_parser("fit", help="fit one backend and save the fit as netCDF")
+    f = sub.add_parser("fit", help="fit one backend and save the fit as netCDF",
+                       formatter_class=_Formatter)
     data_args(f)
     f.add_argument("-k", type=_positive_k, required=True, metavar="K",
                    help="number of components")
     f.add_argument("--backend", default="em", choices=list(BACKENDS))
     f.add_argument("-o", "--option", type=_option, action="append", metavar="KEY=VALUE",
-                   help="backend option, e.g. -o n_init=5 (repeatable)")
+                   help="backend option, e.g. -o n_init=5 (repeatable; values are read as "
+                        "JSON). Options: {backend_options}")
     f.add_argument("--out", required=True, metavar="FIT.nc")
     f.set_defaults(run=_cmd_fit)
 
-    c = sub.add_parser("compare", help="fit several backends (and K) and compare them")
+    c = sub.add_parser("compare", help="fit several backends (and K) and compare them",
+                       formatter_class=_Formatter)
     data_args(c)
     c.add_argument("-k", type=_k_list, required=True, metavar="K",
                    help="number of components, or a list such as 2,3 to compare K")
     c.add_argument("--backends", default="em,advi,nuts",
                    help="comma-separated backends (default em,advi,nuts)")
     c.add_argument("-o", "--option", type=_option, action="append",
-                   metavar="BACKEND.KEY=VALUE", help="e.g. -o nuts.draws=500 (repeatable)")
+                   metavar="BACKEND.KEY=VALUE",
+                   help="e.g. -o nuts.draws=500 (repeatable). Options: {backend_options}")
     c.add_argument("--truth", metavar="TRUTH.csv",
                    help="the complete data, to score the imputations")
     c.add_argument("--report", metavar="report.html", help="write the HTML report here")
@@ -335,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, metavar="report.html")
     r.add_argument("--truth", metavar="TRUTH.csv",
                    help="the complete data, to score the imputations")
+    csv_args(r)
     r.set_defaults(run=_cmd_report)
     return p
 
@@ -351,7 +445,8 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``ppgmm`` command; returns the exit status (0 ok, 2 user error)."""
+    """Run the ``ppgmm`` command; returns the exit status (0 ok, 2 user error, 3 a fit did
+    not converge under ``--strict``)."""
     from .exceptions import PpgmmError
 
     try:

@@ -6,6 +6,8 @@ This module is the one owner of missingness patterns. Every backend reads a
 
 from __future__ import annotations
 
+import numbers
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .exceptions import DataError
+from .exceptions import DataError, DataTypeError
 
 __all__ = ["MissingData", "PatternLayout", "prepare"]
 
@@ -91,10 +93,10 @@ class MissingData:
         Pattern of each row.
     order, starts : ndarray of int
         Row permutation grouping rows by pattern, and the segment boundaries (length p + 1).
-    input_kind : {"ndarray", "DataFrame", "DataArray"}
+    input_kind : {"ndarray", "DataFrame", "DataArray", "Dataset"}
         The type the data came in, so imputations are returned in the same type.
     index_name : str, optional
-        The DataFrame index's name, kept for imputations.
+        The DataFrame index's name (a Dataset's row dim), kept for imputations.
     dropped : tuple of int
         Positions, in the input, of the rows dropped for having no observed entry.
     """
@@ -191,72 +193,274 @@ class MissingData:
                 dims=("obs", "feature"),
                 coords={"obs": self.obs_names, "feature": self.feature_names},
             )
+        if self.input_kind == "Dataset":
+            dim = self.index_name or "obs"
+            return xr.Dataset({f: (dim, values[:, j]) for j, f in enumerate(self.feature_names)},
+                              coords={dim: self.obs_names})
         return values
 
 
-def _to_array(data: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
+_TEXT_ADVICE = (
+    "ppgmm does not parse text: convert numbers stored as text first (pd.to_numeric(df[col]) "
+    "or x.astype(float)), and drop or encode other columns (e.g. df.select_dtypes('number'))"
+)
+_RESHAPE = (
+    "Reshape your data with x.reshape(-1, 1) if it has a single feature, or x.reshape(1, -1) if "
+    "it is a single row"
+)
+
+
+def _not_numeric(names: list, why: str) -> DataTypeError:
+    return DataTypeError(
+        f"column(s) {names} are not numeric ({why}); ppgmm models numeric features only. "
+        f"{_TEXT_ADVICE}."
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
+def _object_column(col: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """An object column as floats (None and pd.NA as NaN), or None and why it is not numeric."""
+    out = np.empty(len(col))
+    for i, v in enumerate(col):
+        if _is_missing(v):
+            out[i] = np.nan
+        elif _is_number(v):
+            out[i] = float(v)
+        elif isinstance(v, str | bytes):
+            return None, f"they hold text such as {v!r}"
+        else:
+            try:  # float()'s own wording, e.g. "argument must be a string or a real number"
+                float(v)
+            except (TypeError, ValueError) as err:
+                return None, f"they hold {type(v).__name__} values: {err}"
+            return None, f"they hold {type(v).__name__} values"
+    return out, ""
+
+
+def _object_to_float(arr: np.ndarray, names: list) -> np.ndarray:
+    """A 2-D object array of numbers and None/pd.NA as floats, or a DataTypeError."""
+    cols, bad, why = [], [], ""
+    for j in range(arr.shape[1]):
+        col, reason = _object_column(arr[:, j])
+        if col is None:
+            bad.append(names[j])
+            why = why or reason
+        else:
+            cols.append(col)
+    if bad:
+        raise _not_numeric(bad, why)
+    return np.column_stack(cols) if cols else np.empty(arr.shape, dtype=float)
+
+
+def _frame(data: pd.DataFrame) -> np.ndarray:
+    cols, bad, why = [], [], ""
+    for j, (name, dtype) in enumerate(data.dtypes.items()):
+        # by position, not data[name]: with duplicate names data[name] is a DataFrame
+        series = data.iloc[:, j]
+        if pd.api.types.is_bool_dtype(dtype):
+            bad.append(name)
+            why = why or "booleans"
+        elif pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype):
+            cols.append(series.to_numpy(dtype=float, na_value=np.nan))
+        elif pd.api.types.is_complex_dtype(dtype):
+            raise DataError(f"Complex data not supported: column {name!r} holds complex numbers; "
+                            "data should be real-valued")
+        elif pd.api.types.is_object_dtype(dtype):
+            col, reason = _object_column(series.to_numpy())
+            if col is None:
+                bad.append(name)
+                why = why or reason
+            else:
+                cols.append(col)
+        else:
+            bad.append(name)
+            why = why or f"dtype {dtype}"
+    if bad:
+        raise _not_numeric(sorted({str(b) for b in bad}), why)
+    if not cols:
+        return np.empty((len(data), 0))
+    return np.column_stack(cols)
+
+
+def _dataarray(data: xr.DataArray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    if data.ndim != 2:
+        raise DataError(
+            f"data should be 2-D (obs, feature), but got a DataArray with dims {data.dims}"
+        )
+    if set(data.dims) != {"obs", "feature"}:
+        hint = ""
+        if data.ndim == 2:
+            a, b = data.dims
+            hint = (f"; name them, e.g. da.rename({{{str(a)!r}: 'obs', {str(b)!r}: 'feature'}}) "
+                    "if rows run along the first")
+        raise DataError(
+            f"a DataArray should have the dims ('obs', 'feature') in either order, but got "
+            f"{data.dims}: ppgmm does not guess which dim holds the rows{hint}"
+        )
+    data = data.transpose("obs", "feature")
+    values = _numeric(data.values, ["x"])
+    feats = ([str(f) for f in data["feature"].values] if "feature" in data.coords
+             else [f"x{j}" for j in range(values.shape[1])])
+    obs = data["obs"].values if "obs" in data.coords else np.arange(values.shape[0])
+    return values, feats, np.asarray(obs)
+
+
+def _dataset(data: xr.Dataset) -> tuple[np.ndarray, list[str], np.ndarray, str]:
+    dims = {v.dims for v in data.data_vars.values()}
+    if not data.data_vars or len(dims) != 1 or len(next(iter(dims))) != 1:
+        raise DataError(
+            "a Dataset is read with one variable per feature, each 1-D along one shared row "
+            f"dim, but got variables with dims {sorted(map(str, dims))}; select the variables, "
+            "or pass a DataArray with dims ('obs', 'feature')"
+        )
+    (dim,) = next(iter(dims))
+    feats = [str(n) for n in data.data_vars]
+    cols = [_numeric(np.asarray(data[n].values)[:, None], [n]) for n in data.data_vars]
+    obs = data[dim].values if dim in data.coords else np.arange(data.sizes[dim])
+    return np.column_stack(cols), feats, np.asarray(obs), str(dim)
+
+
+def _to_array(data: Any) -> tuple[np.ndarray, list[str], np.ndarray, str, str | None]:
+    """Values (n, d) with NaN where missing, feature names, row labels, kind, index name."""
+    import scipy.sparse
+
+    if scipy.sparse.issparse(data):
+        raise DataError(
+            "sparse input is not supported: ppgmm marks missing entries with NaN, while a sparse "
+            "matrix's absent entries are zeros. Densify it with X.toarray(), with NaN where "
+            "entries are missing"
+        )
+    if isinstance(data, str | bytes | os.PathLike):
+        raise DataError(
+            f"data should be an array or a table, not a file name ({data!r}); read the file first "
+            "(e.g. pd.read_csv(path)), or use the ppgmm command line"
+        )
+    if isinstance(data, pd.Series):
+        raise DataError(
+            f"data should have the shape (n_samples, n_features), but got a pandas Series of "
+            f"length {len(data)}. Reshape your data with s.to_frame() if it is a single feature"
+        )
     if isinstance(data, pd.DataFrame):
-        # by dtype, not data[c]: with duplicate column names data[c] is a DataFrame
-        bad = [
-            str(c) for c, t in data.dtypes.items()
-            if not pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t)
-        ]
-        if bad:
-            raise DataError(
-                f"column(s) {sorted(set(bad))} are not numeric; ppgmm models numeric features "
-                "only. Drop or encode them first (e.g. df.select_dtypes('number'))."
-            )
-        values = data.to_numpy(dtype=float, na_value=np.nan)
-        return values, [str(c) for c in data.columns], np.asarray(data.index), "DataFrame"
+        name = data.index.name
+        return (_frame(data), [str(c) for c in data.columns], np.asarray(data.index),
+                "DataFrame", None if name is None else str(name))
     if isinstance(data, xr.DataArray):
-        if data.ndim != 2:
+        return (*_dataarray(data), "DataArray", None)
+    if isinstance(data, xr.Dataset):
+        values, feats, obs, dim = _dataset(data)
+        return values, feats, obs, "Dataset", dim
+    if isinstance(data, np.ma.MaskedArray):
+        mask = np.ma.getmaskarray(data)
+        arr = np.asarray(np.ma.getdata(data))
+        if arr.dtype.kind in "biuf":  # masked entries are missing
+            arr = np.where(mask, np.nan, arr.astype(float))
+        elif arr.dtype == object:
+            arr = arr.copy()
+            arr[mask] = None
+    else:
+        try:
+            arr = np.asarray(data)
+        except (ValueError, TypeError) as err:  # e.g. rows of different lengths
             raise DataError(
-                f"data should be 2-D (obs, feature), but got a DataArray with dims {data.dims}"
-            )
-        if set(data.dims) == {"obs", "feature"}:
-            data = data.transpose("obs", "feature")
-        values = _numeric(data.values)
-        obs_dim, feat_dim = data.dims
-        feats = (
-            [str(f) for f in data[feat_dim].values]
-            if feat_dim in data.coords
-            else [f"x{j}" for j in range(values.shape[1])]
-        )
-        obs = data[obs_dim].values if obs_dim in data.coords else np.arange(values.shape[0])
-        return values, feats, np.asarray(obs), "DataArray"
-    values = _numeric(np.asarray(data))
-    if values.ndim != 2:
-        raise DataError(
-            f"data should have the shape (n_samples, n_features), but got an array of shape "
-            f"{values.shape}; reshape a single feature with x.reshape(-1, 1)."
-        )
-    return values, [f"x{j}" for j in range(values.shape[1])], np.arange(values.shape[0]), "ndarray"
+                f"data could not be read as a 2-D array of numbers ({err}); give rows of equal "
+                "length, or a DataFrame"
+            ) from None
+    if arr.dtype.names:  # a structured (record) array: one field per feature
+        if arr.ndim != 1:
+            raise DataError(f"a structured array should be 1-D (one record per row), but got "
+                            f"shape {arr.shape}")
+        feats = [str(n) for n in arr.dtype.names]
+        values = np.column_stack([_numeric(np.asarray(arr[n])[:, None], [n]) for n in feats])
+        return values, feats, np.arange(len(arr)), "ndarray", None
+    values = _numeric(arr, None)
+    return values, [f"x{j}" for j in range(values.shape[1])], np.arange(values.shape[0]), \
+        "ndarray", None
 
 
-def _numeric(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == bool or not (
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == object
-    ):
-        raise DataError(f"data should be numeric, but got dtype {arr.dtype}")
+def _numeric(arr: np.ndarray, names: list | None) -> np.ndarray:
+    """A 2-D array as floats, or a DataError naming what is wrong."""
     if arr.ndim != 2:
+        got = (f"an array of shape {arr.shape}" if arr.ndim
+               else f"a 0-d array (from {type(arr.item()).__name__ if arr.size else 'nothing'})")
         raise DataError(
-            f"data should have the shape (n_samples, n_features), but got an array of shape "
-            f"{arr.shape}; reshape a single feature with x.reshape(-1, 1)."
+            f"data should have the shape (n_samples, n_features), but got {got}. {_RESHAPE}."
         )
+    names = list(range(arr.shape[1])) if names is None else names
     if np.iscomplexobj(arr):
-        raise DataError("data should be real-valued, but got complex numbers")
-    try:
+        raise DataError("Complex data not supported: data should be real-valued, but got "
+                        "complex numbers")
+    kind = arr.dtype.kind
+    if kind in "iuf":
         return arr.astype(float)
-    except (TypeError, ValueError):
-        bad = []
-        for j in range(arr.shape[1]):
-            try:
-                arr[:, j].astype(float)
-            except (TypeError, ValueError):
-                bad.append(j)
-        raise DataError(
-            f"column(s) {bad} are not numeric; ppgmm models numeric features only"
-        ) from None
+    if kind == "b":
+        raise _not_numeric(names, "booleans")
+    if kind in "USa":
+        raise _not_numeric(names, f"they hold text (dtype {arr.dtype})")
+    if kind == "O":
+        return _object_to_float(arr, names)
+    raise _not_numeric(names, f"dtype {arr.dtype}")
+
+
+#: data whose squares and products leave float64's range cannot be fitted; beyond these
+#: magnitudes the user is asked to rescale (squares reach 1e200 or 1e-200, with room left
+#: for sums over rows and products of several entries)
+_LARGEST, _SMALLEST_SPREAD = 1e100, 1e-100
+
+
+def _check_scale(values: np.ndarray, feats: list[str], *, fitting: bool) -> None:
+    with np.errstate(invalid="ignore"):
+        big = np.nanmax(np.abs(values), axis=0, initial=0.0)
+        spread = np.nanmax(values, axis=0, initial=-np.inf) - np.nanmin(values, axis=0,
+                                                                         initial=np.inf)
+    fix = ("rescale the columns first, e.g. (x - x.mean()) / x.std() or by a power of ten; "
+           "squares and products of the values must stay within float64's range (about "
+           "1e-300 to 1e300)")
+    if (big > _LARGEST).any():
+        j = int(np.argmax(big))
+        raise DataError(f"column {feats[j]!r} reaches {big[j]:.3g}, too large to model in float64: "
+                        f"{fix}")
+    tiny = (spread > 0) & (spread < _SMALLEST_SPREAD)
+    if fitting and tiny.any():
+        j = int(np.flatnonzero(tiny)[0])
+        raise DataError(f"column {feats[j]!r} varies only by {spread[j]:.3g}, too little to model "
+                        f"in float64: {fix}")
+
+
+def _check_support(values: np.ndarray, feats: list[str], n_components: int,
+                   covariance: str | None) -> None:
+    """Warnings for fits the data cannot support: sparse columns, too few distinct rows."""
+    n, d = values.shape
+    counts = (~np.isnan(values)).sum(axis=0)
+    few = [(feats[j], int(c)) for j, c in enumerate(counts) if c < d + 1 or c < 0.05 * n]
+    if few and n > 1:
+        listed = ", ".join(f"{f!r} in {c}" for f, c in few)
+        warnings.warn(
+            f"column(s) observed in very few of the {n} rows ({listed}): their means and "
+            "covariances rest on those rows alone (the EM may converge slowly or not at all). "
+            "Drop such columns, or collect more data",
+            UserWarning, stacklevel=4,
+        )
+    if n_components < 2 and covariance is None:
+        return
+    # rows are compared with NaN as a value of its own
+    distinct = len(np.unique(np.where(np.isnan(values), np.inf, values), axis=0))
+    per = {"full": d + 1, "tied": 1, "diag": 2, "spherical": 2}.get(covariance or "", 2)
+    need = n_components * per + (d if covariance == "tied" else 0)
+    if n_components >= 2 and distinct < need:
+        warnings.warn(
+            f"the data have {distinct} distinct rows, fewer than the {need} that "
+            f"{n_components} components with {covariance or 'their'} covariances need: "
+            "components may sit on single points (a degenerate fit, whatever 'converged' says). "
+            "Use fewer components, covariance='diag' or 'tied', or the default prior",
+            UserWarning, stacklevel=4,
+        )
 
 
 def prepare(
@@ -265,32 +469,45 @@ def prepare(
     n_components: int | None = None,
     feature_names: list[str] | None = None,
     drop_empty: bool = True,
+    covariance: str | None = None,
+    fitted_by: str = "the model",
 ) -> MissingData:
     """Validate ``data`` and group its rows by missingness pattern.
 
     Parameters
     ----------
-    data : ndarray, pandas.DataFrame or xarray.DataArray, shape (n, d)
-        NaN (or pandas NA) marks a missing entry.
+    data : array-like of shape (n, d)
+        A NumPy array (a masked array's masked entries are missing), a list of rows, a
+        pandas DataFrame (NaN, None and pd.NA are missing; object columns of numbers are
+        read as numbers), an xarray DataArray with dims ("obs", "feature") in either order,
+        or an xarray Dataset with one 1-D variable per feature. NaN marks a missing entry.
+        Text is never parsed as numbers; sparse matrices are refused.
     n_components : int, optional
-        When given, at least this many usable rows are required.
+        When given (at fit time), at least this many usable rows are required, and
+        warnings flag columns observed in very few rows and data with too few distinct
+        rows for the model.
     feature_names : list of str, optional
         Expected features (for new data given to a fitted model). A DataFrame is
         reordered to them by name; other inputs must have this many columns.
     drop_empty : bool, default True
         Drop rows with no observed entry, with a warning saying how many. New data
         passed for prediction keeps them (``False``): such rows get the prior weights.
+    covariance : str, optional
+        The model's covariance type, for the distinct-rows warning.
+    fitted_by : str, default "the model"
+        Named in the error for new data with the wrong number of features.
 
     Raises
     ------
     DataError
-        For non-numeric columns, infinite values, a column with no observed value,
+        For non-numeric columns (a :class:`~ppgmm.exceptions.DataTypeError`), infinite
+        values, values beyond float64's comfortable range, a column with no observed value,
         fewer usable rows than components, or data that is not 2-D.
     """
-    values, feats, obs, kind = _to_array(data)
+    values, feats, obs, kind, index_name = _to_array(data)
     if feature_names is not None:
         generic = list(feature_names) == [f"x{j}" for j in range(len(feature_names))]
-        if kind != "ndarray" and set(feature_names) <= set(feats):
+        if kind not in ("ndarray",) and set(feature_names) <= set(feats):
             cols = [feats.index(f) for f in feature_names]
             values, feats = values[:, cols], list(feature_names)
         elif kind != "ndarray" and not generic:
@@ -303,15 +520,22 @@ def prepare(
             )
         elif values.shape[1] != len(feature_names):
             raise DataError(
-                f"data should have the {len(feature_names)} features {feature_names} the model "
-                f"was fitted on, but got {values.shape[1]} columns"
+                f"X has {values.shape[1]} features, but {fitted_by} is expecting "
+                f"{len(feature_names)} features as input (the features {list(feature_names)} "
+                "it was fitted on)"
             )
         else:
             feats = list(feature_names)
     if values.shape[1] == 0:
-        raise DataError("data should have at least one feature, but got 0 columns")
+        raise DataError(
+            f"data should have at least one feature, but found 0 feature(s) "
+            f"(shape={values.shape}) while a minimum of 1 is required."
+        )
     if values.shape[0] == 0:
-        raise DataError("data should have at least one row, but got 0 rows")
+        raise DataError(
+            f"data should have at least one row, but found 0 sample(s) (shape={values.shape}) "
+            "while a minimum of 1 is required."
+        )
     if np.isinf(values).any():
         rows, cols = np.nonzero(np.isinf(values))
         raise DataError(
@@ -320,6 +544,7 @@ def prepare(
         )
     if len(set(feats)) != len(feats):
         raise DataError(f"feature names should be unique, but got {feats}")
+    _check_scale(values, feats, fitting=n_components is not None)
     dropped: tuple[int, ...] = ()
     if drop_empty:
         empty = np.isnan(values).all(axis=1)
@@ -343,6 +568,6 @@ def prepare(
             f"data should have at least n_components={n_components} usable rows, but got "
             f"{values.shape[0]}; use fewer components or more data"
         )
-    index_name = data.index.name if kind == "DataFrame" else None
-    index_name = None if index_name is None else str(index_name)
+    if n_components is not None:
+        _check_support(values, feats, n_components, covariance)
     return MissingData.from_arrays(values, feats, obs, kind, index_name, dropped)

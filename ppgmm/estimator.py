@@ -1,17 +1,29 @@
-"""A scikit-learn-style estimator over the EM backend that accepts NaN."""
+"""A scikit-learn estimator over the EM backend that accepts NaN.
+
+This module imports scikit-learn (its base classes make the estimator work in pipelines,
+grid searches and ``check_estimator``); ``ppgmm.GaussianMixture`` imports it on first use,
+so ``import ppgmm`` does not need scikit-learn.
+"""
 
 from __future__ import annotations
 
-import inspect
+import warnings
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.exceptions import NotFittedError
 
+from .checks import SEED_LIMIT, check_seed
 from .data import prepare
 from .exceptions import SpecError
 from .spec import GMM, Params
 
 __all__ = ["GaussianMixture"]
+
+#: scikit-learn's init_params spellings -> ppgmm's EM start
+_INIT = {"kmeans": "kmeans++", "k-means++": "kmeans++", "kmeans++": "kmeans++",
+         "random": "random"}
 
 
 def _to_type(cov: np.ndarray, covariance: str) -> np.ndarray:
@@ -37,7 +49,7 @@ def _from_type(a: np.ndarray, covariance: str, k: int, d: int) -> np.ndarray:
     return a
 
 
-class GaussianMixture:
+class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM with missing entries (NaN) marginalised exactly.
 
     Mirrors :class:`sklearn.mixture.GaussianMixture`: same parameters, attributes and
@@ -46,6 +58,9 @@ class GaussianMixture:
     is the score before that last step), so from the same start on complete data both
     return the same fit to rounding. It adds ``prior`` for MAP estimation. Fitted state
     lives in trailing-underscore attributes; ``fit_`` holds the full :class:`ppgmm.Fit`.
+    It is a scikit-learn estimator (tagged ``allow_nan``): it works in pipelines,
+    ``GridSearchCV`` and ``cross_val_score`` (scored by the mean log-likelihood per row),
+    and passes ``sklearn.utils.estimator_checks.check_estimator``.
 
     Parameters
     ----------
@@ -55,12 +70,31 @@ class GaussianMixture:
     reg_covar : float, default 1e-6
     max_iter : int, default 100
     n_init : int, default 1
-    init_params : {"kmeans++", "random"}, default "kmeans++"
+    init_params : {"kmeans", "k-means++", "kmeans++", "random"}, default "kmeans"
+        "random" starts from random responsibilities. The three k-means spellings all
+        start from k-means (Lloyd's iterations seeded by k-means++) on the mean-imputed,
+        standardised data, which is what scikit-learn's default "kmeans" does on complete
+        data; scikit-learn's "k-means++" takes the seeds alone.
     weights_init, means_init, precisions_init : array-like, optional
         Starting values in scikit-learn's shapes; missing ones come from ``init_params``.
     prior : None, "default" or ppgmm.Prior, default None
         None gives the MLE; "default" the MAP under Fraley & Raftery's prior.
-    random_state : int, optional
+    random_state : int, numpy Generator or RandomState, optional
+        An int in [0, 2**63) seeds every fit identically; a Generator or RandomState gives
+        each fit a seed drawn from it (so refits differ), as in scikit-learn.
+
+    Attributes
+    ----------
+    weights_, means_, covariances_, precisions_ : ndarray
+        In scikit-learn's per-type shapes.
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+    lower_bounds_ : list of float
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when fitted on a DataFrame whose column names are all strings.
+    fit_ : ppgmm.Fit
     """
 
     def __init__(
@@ -72,12 +106,12 @@ class GaussianMixture:
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
-        init_params: str = "kmeans++",
+        init_params: str = "kmeans",
         weights_init: Any = None,
         means_init: Any = None,
         precisions_init: Any = None,
         prior: Any = None,
-        random_state: int | None = None,
+        random_state: Any = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -93,35 +127,48 @@ class GaussianMixture:
         self.random_state = random_state
 
     # ------------------------------------------------------------------ sklearn protocol
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Constructor parameters (scikit-learn protocol)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names}
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def _more_tags(self) -> dict[str, Any]:  # scikit-learn < 1.6
+        return {"allow_nan": True}
 
     def set_params(self, **params: Any) -> GaussianMixture:
-        """Set constructor parameters (scikit-learn protocol)."""
-        valid = self.get_params()
-        for key, value in params.items():
-            if key not in valid:
-                raise SpecError(f"unknown parameter {key!r}; valid parameters are {sorted(valid)}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        default = type(self)().get_params()
-        changed = {k: v for k, v in self.get_params().items() if v is not default[k]}
-        return f"GaussianMixture({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+        """Set constructor parameters (scikit-learn protocol; nested keys pass through)."""
+        valid = self.get_params(deep=False)
+        unknown = [k for k in params if k.partition("__")[0] not in valid]
+        if unknown:
+            raise SpecError(f"unknown parameter {unknown[0]!r}; valid parameters are "
+                            f"{sorted(valid)}")
+        return super().set_params(**params)
 
     # ------------------------------------------------------------------ fitting
-    def _init(self, spec: GMM, x: Any) -> Any:
+    def _seed(self) -> int | None:
+        """An int seed for this fit: the int given, or one drawn from a Generator/RandomState."""
+        rs = check_seed(self.random_state, "random_state", generators=True)
+        if isinstance(rs, np.random.Generator):
+            return int(rs.integers(SEED_LIMIT))
+        if isinstance(rs, np.random.RandomState):
+            return int(rs.randint(np.iinfo(np.int32).max))
+        return rs
+
+    def _init(self, spec: GMM, x: Any, seed: int | None) -> Any:
+        init = _INIT.get(self.init_params) if isinstance(self.init_params, str) else None
+        if init is None:
+            raise SpecError(f"init_params should be one of {sorted(_INIT)}, but got "
+                            f"{self.init_params!r}")
         given = (self.weights_init, self.means_init, self.precisions_init)
         if all(g is None for g in given):
-            return self.init_params
+            return init
         from .backends.em import initial_params
 
-        md = prepare(x, n_components=spec.n_components)
-        rng = np.random.default_rng(self.random_state)
-        base = initial_params(spec, md, self.init_params, rng, self.reg_covar)
+        with warnings.catch_warnings():  # fit() validates the data again, with its warnings
+            warnings.simplefilter("ignore")
+            md = prepare(x, n_components=spec.n_components)
+        rng = np.random.default_rng(seed)
+        base = initial_params(spec, md, init, rng, self.reg_covar)
         w = base.weights if self.weights_init is None else np.asarray(self.weights_init, float)
         mu = base.means if self.means_init is None else np.asarray(self.means_init, float)
         if self.precisions_init is None:
@@ -136,11 +183,13 @@ class GaussianMixture:
         from .api import fit
 
         spec = GMM(self.n_components, self.covariance_type, self.prior)
+        seed = self._seed()
         result = fit(
-            spec, X, backend="em", seed=self.random_state, n_init=self.n_init,
-            init=self._init(spec, X), max_iter=self.max_iter, tol=self.tol,
+            spec, X, backend="em", seed=seed, n_init=self.n_init,
+            init=self._init(spec, X, seed), max_iter=self.max_iter, tol=self.tol,
             reg_covar=self.reg_covar, imputation_draws=0, stop="sklearn",
         )
+        result._fitted_by = type(self).__name__
         self.fit_ = result
         w, mu, cov = result.params
         self.weights_ = w
@@ -155,6 +204,11 @@ class GaussianMixture:
         self.lower_bounds_ = list(trace[:-1]) if len(trace) > 1 else list(trace)
         self.lower_bound_ = float(self.lower_bounds_[-1])
         self.n_features_in_ = result.data.d
+        columns = getattr(X, "columns", None)
+        if columns is not None and all(isinstance(c, str) for c in columns):
+            self.feature_names_in_ = np.asarray(list(columns), dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         return self
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
@@ -163,7 +217,10 @@ class GaussianMixture:
 
     def _fitted(self):
         if not hasattr(self, "fit_"):
-            raise AttributeError("this GaussianMixture is not fitted yet; call fit(X) first")
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
         return self.fit_
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -201,5 +258,5 @@ class GaussianMixture:
         from .simulate import simulate
 
         data, truth = simulate(self._fitted().params, n_samples, missing=0.0,
-                               seed=self.random_state)
+                               seed=self._seed())
         return data, truth.labels

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["PpgmmError", "DataError", "SpecError", "ConvergenceWarning", "ObjectiveDecreaseError"]
+__all__ = [
+    "PpgmmError", "DataError", "DataTypeError", "SpecError", "ConvergenceWarning",
+    "ObjectiveDecreaseError",
+]
 
 
 class PpgmmError(ValueError):
@@ -11,6 +14,13 @@ class PpgmmError(ValueError):
 
 class DataError(PpgmmError):
     """The data cannot be modelled as given (non-numeric, inf, empty column, too few rows)."""
+
+
+class DataTypeError(DataError, TypeError):
+    """Some columns hold values that are not numbers (text, booleans, dates, objects).
+
+    Both a :class:`DataError` and a ``TypeError``, as scikit-learn expects for such input.
+    """
 
 
 class SpecError(PpgmmError):

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .checks import check_seed
 from .data import MissingData, prepare
 from .exceptions import DataError
 from .numerics.patterns import conditional_draws, e_step, responsibilities, row_loglik
@@ -162,6 +163,8 @@ class Fit:
     """
 
     idata: Any
+    #: named in the error for new data with the wrong number of features (not a field)
+    _fitted_by = "this fit"
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -246,7 +249,8 @@ class Fit:
     def _data_or(self, data: Any) -> MissingData:
         if data is None:
             return self.data
-        return prepare(data, feature_names=self.feature_names, drop_empty=False)
+        return prepare(data, feature_names=self.feature_names, drop_empty=False,
+                       fitted_by=self._fitted_by)
 
     def predict_proba(self, data: Any = None) -> np.ndarray:
         """Component membership probabilities given each row's observed entries."""
@@ -277,6 +281,7 @@ class Fit:
         -------
         Same type as the input (ndarray, DataFrame or DataArray), or a list of them.
         """
+        seed = check_seed(seed)
         md = self._data_or(data)
         if data is None and draws is None and "estimate" not in self.idata.groups():
             mean = self.idata.posterior["imputed_mean"].mean(("chain", "draw")).values
@@ -306,8 +311,16 @@ class Fit:
 
     # ------------------------------------------------------------------ i/o
     def to_netcdf(self, path: str) -> str:
-        """Write every group to one netCDF file; :func:`ppgmm.load` reads it back unchanged."""
-        return self.idata.to_netcdf(str(path))
+        """Write every group to one netCDF file; :func:`ppgmm.load` reads it back unchanged.
+
+        The write is atomic: the file appears whole or not at all (a failed write leaves
+        an existing file as it was), and saving over the file the fit was loaded from works.
+        """
+        from .io import atomic_write
+
+        with atomic_write(path) as tmp:
+            self.idata.to_netcdf(tmp)
+        return str(path)
 
     def to_datatree(self) -> xr.DataTree:
         """The same groups as an ``xarray.DataTree`` (the ArviZ 1.x layout)."""
@@ -330,6 +343,13 @@ def load(path: str) -> Fit:
         raise FileNotFoundError(f"no such file: {str(path)!r}")
     try:
         idata = az.from_netcdf(str(path))
+        # read every group into memory and close the file, so the fit does not hold it
+        # open (saving over the file it came from must work)
+        for group in idata.groups():
+            ds = idata[group]
+            loaded = ds.load()
+            ds.close()
+            setattr(idata, group, loaded)
     except (OSError, ValueError) as err:
         raise DataError(f"{path} is not a netCDF file saved by ppgmm ({err})") from None
     groups = set(idata.groups())

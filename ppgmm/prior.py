@@ -23,7 +23,8 @@ from .spec import GMM, ResolvedPrior
 __all__ = ["resolve_prior", "data_moments"]
 
 
-def data_moments(md: MissingData) -> tuple[np.ndarray, np.ndarray]:
+def data_moments(md: MissingData, covariance: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Column means and sample covariance (N - 1), by the K=1 MAR MLE when entries are missing."""
     x = md.values
     n = md.n
@@ -48,16 +49,61 @@ def data_moments(md: MissingData) -> tuple[np.ndarray, np.ndarray]:
         mean, cov = fit_single_gaussian(md)
     except (ObjectiveDecreaseError, PpgmmError):
         # the MAR likelihood of one Gaussian is unbounded when a column is observed in too
-        # few rows to regress it on the others: a data problem, not a bug
+        # few rows to regress it on the others, or when columns are linearly dependent
+        cause = _degenerate_cause(md)
         counts = md.observed.sum(axis=0)
-        j = int(np.argmin(counts))
+        if covariance in ("diag", "spherical") and (counts >= 2).all():
+            # diagonal covariances never need the columns' joint covariance: the prior's
+            # mean and scale come from each column's observed rows instead
+            import warnings
+
+            warnings.warn(
+                f"the one-Gaussian fit under MAR that sets the default prior's mean and scale "
+                f"is degenerate ({cause}); for covariance={covariance!r} they come from each "
+                "column's observed mean and variance instead",
+                UserWarning, stacklevel=5,
+            )
+            return np.nanmean(x, axis=0), np.diag(np.nanvar(x, axis=0, ddof=1))
         raise DataError(
             f"the one-Gaussian fit that sets the default prior's mean and scale is degenerate: "
-            f"a column is observed in too few rows (the fewest: {md.feature_names[j]!r}, "
-            f"{int(counts[j])} rows) or some columns are linear combinations of others. Drop "
-            f"sparse or redundant columns, {remedy}"
+            f"{cause}. Drop sparse or redundant columns, use covariance='diag', {remedy}"
         ) from None
     return mean, cov * n / (n - 1)
+
+
+def _degenerate_cause(md: MissingData) -> str:
+    """Why the one-Gaussian MAR fit is degenerate, naming the columns responsible."""
+    import pandas as pd
+
+    names, d = md.feature_names, md.d
+    counts = md.observed.sum(axis=0)
+    # pairwise-complete correlations: exact duplicates and linear combinations show here
+    with np.errstate(all="ignore"):
+        r = pd.DataFrame(md.values).corr(min_periods=3).to_numpy()
+    pairs = [(names[i], names[j]) for i in range(d) for j in range(i + 1, d)
+             if np.isfinite(r[i, j]) and abs(r[i, j]) > 1 - 1e-9]
+    if pairs:
+        listed = ", ".join(f"{a!r} and {b!r}" for a, b in pairs)
+        return (f"columns {listed} are exact linear functions of each other (correlation 1 in "
+                "the rows where both are observed)")
+    complete = md.values[md.observed.all(axis=1)]
+    if len(complete) > d:
+        # the complete rows: a null direction of the standardised data names the columns
+        z = complete - complete.mean(axis=0)
+        z = z / np.where(z.std(axis=0) > 0, z.std(axis=0), 1.0)
+        _, sv, vt = np.linalg.svd(z, full_matrices=False)
+        if sv[-1] < 1e-7 * sv[0]:
+            v = np.abs(vt[-1])
+            dep = [names[j] for j in np.flatnonzero(v > 1e-3 * v.max())]
+            return (f"columns {dep} are linear combinations of one another (exactly so in the "
+                    f"{len(complete)} complete rows)")
+    sparse = [f"{names[j]!r} ({int(counts[j])} rows)" for j in np.flatnonzero(counts < d + 1)]
+    if sparse:
+        return (f"column(s) {', '.join(sparse)} are observed in too few rows to relate them to "
+                f"the other {d - 1} columns")
+    j = int(np.argmin(counts))
+    return (f"a column is observed in too few rows (the fewest: {names[j]!r}, {int(counts[j])} "
+            "rows) or some columns are linear combinations of others")
 
 
 def resolve_prior(spec: GMM, md: MissingData) -> ResolvedPrior | None:
@@ -68,7 +114,7 @@ def resolve_prior(spec: GMM, md: MissingData) -> ResolvedPrior | None:
     assert not isinstance(prior, str)
     d, k = md.d, spec.n_components
     need_moments = prior.mean is None or prior.scale is None
-    mean, cov = data_moments(md) if need_moments else (None, None)
+    mean, cov = data_moments(md, spec.covariance) if need_moments else (None, None)
     mu_p = np.asarray(prior.mean if prior.mean is not None else mean, dtype=float)
     dof = float(prior.dof) if prior.dof is not None else d + 2.0
     if prior.scale is not None:
@@ -81,11 +127,27 @@ def resolve_prior(spec: GMM, md: MissingData) -> ResolvedPrior | None:
         )
     want = (d, d) if spec.covariance in ("full", "tied") else ()
     if scale.shape != want:
-        raise ValueError(f"prior scale should have the shape {want}, but got {scale.shape}")
+        from .exceptions import SpecError
+
+        kind = ("a positive definite matrix, the inverse-Wishart scale" if want
+                else "a positive number, the inverse-gamma scale")
+        sign = (" (a scalar scale is for covariance 'diag' or 'spherical'; for "
+                f"{spec.covariance!r} give e.g. scale * np.eye({d}) with scale > 0)"
+                if want and scale.ndim == 0 else "")
+        raise SpecError(
+            f"prior scale should have the shape {want} for covariance={spec.covariance!r} "
+            f"({kind}), but got {_describe(scale)}{sign}"
+        )
     _check_scale(scale, dof, d, from_data=prior.scale is None, names=md.feature_names)
     if mu_p.shape != (d,):
-        raise ValueError(f"prior mean should have the shape {(d,)}, but got {mu_p.shape}")
+        from .exceptions import SpecError
+
+        raise SpecError(f"prior mean should have the shape {(d,)}, but got {mu_p.shape}")
     return ResolvedPrior(float(prior.shrinkage), mu_p, dof, scale, spec.covariance)
+
+
+def _describe(a: np.ndarray) -> str:
+    return f"the number {float(a)}" if a.ndim == 0 else f"an array of shape {a.shape}"
 
 
 def _check_scale(scale: np.ndarray, dof: float, d: int, *, from_data: bool,
@@ -100,7 +162,8 @@ def _check_scale(scale: np.ndarray, dof: float, d: int, *, from_data: bool,
     diag = np.diagonal(scale)
     if np.isfinite(scale).all() and (diag > 0).all():
         # eigenvalues of the correlation matrix: singularity, whatever the columns' units
-        eig = np.linalg.eigvalsh(scale / np.sqrt(np.outer(diag, diag)))
+        sd = np.sqrt(diag)  # outer(sd, sd), not sqrt(outer(diag, diag)): no overflow
+        eig = np.linalg.eigvalsh(scale / sd[:, None] / sd[None, :])
     else:
         eig = np.array([np.nan])
     if not eig.min() > 1e-10:

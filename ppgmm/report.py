@@ -586,6 +586,8 @@ def write_report(cmp: Comparison, path: str, title: str = "ppgmm comparison") ->
     plt = _pyplot()
     with plt.rc_context({"text.parse_math": False}):
         text = render_report(cmp, title)
-    with open(path, "w", encoding="utf-8") as fh:
+    from .io import atomic_write
+
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
     return str(path)

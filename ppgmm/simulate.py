@@ -26,6 +26,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import expit
 
+from .checks import check_seed
 from .exceptions import SpecError
 from .numerics.em import constrain_covariance
 from .spec import GMM, Params, as_params
@@ -142,7 +143,7 @@ def simulate(
         raise SpecError(f"missing should be a fraction in [0, 1), but got {missing!r}")
     if not isinstance(n, int | np.integer) or n < 1:
         raise SpecError(f"n should be a positive integer, but got {n!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     if isinstance(spec_or_params, GMM):
         params = random_params(spec_or_params, n_features, rng)
     else:

@@ -31,6 +31,15 @@ def files(tmp_path_factory):
     text = pd.DataFrame(data, columns=cols).assign(name="x")
     text.to_csv(d / "text.csv", index=False)
     (d / "empty.csv").write_text("")
+    (d / "dup.csv").write_text("a,a,b\n1,2,3\n4,5,6\n2,1,1\n")
+    (d / "header.csv").write_text("height,weight\n")
+    marked = pd.DataFrame(data, columns=cols).round(4).astype(object)
+    marked[marked.isna()] = "?"
+    marked.to_csv(d / "marked.csv", index=False)
+    pd.DataFrame(data, columns=cols).round(4).to_csv(d / "comma.csv", index=False, sep=";",
+                                                      decimal=",")
+    pd.DataFrame(data, columns=cols).round(4).to_csv(d / "rounded.csv", index=False)
+    pd.DataFrame(data, columns=cols).assign(flag=True).to_csv(d / "bool.csv", index=False)
     xr.Dataset({"a": ("x", np.arange(3.0))}).to_netcdf(d / "other.nc")
     return d
 
@@ -109,6 +118,16 @@ BAD = [
     (["report", "{d}/data.csv", "--out", "{t}/r.html"], "not a netCDF file saved by ppgmm"),
     (["report", "{d}/other.nc", "--out", "{t}/r.html"], "not a ppgmm fit"),
     (["fit", "{d}/data.csv", "-k", "2", "--seed", "-1", "--out", "{t}/f.nc"], "non-negative"),
+    (["fit", "{d}/data.csv", "-k", "2", "--seed", "18446744073709551616", "--out",
+      "{t}/f.nc"], "below 2**63"),
+    (["fit", "{d}/dup.csv", "-k", "2", "--out", "{t}/f.nc"],
+     "repeats the column name(s) ['a']"),
+    (["fit", "{d}/header.csv", "-k", "2", "--out", "{t}/f.nc"], "has a header but no data rows"),
+    (["fit", "{d}/marked.csv", "-k", "2", "--out", "{t}/f.nc"], "use --na-values '?'"),
+    (["fit", "{d}/comma.csv", "-k", "2", "--out", "{t}/f.nc"], "use --decimal ,"),
+    (["fit", "{d}/bool.csv", "-k", "2", "--out", "{t}/f.nc"], "['flag'] of"),
+    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--prior", "mclust"],
+     "invalid choice"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
 ]
@@ -185,3 +204,80 @@ def test_demo_writes_the_report(tmp_path, capsys, monkeypatch):
     for b in INSTALLED:
         assert (tmp_path / "demo" / f"fit_{b}.nc").exists()
         assert f"<h3>{b}</h3>" in text  # its reproduction snippet
+
+
+def test_na_values_and_decimal_read_like_the_plain_csv(files, tmp_path, capsys):
+    ref = tmp_path / "ref.nc"
+    assert run(["fit", files / "rounded.csv", "-k", "2", "--out", ref], capsys)[0] == 0
+    for name, extra in (("marked.csv", ["--na-values", "?"]), ("comma.csv", ["--decimal", ","])):
+        out = tmp_path / f"{name}.nc"
+        code, _, err = run(["fit", files / name, "-k", "2", "--out", out, *extra], capsys)
+        assert code == 0, err
+        a, b = ppgmm.load(ref), ppgmm.load(out)
+        np.testing.assert_array_equal(a.data.values, b.data.values)
+        np.testing.assert_allclose(a.params.means, b.params.means)
+
+
+def test_prior_none_gives_the_mle(files, tmp_path, capsys):
+    nc = tmp_path / "mle.nc"
+    code, out, _ = run(["fit", files / "data.csv", "-k", "2", "--prior", "none", "--out", nc],
+                       capsys)
+    assert code == 0 and "prior=None" in out
+    f = ppgmm.load(nc)
+    assert f.spec.prior is None
+    df = pd.read_csv(files / "data.csv")
+    ref = ppgmm.fit(ppgmm.GMM(2, prior=None), df, seed=0)
+    np.testing.assert_allclose(f.params.means, ref.params.means)
+
+
+def test_strict_exits_3_when_a_fit_did_not_converge(files, tmp_path, capsys):
+    argv = ["fit", files / "data.csv", "-k", "2", "--out", tmp_path / "f.nc", "-o", "max_iter=2"]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "did not converge" in err  # documented: a warning, exit 0
+    code, out, err = run([*argv, "--strict"], capsys)
+    assert code == 3
+    assert "not converged: em K=2" in err and (tmp_path / "f.nc").exists()
+    assert run(["fit", files / "data.csv", "-k", "2", "--out", tmp_path / "g.nc", "--strict"],
+               capsys)[0] == 0
+
+
+def test_compare_prints_the_bic_table(files, capsys):
+    code, out, _ = run(["compare", files / "data.csv", "-k", "1,2,3", "--backends", "em"],
+                       capsys)
+    assert code == 0
+    table = out[out.index("model comparison"):]
+    rows = [ln.split() for ln in table.splitlines()[2:] if ln.strip()]
+    bic = {int(r[3]): float(r[6]) for r in rows}  # backend, "em", "K=k", K, cov, BIC, value
+    assert set(bic) == {1, 2, 3}
+    df = pd.read_csv(files / "data.csv")
+    for k, value in bic.items():
+        ref = ppgmm.fit(ppgmm.GMM(k), df, seed=0).bic()
+        assert value == pytest.approx(ref, rel=1e-6)
+    ranks = [int(r[8]) for r in rows]
+    assert ranks == sorted(ranks) and [float(r[6]) for r in rows] == sorted(bic.values())
+
+
+def test_version_and_option_help(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ppgmm {ppgmm.__version__}"
+    assert cli.main(["fit", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for backend in ("em", "advi", "nuts"):
+        names = ", ".join(sorted(ppgmm.backend_options(backend)))
+        assert f"{backend}: {names}" in help_text
+    assert "--strict" in help_text and "--na-values" in help_text and "--prior" in help_text
+
+
+def test_a_failed_save_leaves_no_file(files, tmp_path, capsys, monkeypatch):
+    def boom(self, path):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    import arviz as az
+
+    monkeypatch.setattr(az.InferenceData, "to_netcdf", boom)
+    code, _, err = run(["fit", files / "data.csv", "-k", "2", "--out", tmp_path / "f.nc"],
+                       capsys)
+    assert code == 2 and "disk full" in err
+    assert list(tmp_path.iterdir()) == []

@@ -347,8 +347,10 @@ def test_collapsing_component_gives_helpful_error_then_reg_covar_fixes_it():
     with pytest.raises(ppgmm.PpgmmError, match="reg_covar"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
-            ppgmm.fit(spec, x, init=init, reg_covar=0.0, max_iter=50)
-    fit = ppgmm.fit(spec, x, init=init, reg_covar=1e-3, max_iter=50)
+            with pytest.warns(UserWarning, match="4 distinct rows, fewer than the 12"):
+                ppgmm.fit(spec, x, init=init, reg_covar=0.0, max_iter=50)
+    with pytest.warns(UserWarning, match="distinct rows"):  # degenerate, as the warning says
+        fit = ppgmm.fit(spec, x, init=init, reg_covar=1e-3, max_iter=50)
     assert np.isfinite(fit.loglik)
 
 

@@ -139,8 +139,9 @@ def test_sklearn_protocol():
     with pytest.raises(ppgmm.SpecError, match="unknown parameter 'n_comp'"):
         gm.set_params(n_comp=2)
     assert "covariance_type='diag'" in repr(gm)
-    with pytest.raises(AttributeError, match="not fitted"):
+    with pytest.raises(AttributeError, match="not fitted"):  # NotFittedError is one
         gm.predict(np.zeros((2, 2)))
+    assert repr(ppgmm.GaussianMixture()) == "GaussianMixture()"
 
 
 def test_bad_input_reaches_the_user_as_ppgmm_errors():
@@ -159,3 +160,110 @@ def test_convergence_warning_and_n_iter():
     with pytest.warns(ppgmm.ConvergenceWarning, match="max_iter=2"):
         gm = ppgmm.GaussianMixture(3, max_iter=2, tol=0.0, random_state=0).fit(x)
     assert not gm.converged_ and gm.n_iter_ == 2
+
+
+# --------------------------------------------------------------------------- scikit-learn protocol
+
+
+def test_check_estimator_passes_every_check():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        # the array-API check is skipped unless SCIPY_ARRAY_API is set; nothing else
+        warnings.simplefilter("ignore", category=pytest.PytestWarning)
+        from sklearn.exceptions import SkipTestWarning
+
+        warnings.simplefilter("ignore", category=SkipTestWarning)
+        results = check_estimator(ppgmm.GaussianMixture(), on_fail=None)
+    failed = [(r["check_name"], r["exception"]) for r in results if r["status"] == "failed"]
+    assert failed == []
+    skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
+    assert skipped <= {"check_array_api_input"}
+    assert len(results) - len(skipped) >= 35
+
+
+def _separated(seed=1, n=600):
+    params = ppgmm.Params(np.array([0.3, 0.3, 0.4]),
+                          np.array([[0.0, 0.0], [7.0, 0.0], [0.0, 7.0]]),
+                          np.stack([np.eye(2)] * 3))
+    x, truth = ppgmm.simulate(params, n, missing=0.15, seed=seed)
+    return x * [10.0, 0.1] + [100.0, -3.0], truth  # columns in different units
+
+
+def test_grid_search_in_a_pipeline_on_data_with_nan_picks_the_true_k():
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, _ = _separated()
+    assert np.isnan(x).any()
+    pipe = Pipeline([("sc", StandardScaler()), ("gm", ppgmm.GaussianMixture(random_state=0))])
+    gs = GridSearchCV(pipe, {"gm__n_components": [1, 2, 3, 4]}, cv=3).fit(x)
+    scores = gs.cv_results_["mean_test_score"]
+    assert np.all(np.isfinite(scores))
+    assert gs.best_params_ == {"gm__n_components": 3}
+    # the score is the held-out mean log-likelihood per row
+    cv = cross_val_score(pipe.set_params(gm__n_components=3), x, cv=3)
+    assert_allclose(cv.mean(), scores[2], rtol=1e-12)
+    # direct grid search (no pipeline) works too
+    gs = GridSearchCV(ppgmm.GaussianMixture(random_state=0), {"n_components": [1, 3]}, cv=3)
+    assert gs.fit(x).best_params_ == {"n_components": 3}
+
+
+def test_pipeline_predict_score_and_html_repr():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, truth = _separated()
+    pipe = make_pipeline(StandardScaler(), ppgmm.GaussianMixture(3, random_state=0)).fit(x)
+    gm = pipe[-1]
+    z = pipe[0].transform(x)
+    assert np.array_equal(pipe.predict(x), gm.predict(z))
+    assert pipe.score(x) == pytest.approx(gm.score(z))
+    assert "GaussianMixture" in pipe._repr_html_()
+    from sklearn.metrics import adjusted_rand_score
+
+    complete = ~np.isnan(x).any(axis=1)  # a row with one of two entries can be ambiguous
+    assert adjusted_rand_score(truth.labels[complete], pipe.predict(x)[complete]) > 0.95
+
+
+@pytest.mark.parametrize("init", ["kmeans", "k-means++", "kmeans++"])
+def test_init_params_spellings_of_scikit_learn(init):
+    x, _, _ = mixture(seed=3, n=200, d=2, k=2)
+    ref = ppgmm.GaussianMixture(2, init_params="kmeans++", random_state=0).fit(x)
+    gm = ppgmm.GaussianMixture(2, init_params=init, random_state=0).fit(x)
+    assert_allclose(gm.means_, ref.means_)
+    with pytest.raises(ppgmm.SpecError, match="init_params should be one of"):
+        ppgmm.GaussianMixture(2, init_params="random_from_data").fit(x)
+
+
+def test_random_state_generators_and_feature_names():
+    import pandas as pd
+
+    x, _, _ = mixture(seed=3, n=200, d=2, k=2)
+    df = pd.DataFrame(x, columns=["a", "b"])
+    for rs in (np.random.RandomState(0), np.random.default_rng(0)):
+        gm = ppgmm.GaussianMixture(2, random_state=rs).fit(df)
+        assert gm.converged_
+        assert list(gm.feature_names_in_) == ["a", "b"]
+    # a RandomState seeds like scikit-learn: the same state, the same fit
+    a = ppgmm.GaussianMixture(2, random_state=np.random.RandomState(5)).fit(x)
+    b = ppgmm.GaussianMixture(2, random_state=np.random.RandomState(5)).fit(x)
+    assert_allclose(a.means_, b.means_)
+    assert not hasattr(ppgmm.GaussianMixture(2, random_state=0).fit(x), "feature_names_in_")
+
+
+def test_unfitted_and_wrong_width_errors_follow_scikit_learn():
+    from sklearn.exceptions import NotFittedError
+
+    gm = ppgmm.GaussianMixture(2, random_state=0)
+    for method in ("predict", "predict_proba", "score_samples", "score"):
+        with pytest.raises(NotFittedError, match="not fitted yet"):
+            getattr(gm, method)(np.zeros((2, 2)))
+    x, _, _ = mixture(seed=3, n=100, d=3, k=2)
+    gm.fit(x)
+    with pytest.raises(ppgmm.DataError,
+                       match="X has 1 features, but GaussianMixture is expecting 3 features"):
+        gm.predict(x[:, :1])
+    with pytest.raises(ppgmm.DataError, match="Reshape your data"):
+        gm.predict(x[0])

@@ -196,10 +196,13 @@ def test_degenerate_single_gaussian_fit_is_a_data_error():
     prior is unbounded. The user gets a DataError naming the column, not a 'bug' error."""
     x = np.random.default_rng(0).normal(size=(30, 3))
     x[2:, 1] = np.nan
-    with pytest.raises(ppgmm.DataError, match="the fewest: 'x1', 2 rows"):
+    with pytest.warns(UserWarning, match=r"very few of the 30 rows \('x1' in 2\)"), \
+            pytest.raises(ppgmm.DataError, match=r"'x1' \(2 rows\) are observed in too few rows"):
         ppgmm.fit(ppgmm.GMM(2), x, seed=0)
     # the suggested fixes work
-    fit = ppgmm.fit(ppgmm.GMM(2, prior=ppgmm.Prior(mean=[0.0] * 3, scale=np.eye(3))), x, seed=0)
+    with pytest.warns(UserWarning, match="very few"):
+        fit = ppgmm.fit(ppgmm.GMM(2, prior=ppgmm.Prior(mean=[0.0] * 3, scale=np.eye(3))), x,
+                        seed=0)
     assert np.isfinite(fit.loglik)
 
 

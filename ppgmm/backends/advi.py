@@ -222,11 +222,18 @@ def _pymc_advi(model: Any, start: dict[str, np.ndarray] | None, *, method: str, 
 
     t0 = time.perf_counter()
     check = CheckParametersConvergence(every=100, tolerance=tol, diff="absolute")
+    # PyMC renamed fn_kwargs to compile_kwargs (the old name warns since 5.2x)
+    import inspect
+
+    from pymc.variational.opvi import ObjectiveFunction
+
+    step = inspect.signature(ObjectiveFunction.step_function).parameters
+    mode_kw = "compile_kwargs" if "compile_kwargs" in step else "fn_kwargs"
     with model:
         approx = pm.fit(
             n=n_iter, method=method, start=start, random_seed=seed, progressbar=progressbar,
             callbacks=[check], obj_optimizer=pm.adam(learning_rate=learning_rate),
-            obj_n_mc=n_mc, fn_kwargs={"mode": compile_mode},
+            obj_n_mc=n_mc, **{mode_kw: {"mode": compile_mode}},
         )
     t_fit = time.perf_counter() - t0
     elbo = -np.asarray(approx.hist, dtype=float)

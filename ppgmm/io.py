@@ -1,0 +1,52 @@
+"""Atomic file writes: every file ppgmm writes appears whole or not at all.
+
+A write goes to a temporary file in the target's folder (same file system), is flushed
+to disk, then renamed over the target with :func:`os.replace`, which is atomic. An
+interrupted or failed write leaves the target as it was (absent, or the previous file)
+and removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+__all__ = ["atomic_write"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``.
+
+    Write to the yielded path (by name: netCDF writers open it themselves). When the block
+    ends without an exception the file is fsynced and renamed to ``path``; otherwise it is
+    deleted and ``path`` is untouched.
+
+    Examples
+    --------
+    >>> with atomic_write("report.html") as tmp:  # doctest: +SKIP
+    ...     with open(tmp, "w") as fh:
+    ...         fh.write(text)
+    """
+    target = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if os.path.exists(target):
+            # keep the target's permission bits (mkstemp creates the file as 0600)
+            os.chmod(tmp, os.stat(target).st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

@@ -269,9 +269,10 @@ class Fit:
             completed data sets for multiple imputation: for the fitted data, m of the
             stored predictive draws ``x_missing`` (spread evenly over chains and draws,
             so a Bayesian or bootstrap fit carries parameter uncertainty); for new data,
-            draws from the predictive distribution at :meth:`point`.
+            or an EM fit asked for more draws than it stored, draws from the predictive
+            distribution at :meth:`point`.
         seed : int, optional
-            Seed for draws on new data.
+            Seed for draws computed on demand.
 
         Returns
         -------
@@ -283,13 +284,17 @@ class Fit:
             return md.wrap(self._fill(md, mean))
         if data is None and draws is not None:
             stored = _stack(self.idata.posterior_predictive["x_missing"])
-            if not (isinstance(draws, int) and 1 <= draws <= len(stored)):
+            # a point estimate (EM) draws on demand what it did not store
+            on_demand = ("estimate" in self.idata.groups() and isinstance(draws, int)
+                         and draws > len(stored))
+            if not on_demand and not (isinstance(draws, int) and 1 <= draws <= len(stored)):
                 raise ValueError(
                     f"draws should be an integer between 1 and the {len(stored)} stored "
                     f"predictive draws, but got {draws!r}; refit with more draws"
                 )
-            pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)
-            return [md.wrap(self._fill(md, stored[i])) for i in pick]
+            if not on_demand:
+                pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)
+                return [md.wrap(self._fill(md, stored[i])) for i in pick]
         layout = md.layout
         n_draws = 0 if draws is None else int(draws)
         mean, sims = conditional_draws(self.params, e_step(self.params, layout), layout,

@@ -62,7 +62,7 @@ def _ppgmm(x, k, covariance_type, init, prior=None, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
         return ppgmm.fit(spec, x, init={"weights": w, "means": means, "covariances": covs},
-                         imputation_draws=1, **kw)
+                         imputation_draws=1, **{"accelerate": False, **kw})
 
 
 # --------------------------------------------------------------------------- scikit-learn

@@ -20,10 +20,10 @@ from ..exceptions import ObjectiveDecreaseError, PpgmmError
 from ..spec import Params, ResolvedPrior
 from .accelerate import pack, squarem_point
 from .densities import log_prior
-from .patterns import EStep, PatternFactors, e_step, pattern_factors
+from .patterns import BLOCK_ENTRIES, EStep, e_step, row_blocks
 
 __all__ = ["constrain_covariance", "SuffStats", "expected_stats", "m_step", "EMRun", "run_em",
-           "objective",
+           "objective", "BLOCK_ENTRIES",
            "fit_single_gaussian", "mean_imputed", "params_from_resp", "kmeans_labels"]
 
 EPS = 10 * np.finfo(float).eps
@@ -96,26 +96,15 @@ class SuffStats(NamedTuple):
                          self.scatter + other.scatter + cross, self.loglik + other.loglik)
 
 
-#: rows per block of the E-step: bounds the (rows, K, D) work arrays to about 64 MiB
-BLOCK_ENTRIES = 2**23
-
-
 def expected_stats(params: Params, layout: PatternLayout,
                    block_entries: int = BLOCK_ENTRIES) -> SuffStats:
     """The E-step's sufficient statistics, in row blocks of about ``block_entries / (K D)``.
 
     The pattern factors are computed once; each block reuses those of its patterns.
     """
-    k, d = params.means.shape
-    rows = max(1024, block_entries // (k * d))
-    if layout.n <= rows:
-        return SuffStats.of(params, e_step(params, layout), layout.starts)
-    factors = pattern_factors(params, layout.patterns)
     total = None
-    for a in range(0, layout.n, rows):
-        block, (p0, p1) = layout.block(a, min(a + rows, layout.n))
-        sub = PatternFactors(*(f[p0:p1] for f in factors))
-        stats = SuffStats.of(params, e_step(params, block, sub), block.starts)
+    for block, factors in row_blocks(params, layout, block_entries):
+        stats = SuffStats.of(params, e_step(params, block, factors), block.starts)
         total = stats if total is None else total.combine(stats)
     assert total is not None
     return total
@@ -197,9 +186,9 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
     Stopping. ``stop="gain"`` stops once a plain EM step changes the objective by less than
     ``tol`` per row and, when accelerated, moves no coordinate of
     :func:`~ppgmm.numerics.accelerate.pack` by more than sqrt(``tol``) relative to its size
-    (both scale-free, so one ``tol`` means the same at any N). ``stop="sklearn"`` is scikit-learn's rule (never
-    accelerated): its E-step scores the parameters before the M-step, so it learns of a
-    small gain one step late and takes one more M-step, and a run whose small gain comes at
+    (both scale-free, so one ``tol`` means the same at any N). ``stop="sklearn"`` is
+    scikit-learn's rule (never accelerated): its E-step scores the parameters before the
+    M-step, so it learns of a small gain one step late and takes one more M-step, and a run whose small gain comes at
     step ``max_iter`` has not converged.
 
     ``accelerate=True`` runs SQUAREM (:mod:`ppgmm.numerics.accelerate`): each cycle takes two

@@ -184,7 +184,7 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
     so a step may lower it; the iteration goes on until the change is below ``tol``.
 
     Stopping. ``stop="gain"`` stops once a plain EM step changes the objective by less than
-    ``tol`` per row and, when accelerated, moves no coordinate of
+    ``tol`` per row and moves no coordinate of
     :func:`~ppgmm.numerics.accelerate.pack` by more than sqrt(``tol``) relative to its size
     (both scale-free, so one ``tol`` means the same at any N). ``stop="sklearn"`` is
     scikit-learn's rule (never accelerated): its E-step scores the parameters before the
@@ -214,10 +214,12 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
             return run
         pending = False
         for _ in range(max_iter):
+            p0 = run.params
             obj, prev = _em_step(run, estep, covariance, prior, reg_covar)
             # without reg_covar a gain at or below rounding (even slightly negative) is
             # convergence
             small = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n < tol
+            small = small and (stop == "sklearn" or not _moved(p0, run.params, tol))
             if pending or (small and stop == "gain"):
                 run.converged = True
                 break

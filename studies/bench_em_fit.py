@@ -52,8 +52,9 @@ def make_data(n: int, d: int, k: int, seed: int, separated: bool = False):
 
 
 def run_seed(args, seed: int) -> dict:
-    import ppgmm
     from sklearn.mixture import GaussianMixture
+
+    import ppgmm
 
     k = 3 if args.separated else args.k
     x, xm = make_data(args.n, args.d, k, seed, args.separated)

@@ -188,8 +188,8 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
     :func:`~ppgmm.numerics.accelerate.pack` by more than sqrt(``tol``) relative to its size
     (both scale-free, so one ``tol`` means the same at any N). ``stop="sklearn"`` is
     scikit-learn's rule (never accelerated): its E-step scores the parameters before the
-    M-step, so it learns of a small gain one step late and takes one more M-step, and a run whose small gain comes at
-    step ``max_iter`` has not converged.
+    M-step, so it learns of a small gain one step late and takes one more M-step, and a run
+    whose small gain comes at step ``max_iter`` has not converged.
 
     ``accelerate=True`` runs SQUAREM (:mod:`ppgmm.numerics.accelerate`): each cycle takes two
     EM steps and, when the extrapolated point raises the objective above the second, accepts

@@ -269,8 +269,8 @@ class Fit:
             completed data sets for multiple imputation: for the fitted data, m of the
             stored predictive draws ``x_missing`` (spread evenly over chains and draws,
             so a Bayesian or bootstrap fit carries parameter uncertainty); for new data,
-            or an EM fit asked for more draws than it stored, draws from the predictive
-            distribution at :meth:`point`.
+            or an EM fit that stored none, draws from the predictive distribution at
+            :meth:`point`.
         seed : int, optional
             Seed for draws computed on demand.
 
@@ -284,9 +284,8 @@ class Fit:
             return md.wrap(self._fill(md, mean))
         if data is None and draws is not None:
             stored = _stack(self.idata.posterior_predictive["x_missing"])
-            # a point estimate (EM) draws on demand what it did not store
-            on_demand = ("estimate" in self.idata.groups() and isinstance(draws, int)
-                         and draws > len(stored))
+            # a point estimate (EM) that stored no draws draws them on demand
+            on_demand = "estimate" in self.idata.groups() and len(stored) == 0
             if not on_demand and not (isinstance(draws, int) and 1 <= draws <= len(stored)):
                 raise ValueError(
                     f"draws should be an integer between 1 and the {len(stored)} stored "

@@ -157,7 +157,17 @@ class MissingData:
     ) -> MissingData:
         """Group already validated values by missingness pattern."""
         observed = ~np.isnan(values)
-        patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+        # each row's mask packed into bytes, viewed as one scalar key: a 1-D unique, O(N D)
+        # work plus a sort of N keys (never a lexicographic sort of whole rows)
+        packed = np.packbits(observed, axis=1)
+        width = packed.shape[1]
+        if width <= 8:
+            packed = np.pad(packed, ((0, 0), (0, 8 - width)))
+            keys = np.ascontiguousarray(packed).view(np.uint64).ravel()
+        else:
+            keys = np.ascontiguousarray(packed).view(np.dtype((np.void, width))).ravel()
+        first, inverse = np.unique(keys, return_index=True, return_inverse=True)[1:]
+        patterns = observed[first]
         inverse = inverse.reshape(-1)
         # complete pattern first, then by number observed (descending): stable and readable
         rank = np.lexsort((np.arange(len(patterns)), -patterns.sum(axis=1)))

@@ -273,9 +273,10 @@ class Fit:
             completed data sets for multiple imputation: for the fitted data, m of the
             stored predictive draws ``x_missing`` (spread evenly over chains and draws,
             so a Bayesian or bootstrap fit carries parameter uncertainty); for new data,
-            draws from the predictive distribution at :meth:`point`.
+            or an EM fit that stored none, draws from the predictive distribution at
+            :meth:`point`.
         seed : int, optional
-            Seed for draws on new data.
+            Seed for draws computed on demand.
 
         Returns
         -------
@@ -288,13 +289,16 @@ class Fit:
             return md.wrap(self._fill(md, mean))
         if data is None and draws is not None:
             stored = _stack(self.idata.posterior_predictive["x_missing"])
-            if not (isinstance(draws, int) and 1 <= draws <= len(stored)):
+            # a point estimate (EM) that stored no draws draws them on demand
+            on_demand = "estimate" in self.idata.groups() and len(stored) == 0
+            if not on_demand and not (isinstance(draws, int) and 1 <= draws <= len(stored)):
                 raise ValueError(
                     f"draws should be an integer between 1 and the {len(stored)} stored "
                     f"predictive draws, but got {draws!r}; refit with more draws"
                 )
-            pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)
-            return [md.wrap(self._fill(md, stored[i])) for i in pick]
+            if not on_demand:
+                pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)
+                return [md.wrap(self._fill(md, stored[i])) for i in pick]
         layout = md.layout
         n_draws = 0 if draws is None else int(draws)
         mean, sims = conditional_draws(self.params, e_step(self.params, layout), layout,

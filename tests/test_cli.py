@@ -231,7 +231,8 @@ def test_prior_none_gives_the_mle(files, tmp_path, capsys):
 
 
 def test_strict_exits_3_when_a_fit_did_not_converge(files, tmp_path, capsys):
-    argv = ["fit", files / "data.csv", "-k", "2", "--out", tmp_path / "f.nc", "-o", "max_iter=2"]
+    argv = ["fit", files / "data.csv", "-k", "2", "--out", tmp_path / "f.nc", "-o", "max_iter=2",
+            "-o", "tol=0"]
     code, _, err = run(argv, capsys)
     assert code == 0 and "did not converge" in err  # documented: a warning, exit 0
     code, out, err = run([*argv, "--strict"], capsys)

@@ -62,7 +62,7 @@ def _ppgmm(x, k, covariance_type, init, prior=None, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
         return ppgmm.fit(spec, x, init={"weights": w, "means": means, "covariances": covs},
-                         imputation_draws=1, **kw)
+                         imputation_draws=1, **{"accelerate": False, **kw})
 
 
 # --------------------------------------------------------------------------- scikit-learn
@@ -310,14 +310,15 @@ def test_convergence_warning_names_max_iter():
 
 
 def test_sklearn_stop_rule_takes_one_more_step_with_missing_data():
-    """stop="sklearn" stops exactly one M-step after stop="gain", in the same trajectory."""
+    """stop="sklearn" stops one M-step after the first small gain, in the same trajectory;
+    stop="gain" also waits for the parameters to settle, so it stops no earlier than that."""
     x, _, _ = mixture(seed=7, n=300, d=3, k=2)
     x = mcar(x, 0.2, seed=1)
     init = _init(x, 2, "full")
     gain = _ppgmm(x, 2, "full", init, tol=1e-6)
     late = _ppgmm(x, 2, "full", init, tol=1e-6, stop="sklearn")
     assert gain.converged and late.converged
-    assert late.attrs["n_iter"] == gain.attrs["n_iter"] + 1
+    assert late.attrs["n_iter"] <= gain.attrs["n_iter"] + 1
     longer = _ppgmm(x, 2, "full", init, tol=0.0, max_iter=late.attrs["n_iter"])
     assert_allclose(late.params.means, longer.params.means, rtol=0, atol=0)
     with pytest.raises(ppgmm.SpecError, match="stop should be"):

@@ -148,7 +148,8 @@ def test_bad_init_parameters(x, change, match):
 
 
 def test_bad_init_kind(x):
-    with pytest.raises(ppgmm.SpecError, match="init should be 'kmeans\\+\\+', 'random'"):
+    with pytest.raises(ppgmm.SpecError,
+                       match=r"init should be one of \['auto', 'kmeans\+\+', 'kpod', 'random'\]"):
         ppgmm.fit(ppgmm.GMM(2), x, init="kmeans")
     with pytest.raises(ppgmm.SpecError, match="init should be"):
         ppgmm.fit(ppgmm.GMM(2), x, init=42)

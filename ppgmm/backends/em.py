@@ -22,37 +22,86 @@ from ..exceptions import ConvergenceWarning, PpgmmError, SpecError
 from ..fit import Fit, build_idata
 from ..numerics.alignment import align_to
 from ..numerics.em import EMRun, kmeans_labels, mean_imputed, params_from_resp, run_em
+from ..numerics.init import kpod_labels
 from ..numerics.patterns import derived_quantities
 from ..prior import resolve_prior
 from ..spec import GMM, Draws, Params, ResolvedPrior, as_params
 
 __all__ = ["fit_em", "initial_params", "em_backend", "EMResult"]
 
-INITS = ("kmeans++", "random")
+INITS = ("auto", "kmeans++", "kpod", "random")
+
+#: rows of the subsample on which init="auto" compares its candidate starts
+AUTO_ROWS = 10_000
+#: candidate starts of init="auto", and the EM iterations each gets on the subsample
+AUTO_CANDIDATES, AUTO_ITER = 5, 10
+#: above this many stored numbers (draws x missing entries), imputation_draws=None stores none
+DRAWS_LIMIT = 1_000_000
 
 
 def initial_params(spec: GMM, md: MissingData, init: Any, rng: np.random.Generator,
-                   reg: float) -> Params:
-    """Starting parameters by k-means++ on observed data, random responsibilities, or given."""
+                   reg: float, prior: ResolvedPrior | None = None) -> Params:
+    """Starting parameters: emEM on k-POD starts ("auto"), k-means, random, or given.
+
+    ``"auto"`` draws up to :data:`AUTO_ROWS` rows, clusters them :data:`AUTO_CANDIDATES`
+    times by k-POD (:func:`~ppgmm.numerics.init.kpod_labels`, greedy k-means++ seeds), runs
+    :data:`AUTO_ITER` accelerated EM iterations on the subsample from each clustering, and
+    returns the parameters of the one with the highest objective (Biernacki, Celeux &
+    Govaert 2003's "emEM", on a subsample so that its cost does not grow with N).
+    ``"kpod"`` is one k-POD clustering of all rows; ``"kmeans++"`` one k-means++ clustering
+    of the mean-imputed rows (scipy's ``kmeans2``); ``"random"`` random responsibilities.
+    """
     k = spec.n_components
     if not isinstance(init, str):
         return as_params(init, k, md.d, name="init")
+    if init == "auto":
+        return _auto_start(spec, md, rng, reg, prior)
     if init == "kmeans++":
         labels = kmeans_labels(mean_imputed(md), k, rng)
-        if labels is None:
-            raise PpgmmError(
-                f"k-means++ could not find {k} non-empty clusters; the data may have fewer "
-                f"than {k} distinct rows. Use fewer components."
-            )
-        resp = np.eye(k)[labels]
+    elif init == "kpod":
+        found = kpod_labels(md.values, md.observed, k, rng)
+        labels = None if found is None else found[0]
     elif init == "random":
         resp = rng.uniform(size=(md.n, k))
         resp /= resp.sum(1, keepdims=True)
+        return params_from_resp(mean_imputed(md), resp, spec.covariance, reg)
     else:
         raise SpecError(
-            f"init should be 'kmeans++', 'random' or explicit parameters, but got {init!r}"
+            f"init should be one of {list(INITS)} or explicit parameters, but got {init!r}"
         )
-    return params_from_resp(mean_imputed(md), resp, spec.covariance, reg)
+    if labels is None:
+        raise PpgmmError(
+            f"k-means could not find {k} non-empty clusters; the data may have fewer "
+            f"than {k} distinct rows. Use fewer components."
+        )
+    return params_from_resp(mean_imputed(md), np.eye(k)[labels], spec.covariance, reg)
+
+
+def _auto_start(spec: GMM, md: MissingData, rng: np.random.Generator, reg: float,
+                prior: ResolvedPrior | None) -> Params:
+    """The emEM start of :func:`initial_params` (``init="auto"``)."""
+    k = spec.n_components
+    sub = md
+    if md.n > AUTO_ROWS:
+        idx = np.sort(rng.choice(md.n, AUTO_ROWS, replace=False))
+        sub = MissingData.from_arrays(md.values[idx], md.feature_names, md.obs_names[idx])
+    x0, layout = mean_imputed(sub), sub.layout
+    best: EMRun | None = None
+    for _ in range(AUTO_CANDIDATES):
+        found = kpod_labels(sub.values, sub.observed, k, rng)
+        if found is None:
+            continue
+        p0 = params_from_resp(x0, np.eye(k)[found[0]], spec.covariance, reg)
+        try:
+            run = run_em(p0, layout, spec.covariance, prior, max_iter=AUTO_ITER, tol=1e-8,
+                         reg_covar=reg, accelerate=True)
+        except PpgmmError:  # a candidate whose component collapsed on the subsample
+            continue
+        if best is None or run.objective[-1] > best.objective[-1]:
+            best = run
+    if best is None:
+        return initial_params(spec, md, "kmeans++", rng, reg)
+    return best.params
 
 
 @dataclass
@@ -74,20 +123,28 @@ def fit_em(
     *,
     seed: int | None = None,
     n_init: int = 1,
-    init: Any = "kmeans++",
+    init: Any = "auto",
     max_iter: int = 1000,
     tol: float = 1e-10,
     reg_covar: float | None = None,
     uncertainty: str | None = None,
     n_bootstrap: int = 200,
-    imputation_draws: int = 20,
+    imputation_draws: int | None = None,
     stop: str = "gain",
+    accelerate: bool = True,
     warn: bool = True,
 ) -> EMResult:
-    """Fit by EM. See :func:`ppgmm.fit` for the options."""
+    """Fit by EM. See :func:`ppgmm.fit` for the options.
+
+    ``accelerate`` (SQUAREM, :mod:`ppgmm.numerics.accelerate`) applies with ``stop="gain"``
+    only: ``stop="sklearn"`` follows scikit-learn's plain EM trajectory exactly.
+    """
     n_init, max_iter = check_int("n_init", n_init, 1), check_int("max_iter", max_iter, 0)
     tol = check_number("tol", tol)
-    check_int("imputation_draws", imputation_draws, 0)
+    if imputation_draws is not None:
+        check_int("imputation_draws", imputation_draws, 0)
+    if not isinstance(accelerate, bool | np.bool_):
+        raise SpecError(f"accelerate should be True or False, but got {accelerate!r}")
     if uncertainty == "bootstrap":
         n_bootstrap = check_int("n_bootstrap", n_bootstrap, 2)
     if stop not in ("gain", "sklearn"):
@@ -103,9 +160,9 @@ def fit_em(
         n_init = 1
     best: EMRun | None = None
     for _ in range(n_init):
-        p0 = initial_params(spec, md, init, rng, reg)
+        p0 = initial_params(spec, md, init, rng, reg, prior)
         run = run_em(p0, layout, spec.covariance, prior, max_iter=max_iter, tol=tol,
-                     reg_covar=reg, stop=stop)
+                     reg_covar=reg, stop=stop, accelerate=bool(accelerate))
         if best is None or run.objective[-1] > best.objective[-1]:
             best = run
     assert best is not None
@@ -116,18 +173,20 @@ def fit_em(
             f"tol={tol:g}" if best.n_iter else "no iteration was run"
         )
         result.messages.append(
-            f"EM did not converge in max_iter={max_iter} iterations ({gain}); increase max_iter "
-            "or loosen tol."
+            f"EM did not converge in max_iter={max_iter} iterations ({gain}); increase max_iter, "
+            "loosen tol, or check the estimate: slow convergence often means components that "
+            "overlap or more components than the data support (try fewer, or prior='default')."
         )
         if warn:
             warnings.warn(result.messages[-1], ConvergenceWarning, stacklevel=4)
     if uncertainty == "bootstrap":
-        result.draws = _bootstrap(spec, md, result, rng, n_bootstrap, max_iter, tol)
+        result.draws = _bootstrap(spec, md, result, rng, n_bootstrap, max_iter, tol,
+                                  bool(accelerate) and stop == "gain")
     return result
 
 
 def _bootstrap(spec: GMM, md: MissingData, main: EMResult, rng: np.random.Generator, b: int,
-               max_iter: int, tol: float) -> list[Params]:
+               max_iter: int, tol: float, accelerate: bool) -> list[Params]:
     """Refit on ``b`` row-resampled data sets from the main fit, aligned to its labels."""
     draws = []
     show = sys.stderr.isatty()  # progress on a terminal only
@@ -138,7 +197,8 @@ def _bootstrap(spec: GMM, md: MissingData, main: EMResult, rng: np.random.Genera
         sub = MissingData.from_arrays(md.values[idx], md.feature_names, md.obs_names[idx])
         try:
             run = run_em(main.params, sub.layout, spec.covariance, main.prior,
-                         max_iter=max_iter, tol=tol, reg_covar=main.reg_covar)
+                         max_iter=max_iter, tol=tol, reg_covar=main.reg_covar,
+                         accelerate=accelerate)
         except PpgmmError:
             continue  # a resample on which a component collapsed: skip, counted below
         draws.append(run.params)
@@ -154,6 +214,14 @@ def _bootstrap(spec: GMM, md: MissingData, main: EMResult, rng: np.random.Genera
     return [align_to(p, main.params)[0] for p in draws]
 
 
+def _draws_to_store(md: MissingData, requested: int | None) -> int:
+    """Predictive draws stored with the fit: 20 unless that would exceed DRAWS_LIMIT numbers."""
+    if requested is not None:
+        return int(requested)
+    n_missing = int(md.n * md.d - md.observed.sum())
+    return 20 if 20 * n_missing <= DRAWS_LIMIT else 0
+
+
 def em_backend(spec: GMM, md: MissingData, *, seed: int | None = None, **options: Any) -> Fit:
     """Run :func:`fit_em` and package its result in the Fit schema."""
     import xarray as xr
@@ -164,7 +232,7 @@ def em_backend(spec: GMM, md: MissingData, *, seed: int | None = None, **options
     # parameter uncertainty; otherwise draws at the estimate
     sets = res.draws or [res.params]
     draws = Draws(*(np.stack([getattr(p, n) for p in sets])[None] for n in Params._fields))
-    per = 1 if res.draws else options.get("imputation_draws", 20)
+    per = 1 if res.draws else _draws_to_store(md, options.get("imputation_draws"))
     imputed, predictive, loglik = derived_quantities(md, draws, rng, per)
     run = res.run
     stats = xr.Dataset(
@@ -175,6 +243,8 @@ def em_backend(spec: GMM, md: MissingData, *, seed: int | None = None, **options
         "seed": -1 if seed is None else int(seed),
         "converged": int(run.converged),
         "n_iter": int(run.n_iter),
+        "n_estep": int(run.n_estep),
+        "n_accelerated": int(run.n_accepted),
         "n_init": int(res.n_init),
         "objective": "log-posterior" if res.prior is not None else "log-likelihood",
         "reg_covar": float(res.reg_covar),

@@ -18,11 +18,12 @@ import numpy as np
 from ..data import MissingData, PatternLayout
 from ..exceptions import ObjectiveDecreaseError, PpgmmError
 from ..spec import Params, ResolvedPrior
+from .accelerate import pack, squarem_point
 from .densities import log_prior
-from .patterns import EStep, PatternFactors, e_step, pattern_factors
+from .patterns import BLOCK_ENTRIES, EStep, e_step, row_blocks
 
 __all__ = ["constrain_covariance", "SuffStats", "expected_stats", "m_step", "EMRun", "run_em",
-           "objective",
+           "objective", "BLOCK_ENTRIES",
            "fit_single_gaussian", "mean_imputed", "params_from_resp", "kmeans_labels"]
 
 EPS = 10 * np.finfo(float).eps
@@ -95,26 +96,15 @@ class SuffStats(NamedTuple):
                          self.scatter + other.scatter + cross, self.loglik + other.loglik)
 
 
-#: rows per block of the E-step: bounds the (rows, K, D) work arrays to about 64 MiB
-BLOCK_ENTRIES = 2**23
-
-
 def expected_stats(params: Params, layout: PatternLayout,
                    block_entries: int = BLOCK_ENTRIES) -> SuffStats:
     """The E-step's sufficient statistics, in row blocks of about ``block_entries / (K D)``.
 
     The pattern factors are computed once; each block reuses those of its patterns.
     """
-    k, d = params.means.shape
-    rows = max(1024, block_entries // (k * d))
-    if layout.n <= rows:
-        return SuffStats.of(params, e_step(params, layout), layout.starts)
-    factors = pattern_factors(params, layout.patterns)
     total = None
-    for a in range(0, layout.n, rows):
-        block, (p0, p1) = layout.block(a, min(a + rows, layout.n))
-        sub = PatternFactors(*(f[p0:p1] for f in factors))
-        stats = SuffStats.of(params, e_step(params, block, sub), block.starts)
+    for block, factors in row_blocks(params, layout, block_entries):
+        stats = SuffStats.of(params, e_step(params, block, factors), block.starts)
         total = stats if total is None else total.combine(stats)
     assert total is not None
     return total
@@ -160,12 +150,14 @@ class EMRun:
 
     params: Params
     stats: SuffStats  # of the E-step at ``params``
-    objective: list[float] = field(default_factory=list)
+    objective: list[float] = field(default_factory=list)  # of each accepted iterate
     converged: bool = False
+    n_estep: int = 0  # E-steps taken after the first (extrapolations tried included)
+    n_accepted: int = 0  # extrapolations accepted
 
     @property
     def n_iter(self) -> int:
-        """Number of M-steps taken."""
+        """Number of accepted iterates (EM steps and accepted extrapolations)."""
         return len(self.objective) - 1
 
 
@@ -179,22 +171,29 @@ EStepFn = Callable[[Params], SuffStats]
 
 def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
            prior: ResolvedPrior | None, *, max_iter: int, tol: float, reg_covar: float,
-           stop: str = "gain", n: int | None = None) -> EMRun:
-    """Iterate EM from ``params``; stop when the per-row objective changes by less than ``tol``.
+           stop: str = "gain", n: int | None = None, accelerate: bool = False) -> EMRun:
+    """Iterate EM from ``params`` until it converges or ``max_iter`` iterations are taken.
 
     ``data`` is the rows' :class:`~ppgmm.data.PatternLayout`, or any function that returns
     the E-step's :class:`SuffStats` at given parameters (then ``n``, the number of rows, is
-    needed): a chunked E-step on a cluster runs the same loop.
+    needed): a chunked E-step on a cluster runs the same loop, accelerated or not.
 
     With ``reg_covar = 0`` each step raises the objective (the log-likelihood or
     log-posterior), and a decrease beyond rounding raises an error. ``reg_covar > 0`` adds
     to the covariances' diagonals after each M-step, which the objective does not include,
     so a step may lower it; the iteration goes on until the change is below ``tol``.
 
-    ``stop="gain"`` stops as soon as the step just taken gained less than ``tol``.
-    ``stop="sklearn"`` is scikit-learn's rule: its E-step scores the parameters before the
+    Stopping. ``stop="gain"`` stops once a plain EM step changes the objective by less than
+    ``tol`` per row and moves no coordinate of
+    :func:`~ppgmm.numerics.accelerate.pack` by more than sqrt(``tol``) relative to its size
+    (both scale-free, so one ``tol`` means the same at any N). ``stop="sklearn"`` is
+    scikit-learn's rule (never accelerated): its E-step scores the parameters before the
     M-step, so it learns of a small gain one step late and takes one more M-step, and a run
     whose small gain comes at step ``max_iter`` has not converged.
+
+    ``accelerate=True`` runs SQUAREM (:mod:`ppgmm.numerics.accelerate`): each cycle takes two
+    EM steps and, when the extrapolated point raises the objective above the second, accepts
+    it. Every accepted iterate's objective is recorded, so the trace stays monotone.
     """
     if isinstance(data, PatternLayout):
         layout, n = data, data.n
@@ -210,23 +209,81 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         stats = estep(params)
         run = EMRun(params, stats, [objective(stats, params, prior)])
+        if accelerate and stop == "gain":
+            _squarem(run, estep, covariance, prior, max_iter, tol, reg_covar, n)
+            return run
         pending = False
         for _ in range(max_iter):
-            new = m_step(run.stats, covariance, reg_covar, prior)
-            stats = estep(new)
-            obj = objective(stats, new, prior)
-            prev = run.objective[-1]
-            _check_step(obj, prev, new, len(run.objective), reg_covar)
-            run.params, run.stats = new, stats
-            run.objective.append(obj)
+            p0 = run.params
+            obj, prev = _em_step(run, estep, covariance, prior, reg_covar)
             # without reg_covar a gain at or below rounding (even slightly negative) is
             # convergence
             small = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n < tol
+            small = small and (stop == "sklearn" or not _moved(p0, run.params, tol))
             if pending or (small and stop == "gain"):
                 run.converged = True
                 break
             pending = small
     return run
+
+
+def _em_step(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior | None,
+             reg_covar: float) -> tuple[float, float]:
+    """One checked EM step from the run's current point; returns (new, previous) objective."""
+    new = m_step(run.stats, covariance, reg_covar, prior)
+    stats = estep(new)
+    obj = objective(stats, new, prior)
+    prev = run.objective[-1]
+    _check_step(obj, prev, new, len(run.objective), reg_covar)
+    run.params, run.stats = new, stats
+    run.objective.append(obj)
+    run.n_estep += 1
+    return obj, prev
+
+
+def _moved(p0: Params, p1: Params, tol: float) -> bool:
+    """Whether some packed coordinate moved by more than sqrt(tol) relative to its size."""
+    t0, t1 = pack(p0), pack(p1)
+    ok = np.isfinite(t0) & np.isfinite(t1)
+    rel = np.abs(t1[ok] - t0[ok]) / np.maximum(1.0, np.abs(t0[ok]))
+    return bool(rel.size and rel.max() > np.sqrt(tol))
+
+
+def _squarem(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior | None,
+             max_iter: int, tol: float, reg_covar: float, n: int) -> None:
+    """SQUAREM cycles with the monotone safeguard (see :func:`run_em`)."""
+    step_max = 1.0
+    while run.n_iter < max_iter:
+        p0 = run.params
+        obj, prev = _em_step(run, estep, covariance, prior, reg_covar)
+        gain = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n
+        if gain < tol and not _moved(p0, run.params, tol):
+            run.converged = True
+            return
+        if run.n_iter >= max_iter:
+            return
+        p1 = run.params
+        _em_step(run, estep, covariance, prior, reg_covar)
+        if run.n_iter >= max_iter:
+            return
+        cand, s = squarem_point(p0, p1, run.params, step_max)
+        grow = s == step_max  # SQUAREM's adaptive bound on the step length
+        if cand is None:
+            step_max *= 4.0 if grow else 1.0
+            continue
+        try:
+            stats = estep(cand)
+        except PpgmmError:  # the jump reached a numerically singular point: not taken
+            stats = None
+        run.n_estep += 1
+        obj = -np.inf if stats is None else objective(stats, cand, prior)
+        if np.isfinite(obj) and obj >= run.objective[-1]:
+            run.params, run.stats = cand, stats
+            run.objective.append(obj)
+            run.n_accepted += 1
+            step_max *= 4.0 if grow else 1.0
+        else:
+            step_max = max(1.0, step_max / 4.0)
 
 
 def _check_step(obj: float, prev: float, new: Params, it: int, reg_covar: float) -> None:

@@ -31,7 +31,8 @@ from ..spec import Draws, Params
 from .densities import LOG_2PI
 
 __all__ = ["embedded_covariance", "PatternFactors", "pattern_factors", "EStep", "e_step",
-           "row_loglik", "responsibilities", "conditional_draws", "missing_marginals",
+           "row_loglik", "responsibilities", "conditional_draws", "row_blocks", "predictive",
+           "missing_marginals", "BLOCK_ENTRIES",
            "derived_quantities"]
 
 
@@ -155,33 +156,76 @@ def responsibilities(params: Params, md: MissingData) -> np.ndarray:
     return layout.unsort(e_step(params, layout).resp)
 
 
+def _completions(params: Params, e: EStep, layout: PatternLayout, rng: np.random.Generator,
+                 n_draws: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`conditional_draws` of one block, rows in the layout's (sorted) order."""
+    n, k, d = e.v.shape
+    cond_mean = params.means[None] + e.deviations(params)  # (n, K, D)
+    o, xs = layout.observed, layout.xs
+    mean = np.where(o, xs, np.einsum("nk,nkd->nd", e.resp, cond_mean))
+    out = np.empty((n_draws, n, d))
+    out[:] = xs
+    rows = np.flatnonzero(~o.all(axis=1))
+    if not (n_draws and len(rows)):
+        return mean, out
+    # Cholesky of C_pk with the identity on the observed block
+    c = e.factors.cond_cov + (layout.patterns.astype(float)[:, None, :, None] * np.eye(d))
+    chol = np.linalg.cholesky(c)  # (P, K, D, D)
+    cum = np.cumsum(e.resp[rows], axis=1)
+    u = rng.random((n_draws, len(rows)))
+    comp = np.minimum((u[:, :, None] > cum).sum(-1), k - 1)  # (S, rows)
+    eps = rng.standard_normal((n_draws, len(rows), d))
+    pat, obs_rows = layout.pat[rows], o[rows]
+    for s in range(n_draws):
+        c_s = comp[s]
+        draw = cond_mean[rows, c_s] + np.einsum("nde,ne->nd", chol[pat, c_s], eps[s])
+        out[s, rows] = np.where(obs_rows, xs[rows], draw)
+    return mean, out
+
+
 def conditional_draws(params: Params, e: EStep, layout: PatternLayout,
                       rng: np.random.Generator, n_draws: int) -> tuple[np.ndarray, np.ndarray]:
     r"""E[x | x_obs] (N, D) and ``n_draws`` predictive draws (S, N, D), in the original row order.
 
     Each draw picks a component from the row's responsibilities and draws the missing
     entries from their conditional normal :math:`N(\hat x_{ik,m}, C_{pk})`.
+    ``e`` is the E-step of all of ``layout``'s rows; :func:`predictive` does the same in
+    row blocks of bounded memory.
     """
-    n, k, d = e.v.shape
-    cond_mean = params.means[None] + e.deviations(params)  # (N, K, D)
-    mean = np.einsum("nk,nkd->nd", e.resp, cond_mean)
-    o = layout.observed  # (N, D)
-    xs = layout.xs
-    # Cholesky of C_pk with the identity on the observed block
-    c = e.factors.cond_cov + (layout.patterns.astype(float)[:, None, :, None] * np.eye(d))
-    chol = np.linalg.cholesky(c)  # (P, K, D, D)
-    rows = np.flatnonzero(~o.all(axis=1))
-    out = np.empty((n_draws, n, d))
-    out[:] = xs
-    cum = np.cumsum(e.resp[rows], axis=1)
-    for s in range(n_draws):
-        u = rng.random(len(rows))[:, None]
-        comp = np.minimum((u > cum).sum(1), k - 1)
-        eps = rng.standard_normal((len(rows), d))
-        draw = cond_mean[rows, comp] + np.einsum("nde,ne->nd", chol[layout.pat[rows], comp], eps)
-        out[s, rows] = np.where(o[rows], xs[rows], draw)
-    mean = np.where(o, xs, mean)
+    mean, out = _completions(params, e, layout, rng, n_draws)
     return layout.unsort(mean), layout.unsort(out, axis=1)
+
+
+#: entries of (rows, K, D) work arrays per row block: about 16 MiB each
+BLOCK_ENTRIES = 2**21
+
+
+def row_blocks(params: Params, layout: PatternLayout, block_entries: int = BLOCK_ENTRIES,
+               extra: int = 0):
+    """Yield ``(block, factors)``: consecutive row blocks of ``layout`` with their patterns'
+    factors, about ``block_entries / (K D + extra)`` rows each; factors computed once."""
+    k, d = params.means.shape
+    rows = max(1024, block_entries // (k * d + extra))
+    factors = pattern_factors(params, layout.patterns)
+    if layout.n <= rows:
+        yield layout, factors
+        return
+    for a in range(0, layout.n, rows):
+        block, (p0, p1) = layout.block(a, min(a + rows, layout.n))
+        yield block, PatternFactors(*(f[p0:p1] for f in factors))
+
+
+def predictive(params: Params, layout: PatternLayout, rng: np.random.Generator, n_draws: int,
+               out_mean: np.ndarray, out_draws: np.ndarray, out_loglik: np.ndarray) -> None:
+    """Fill E[x | x_obs] (N, D), ``n_draws`` predictive draws (S, N, D) and the row
+    log-likelihoods (N,), rows in the original order, working in row blocks."""
+    d = layout.xs.shape[1]
+    for block, factors in row_blocks(params, layout, extra=d * d):
+        e = e_step(params, block, factors)
+        mean, draws = _completions(params, e, block, rng, n_draws)
+        out_mean[block.order] = mean
+        out_draws[:, block.order] = draws
+        out_loglik[block.order] = e.row_loglik
 
 
 def missing_marginals(params: Params, md: MissingData) -> tuple[np.ndarray, ...]:
@@ -214,18 +258,10 @@ def derived_quantities(md: MissingData, draws: Draws, rng: np.random.Generator,
     c, s = draws.shape
     n, d = md.n, md.d
     imputed = np.empty((c, s, n, d))
-    predictive = np.empty((c, s, n_predictive, n, d))
+    predictive_ = np.empty((c, s, n_predictive, n, d))
     loglik = np.empty((c, s, n))
-    complete = bool(md.observed.all())
     for i in range(c):
         for j in range(s):
-            p = draws.params(i, j)
-            e = e_step(p, layout)
-            loglik[i, j] = layout.unsort(e.row_loglik)
-            if complete:
-                imputed[i, j] = md.values
-                predictive[i, j] = md.values
-            else:
-                imputed[i, j], predictive[i, j] = conditional_draws(p, e, layout, rng,
-                                                                    n_predictive)
-    return imputed, predictive.reshape(c, s * n_predictive, n, d), loglik
+            predictive(draws.params(i, j), layout, rng, n_predictive, imputed[i, j],
+                       predictive_[i, j], loglik[i, j])
+    return imputed, predictive_.reshape(c, s * n_predictive, n, d), loglik

@@ -410,9 +410,10 @@ class Fit:
         return self.idata.to_netcdf(str(path))
 
     def to_zarr(self, path: str) -> str:
-        """Write every group to one Zarr store (a group per InferenceData group).
+        """Write every group to one Zarr store (format 2, a group per InferenceData group).
 
-        Lazy groups of a chunked fit are computed and written chunk by chunk.
+        Lazy groups of a chunked fit are computed and written chunk by chunk; read them
+        back with ``xarray.open_zarr(path, group=...)``.
         """
         mode = "w"
         for group in self.idata.groups():
@@ -420,7 +421,7 @@ class Fit:
             if self.chunked and "obs" in ds.dims:
                 # Zarr stores regular chunks: rows dropped per chunk left them uneven
                 ds = ds.chunk({"obs": max(ds["x"].chunksizes["obs"])})
-            ds.to_zarr(str(path), group=group, mode=mode)
+            ds.to_zarr(str(path), group=group, mode=mode, zarr_format=2)
             mode = "a"
         return str(path)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import check_int
+from ..checks import check_int, check_number
 from ..chunked import ChunkedData, prepare_chunked, row_map
 from ..exceptions import SpecError
 from ..fit import Fit, build_chunked_idata
@@ -49,7 +49,8 @@ def fit_dask(spec: GMM, data: ChunkedData, *, seed: int | None = None, n_init: i
             "in memory; with dask data use uncertainty=None (or .compute() the data first)"
         )
     reg = options.get("reg_covar")
-    reg = (0.0 if spec.prior is not None else 1e-6) if reg is None else reg
+    reg = (0.0 if spec.prior is not None else 1e-6) if reg is None else check_number(
+        "reg_covar", reg)
     rng = np.random.default_rng(seed)
     if not isinstance(init, str):
         n_init = 1

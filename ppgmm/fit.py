@@ -310,7 +310,8 @@ class Fit:
         """(dask rows, row labels, input kind) of dask data or a chunked fit's data; else None."""
         if data is None and self.chunked:
             x = self.idata.observed_data["x"]
-            return x.data, np.asarray(x["obs"].values), str(self.attrs["input_kind"])
+            rows = x.data if is_dask(x) else x.chunk({"obs": 250_000}).data  # read back
+            return rows, np.asarray(x["obs"].values), str(self.attrs["input_kind"])
         if data is not None and is_dask(data):
             from .chunked import as_rows
 

@@ -197,6 +197,8 @@ def test_per_row_outputs_lazy_and_equal(client, data, tmp_path):
     assert_allclose(back.idata.log_likelihood["x"].values, mem.idata.log_likelihood["x"].values,
                     rtol=1e-10)
     assert_allclose(back.params.means, mem.params.means, rtol=1e-10)
+    assert back.chunked and is_dask(back.impute())
+    assert_allclose(back.impute().compute(), mem.impute(), rtol=1e-10, atol=1e-12)
     zpath = dsk.to_zarr(str(tmp_path / "fit.zarr"))
     read = xr.open_zarr(zpath, group="observed_data")
     assert_allclose(read["x"].values, mem.idata.observed_data["x"].values)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .backends import BACKENDS, backend_options, get
 from .checks import check_seed
+from .chunked import is_dask
 from .data import prepare
 from .exceptions import SpecError
 from .fit import Fit
@@ -27,7 +28,11 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
     spec : ppgmm.GMM
         The model specification.
     data : ndarray, pandas.DataFrame or xarray.DataArray, shape (n, d)
-        NaN marks a missing entry; missing entries are marginalised exactly (MAR).
+        NaN marks a missing entry; missing entries are marginalised exactly (MAR). A dask
+        array, dask-backed DataArray or dask DataFrame runs the EM chunk by chunk on the
+        active dask scheduler (docs/scale.md), with two more options: ``persist``
+        ("auto", True, False: keep the chunks in the workers' memory, or read them from
+        storage at every iteration) and ``init_sample`` (50000 rows for the start).
     backend : {"em", "advi", "nuts"}, default "em"
     seed : int, optional
         Seed for everything random (initialisation, bootstrap, draws): a non-negative
@@ -49,16 +54,32 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
         raise SpecError(f"spec should be a ppgmm.GMM, but got {type(spec).__name__}")
     seed = check_seed(seed)
     entry = get(backend)
+    dask_data = is_dask(data)
+    if dask_data and backend != "em":
+        raise SpecError(
+            f"backend {backend!r} needs the data in memory, but got a dask collection; use "
+            "backend='em', which runs on the active dask scheduler, or pass data.compute()"
+        )
     valid = entry.options()
+    if dask_data:
+        from .backends.em_dask import DASK_OPTIONS
+
+        valid = valid | DASK_OPTIONS
     unknown = set(options) - valid
     if unknown:
         raise SpecError(
             f"unknown option(s) {sorted(unknown)} for backend {backend!r}; valid options are "
             f"{sorted(valid)}"
         )
-    md = prepare(data, n_components=spec.n_components, covariance=spec.covariance)
     start = time.perf_counter()
-    result: Fit = entry.load()(spec, md, seed=seed, **options)
+    if dask_data:
+        from .backends.em_dask import em_dask_backend
+
+        result: Fit = em_dask_backend(spec, data, seed=seed, **options)
+    else:
+        md = prepare(data, n_components=spec.n_components, covariance=spec.covariance)
+        start = time.perf_counter()
+        result = entry.load()(spec, md, seed=seed, **options)
     attrs = result.idata.posterior.attrs
     attrs["wall_time"] = time.perf_counter() - start
     recorded, objects = _record(options)

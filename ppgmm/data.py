@@ -18,7 +18,7 @@ import xarray as xr
 
 from .exceptions import DataError, DataTypeError
 
-__all__ = ["MissingData", "PatternLayout", "prepare"]
+__all__ = ["MissingData", "PatternLayout", "prepare", "check_dtypes", "check_dims"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,29 +269,46 @@ def _object_to_float(arr: np.ndarray, names: list) -> np.ndarray:
     return np.column_stack(cols) if cols else np.empty(arr.shape, dtype=float)
 
 
-def _frame(data: pd.DataFrame) -> np.ndarray:
-    cols, bad, why = [], [], ""
-    for j, (name, dtype) in enumerate(data.dtypes.items()):
-        # by position, not data[name]: with duplicate names data[name] is a DataFrame
-        series = data.iloc[:, j]
+def check_dtypes(dtypes: Any) -> None:
+    """The errors :func:`prepare` gives for columns of these dtypes, from metadata alone.
+
+    ``dtypes`` holds (name, dtype) pairs (``df.dtypes.items()``, also of a dask DataFrame).
+    Booleans and types that are not numbers are a DataTypeError naming the columns, complex
+    numbers a DataError; object columns pass here and are read value by value.
+    """
+    bad, why = [], ""
+    for name, dtype in dtypes:
         if pd.api.types.is_bool_dtype(dtype):
             bad.append(name)
             why = why or "booleans"
-        elif pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype):
-            cols.append(series.to_numpy(dtype=float, na_value=np.nan))
         elif pd.api.types.is_complex_dtype(dtype):
             raise DataError(f"Complex data not supported: column {name!r} holds complex numbers; "
                             "data should be real-valued")
-        elif pd.api.types.is_object_dtype(dtype):
+        elif pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
+            bad.append(name)
+            why = why or "they hold text"
+        elif not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_object_dtype(dtype)):
+            bad.append(name)
+            why = why or f"dtype {dtype}"
+    if bad:
+        raise _not_numeric(sorted({str(b) for b in bad}), why)
+
+
+def _frame(data: pd.DataFrame) -> np.ndarray:
+    check_dtypes(data.dtypes.items())
+    cols, bad, why = [], [], ""
+    for j, dtype in enumerate(data.dtypes):
+        # by position, not data[name]: with duplicate names data[name] is a DataFrame
+        series = data.iloc[:, j]
+        if pd.api.types.is_object_dtype(dtype):
             col, reason = _object_column(series.to_numpy())
             if col is None:
-                bad.append(name)
+                bad.append(data.columns[j])
                 why = why or reason
             else:
                 cols.append(col)
         else:
-            bad.append(name)
-            why = why or f"dtype {dtype}"
+            cols.append(series.to_numpy(dtype=float, na_value=np.nan))
     if bad:
         raise _not_numeric(sorted({str(b) for b in bad}), why)
     if not cols:
@@ -299,21 +316,23 @@ def _frame(data: pd.DataFrame) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def _dataarray(data: xr.DataArray) -> tuple[np.ndarray, list[str], np.ndarray]:
+def check_dims(data: xr.DataArray) -> None:
+    """A DataArray's dims must be ('obs', 'feature') in either order: never guessed."""
     if data.ndim != 2:
         raise DataError(
             f"data should be 2-D (obs, feature), but got a DataArray with dims {data.dims}"
         )
     if set(data.dims) != {"obs", "feature"}:
-        hint = ""
-        if data.ndim == 2:
-            a, b = data.dims
-            hint = (f"; name them, e.g. da.rename({{{str(a)!r}: 'obs', {str(b)!r}: 'feature'}}) "
-                    "if rows run along the first")
+        a, b = data.dims
         raise DataError(
             f"a DataArray should have the dims ('obs', 'feature') in either order, but got "
-            f"{data.dims}: ppgmm does not guess which dim holds the rows{hint}"
+            f"{data.dims}: ppgmm does not guess which dim holds the rows; name them, e.g. "
+            f"da.rename({{{str(a)!r}: 'obs', {str(b)!r}: 'feature'}}) if rows run along the first"
         )
+
+
+def _dataarray(data: xr.DataArray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    check_dims(data)
     data = data.transpose("obs", "feature")
     values = _numeric(data.values, ["x"])
     feats = ([str(f) for f in data["feature"].values] if "feature" in data.coords

@@ -35,12 +35,13 @@ import numpy as np
 import xarray as xr
 
 from .checks import check_seed
+from .chunked import is_dask
 from .data import MissingData, prepare
 from .exceptions import DataError
 from .numerics.patterns import conditional_draws, e_step, responsibilities, row_loglik
 from .spec import GMM, PARAM_NAMES, Draws, Params, as_params
 
-__all__ = ["Fit", "build_idata", "load", "params_dataset"]
+__all__ = ["Fit", "build_idata", "build_chunked_idata", "load", "params_dataset"]
 
 
 def _versions() -> str:
@@ -149,6 +150,49 @@ def build_idata(
     return az.InferenceData(**groups)
 
 
+def build_chunked_idata(
+    spec: GMM,
+    *,
+    backend: str,
+    estimate: Params,
+    feature_names: list[str],
+    obs_names: np.ndarray,
+    rows: Any,
+    loglik: Any,
+    attrs: dict[str, Any],
+    sample_stats: xr.Dataset,
+    input_kind: str,
+) -> Any:
+    """The schema for a fit of chunked (dask) data, whose per-row groups stay lazy.
+
+    ``rows`` (n, d) and ``loglik`` (n,) are dask arrays: ``observed_data`` and
+    ``log_likelihood`` refer to them and are computed chunk by chunk only when read or
+    written. The posterior holds the estimate (chain=1, draw=1) without ``imputed_mean``,
+    and there is no ``posterior_predictive`` group: imputed means and draws are computed on
+    request (:meth:`Fit.impute`), so the result stays O(parameters) in memory at any N.
+    """
+    import arviz as az
+
+    post = params_dataset(estimate, feature_names).expand_dims(chain=[0], draw=[0])
+    post = post.transpose("chain", "draw", ...)
+    post.attrs.update(
+        backend=backend, spec=spec.to_json(), versions=_versions(), input_kind=input_kind,
+        n_obs=int(rows.shape[0]), chunked=1,
+    )
+    post.attrs.update(attrs)
+    obs = {"obs": np.asarray(obs_names)}
+    groups = {
+        "posterior": post,
+        "log_likelihood": xr.Dataset({"x": (("chain", "draw", "obs"), loglik[None, None])},
+                                     coords={"chain": [0], "draw": [0], **obs}),
+        "observed_data": xr.Dataset({"x": (("obs", "feature"), rows)},
+                                    coords={**obs, "feature": feature_names}),
+        "sample_stats": sample_stats,
+        "estimate": params_dataset(estimate, feature_names),
+    }
+    return az.InferenceData(**groups)
+
+
 def _stack(da: xr.DataArray) -> np.ndarray:
     """(chain * draw, ...) values."""
     return da.stack(sample=("chain", "draw")).transpose("sample", ...).values
@@ -188,6 +232,16 @@ class Fit:
         return bool(self.attrs.get("converged", 0))
 
     @property
+    def chunked(self) -> bool:
+        """Whether this is a fit of chunked (dask) data, with lazy per-row groups."""
+        return bool(self.attrs.get("chunked", 0))
+
+    @property
+    def n_obs(self) -> int:
+        """Number of fitted rows."""
+        return int(self.idata.observed_data.sizes["obs"])
+
+    @property
     def feature_names(self) -> list[str]:
         """Feature names, in column order."""
         return [str(f) for f in self.idata.observed_data["feature"].values]
@@ -208,7 +262,7 @@ class Fit:
     def __repr__(self) -> str:
         post = self.idata.posterior
         return (
-            f"<ppgmm.Fit backend={self.backend!r} {self.spec!r} n_obs={self.data.n} "
+            f"<ppgmm.Fit backend={self.backend!r} {self.spec!r} n_obs={self.n_obs} "
             f"draws={post.sizes['chain']}x{post.sizes['draw']} converged={self.converged}>"
         )
 
@@ -230,7 +284,15 @@ class Fit:
         return float(self.score_samples().sum())
 
     def score_samples(self, data: Any = None) -> np.ndarray:
-        """Observed-data log-likelihood of each row at :meth:`point` (NaN allowed)."""
+        """Observed-data log-likelihood of each row at :meth:`point` (NaN allowed).
+
+        Lazy (a dask array, computed chunk by chunk) for dask data and chunked fits.
+        """
+        lazy = self._chunked_rows(data)
+        if lazy is not None:
+            from .chunked import row_map
+
+            return row_map(self.params, lazy[0], "loglik")
         return row_loglik(self.params, self._data_or(data))
 
     def bic(self) -> float:
@@ -239,13 +301,26 @@ class Fit:
         mclust reports the negative of this (larger is better); the parameter count p is
         the same (:meth:`ppgmm.GMM.n_parameters`).
         """
-        return -2 * self.loglik + self.spec.n_parameters(self.data.d) * np.log(self.data.n)
+        d = len(self.feature_names)
+        return -2 * self.loglik + self.spec.n_parameters(d) * np.log(self.n_obs)
 
     def aic(self) -> float:
         """Akaike information criterion, -2 loglik + 2 p (smaller is better)."""
-        return -2 * self.loglik + 2 * self.spec.n_parameters(self.data.d)
+        return -2 * self.loglik + 2 * self.spec.n_parameters(len(self.feature_names))
 
     # ------------------------------------------------------------------ prediction
+    def _chunked_rows(self, data: Any) -> tuple[Any, np.ndarray | None, str] | None:
+        """(dask rows, row labels, input kind) of dask data or a chunked fit's data; else None."""
+        if data is None and self.chunked:
+            x = self.idata.observed_data["x"]
+            rows = x.data if is_dask(x) else x.chunk({"obs": 250_000}).data  # read back
+            return rows, np.asarray(x["obs"].values), str(self.attrs["input_kind"])
+        if data is not None and is_dask(data):
+            from .chunked import as_rows
+
+            return as_rows(data, self.feature_names)
+        return None
+
     def _data_or(self, data: Any) -> MissingData:
         if data is None:
             return self.data
@@ -253,7 +328,15 @@ class Fit:
                        fitted_by=self._fitted_by)
 
     def predict_proba(self, data: Any = None) -> np.ndarray:
-        """Component membership probabilities given each row's observed entries."""
+        """Component membership probabilities given each row's observed entries.
+
+        Lazy (a dask array, computed chunk by chunk) for dask data and chunked fits.
+        """
+        lazy = self._chunked_rows(data)
+        if lazy is not None:
+            from .chunked import row_map
+
+            return row_map(self.params, lazy[0], "proba")
         return responsibilities(self.params, self._data_or(data))
 
     def predict(self, data: Any = None) -> np.ndarray:
@@ -280,9 +363,15 @@ class Fit:
 
         Returns
         -------
-        Same type as the input (ndarray, DataFrame or DataArray), or a list of them.
+        Same type as the input (ndarray, DataFrame or DataArray), or a list of them. For
+        dask data and chunked fits: lazy, of the input's dask type, computed chunk by chunk
+        when read or written; draws are made on request at :meth:`point` (chunk ``c``
+        seeded by ``[seed, c]``).
         """
         seed = check_seed(seed)
+        lazy = self._chunked_rows(data)
+        if lazy is not None:
+            return self._impute_chunked(*lazy, draws=draws, seed=seed)
         md = self._data_or(data)
         if data is None and draws is None and "estimate" not in self.idata.groups():
             mean = self.idata.posterior["imputed_mean"].mean(("chain", "draw")).values
@@ -307,6 +396,18 @@ class Fit:
             return md.wrap(mean)
         return [md.wrap(x) for x in sims]
 
+    def _impute_chunked(self, rows: Any, obs: np.ndarray | None, kind: str, *,
+                        draws: int | None, seed: int | None) -> Any:
+        from .chunked import row_map, wrap
+
+        feats = self.feature_names
+        if draws is None:
+            return wrap(row_map(self.params, rows, "mean"), kind, feats, obs)
+        if not (isinstance(draws, int) and draws >= 1):
+            raise ValueError(f"draws should be a positive integer, but got {draws!r}")
+        sims = row_map(self.params, rows, "draws", seed=seed, draws=draws)
+        return [wrap(sims[i], kind, feats, obs) for i in range(draws)]
+
     @staticmethod
     def _fill(md: MissingData, missing_values: np.ndarray) -> np.ndarray:
         out = md.values.copy()
@@ -324,6 +425,22 @@ class Fit:
 
         with atomic_write(path) as tmp:
             self.idata.to_netcdf(tmp)
+        return str(path)
+
+    def to_zarr(self, path: str) -> str:
+        """Write every group to one Zarr store (format 2, a group per InferenceData group).
+
+        Lazy groups of a chunked fit are computed and written chunk by chunk; read them
+        back with ``xarray.open_zarr(path, group=...)``.
+        """
+        mode = "w"
+        for group in self.idata.groups():
+            ds = self.idata[group]
+            if self.chunked and "obs" in ds.dims:
+                # Zarr stores regular chunks: rows dropped per chunk left them uneven
+                ds = ds.chunk({"obs": max(ds["x"].chunksizes["obs"])})
+            ds.to_zarr(str(path), group=group, mode=mode, zarr_format=2)
+            mode = "a"
         return str(path)
 
     def to_datatree(self) -> xr.DataTree:

@@ -25,9 +25,13 @@ __all__ = ["resolve_prior", "data_moments"]
 
 def data_moments(md: MissingData, covariance: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and sample covariance (N - 1), by the K=1 MAR MLE when entries are missing."""
-    x = md.values
+    """Column means and sample covariance (N - 1), by the K=1 MAR MLE when entries are missing.
+
+    ``md`` may also be chunked data (:class:`ppgmm.chunked.ChunkedData`), which gives its
+    column ranges, counts and the K=1 fit computed chunk by chunk.
+    """
     n = md.n
+    chunked = not isinstance(md, MissingData)
     remedy = ("give the prior's mean and scale (ppgmm.Prior(mean=..., scale=...)), or use "
               "prior=None")
     if n < 2:
@@ -35,40 +39,60 @@ def data_moments(md: MissingData, covariance: str | None = None
             f"the default prior's scale is the data's sample covariance, which needs at least 2 "
             f"rows, but got {n}; {remedy}"
         )
-    with np.errstate(invalid="ignore"):
-        spread = np.nanmax(x, axis=0) - np.nanmin(x, axis=0)
+    if chunked:
+        spread = md.spread
+    else:
+        with np.errstate(invalid="ignore"):
+            spread = np.nanmax(md.values, axis=0) - np.nanmin(md.values, axis=0)
     constant = [md.feature_names[j] for j in np.flatnonzero(spread == 0)]
     if constant:
         raise DataError(
             f"column(s) {constant} take one value in every observed row, so the default prior's "
             f"scale (the data's covariance) is singular; drop them, {remedy}"
         )
-    if md.observed.all():
+    if not chunked and md.observed.all():
+        x = md.values
         return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
     try:
-        mean, cov = fit_single_gaussian(md)
+        mean, cov = md.single_gaussian() if chunked else fit_single_gaussian(md)
     except (ObjectiveDecreaseError, PpgmmError):
         # the MAR likelihood of one Gaussian is unbounded when a column is observed in too
         # few rows to regress it on the others, or when columns are linearly dependent
-        cause = _degenerate_cause(md)
-        counts = md.observed.sum(axis=0)
-        if covariance in ("diag", "spherical") and (counts >= 2).all():
-            # diagonal covariances never need the columns' joint covariance: the prior's
-            # mean and scale come from each column's observed rows instead
-            import warnings
-
-            warnings.warn(
-                f"the one-Gaussian fit under MAR that sets the default prior's mean and scale "
-                f"is degenerate ({cause}); for covariance={covariance!r} they come from each "
-                "column's observed mean and variance instead",
-                UserWarning, stacklevel=5,
-            )
-            return np.nanmean(x, axis=0), np.diag(np.nanvar(x, axis=0, ddof=1))
-        raise DataError(
-            f"the one-Gaussian fit that sets the default prior's mean and scale is degenerate: "
-            f"{cause}. Drop sparse or redundant columns, use covariance='diag', {remedy}"
-        ) from None
+        if chunked:
+            counts = md.col_counts
+            j = int(np.argmin(counts))
+            raise DataError(
+                f"the one-Gaussian fit that sets the default prior's mean and scale is "
+                f"degenerate: a column is observed in too few rows (the fewest: "
+                f"{md.feature_names[j]!r}, {int(counts[j])} rows) or some columns are linear "
+                f"combinations of others. Drop sparse or redundant columns, {remedy}"
+            ) from None
+        return _moments_of_degenerate(md, covariance, remedy)
     return mean, cov * n / (n - 1)
+
+
+def _moments_of_degenerate(md: MissingData, covariance: str | None,
+                           remedy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise moments for diagonal covariances, else the error naming the cause."""
+    x = md.values
+    cause = _degenerate_cause(md)
+    counts = md.observed.sum(axis=0)
+    if covariance in ("diag", "spherical") and (counts >= 2).all():
+        # diagonal covariances never need the columns' joint covariance: the prior's
+        # mean and scale come from each column's observed rows instead
+        import warnings
+
+        warnings.warn(
+            f"the one-Gaussian fit under MAR that sets the default prior's mean and scale "
+            f"is degenerate ({cause}); for covariance={covariance!r} they come from each "
+            "column's observed mean and variance instead",
+            UserWarning, stacklevel=6,
+        )
+        return np.nanmean(x, axis=0), np.diag(np.nanvar(x, axis=0, ddof=1))
+    raise DataError(
+        f"the one-Gaussian fit that sets the default prior's mean and scale is degenerate: "
+        f"{cause}. Drop sparse or redundant columns, use covariance='diag', {remedy}"
+    ) from None
 
 
 def _degenerate_cause(md: MissingData) -> str:

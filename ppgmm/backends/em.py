@@ -162,7 +162,7 @@ def fit_em(
     for _ in range(n_init):
         p0 = initial_params(spec, md, init, rng, reg, prior)
         run = run_em(p0, layout, spec.covariance, prior, max_iter=max_iter, tol=tol,
-                     reg_covar=reg, stop=stop, accelerate=bool(accelerate))
+                     reg_covar=reg, stop=stop, accelerate=bool(accelerate), n=md.n)
         if best is None or run.objective[-1] > best.objective[-1]:
             best = run
     assert best is not None

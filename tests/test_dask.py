@@ -1,0 +1,248 @@
+"""EM on dask data against the in-memory EM (itself checked against scikit-learn and scipy).
+
+One LocalCluster (2 worker processes, 1 thread each, a memory limit) serves the module and
+is torn down at its end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from helpers import mcar, mixture, scipy_row_loglik, typed_cov
+from numpy.testing import assert_allclose
+
+import ppgmm
+from ppgmm.chunked import is_dask, persist_fits, prepare_chunked
+from ppgmm.prior import data_moments
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+COV_TYPES = ["full", "diag", "spherical", "tied"]
+MEMORY_LIMIT = 512 * 2**20
+DROP = "dropped 3 of 603 rows with no observed entry"
+
+
+@pytest.fixture(scope="module")
+def client():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cluster's start-up chatter is not under test
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           memory_limit=MEMORY_LIMIT, dashboard_address=None)
+        client = distributed.Client(cluster)
+    yield client
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def data():
+    """600 rows of a 3-component mixture in 4-D, 25% MCAR, 3 rows with nothing observed."""
+    x, _, _ = mixture(seed=4, n=600, d=4, k=3, sep=2.5)
+    x = mcar(x, 0.25, seed=5)
+    return np.insert(x, [10, 250, 599], np.nan, axis=0)
+
+
+def _start(x: np.ndarray, covariance: str, k: int = 3) -> ppgmm.Params:
+    """One deterministic start of the covariance type, shared by both fits."""
+    rng = np.random.default_rng(7)
+    xf = np.where(np.isnan(x), np.nanmean(x, axis=0), x)
+    xf = xf[~np.isnan(x).all(axis=1)]
+    means = xf[rng.choice(len(xf), k, replace=False)]
+    covs = typed_cov(np.broadcast_to(np.cov(xf, rowvar=False), (k, 4, 4)).copy(), covariance)
+    return ppgmm.Params(np.full(k, 1.0 / k), means, covs)
+
+
+def _fit(spec, data, **kw):
+    """A fit of ``data`` (which has 3 empty rows); from a given start, 15 EM steps."""
+    kw = {"max_iter": 15, "tol": 0.0, **kw} if "init" in kw else {"tol": 1e-8, **kw}
+    with pytest.warns(UserWarning, match=DROP):
+        if kw.get("tol"):
+            return ppgmm.fit(spec, data, seed=0, **kw)
+        with pytest.warns(ppgmm.ConvergenceWarning, match="did not converge"):
+            return ppgmm.fit(spec, data, seed=0, **kw)
+
+
+def _same(a: ppgmm.Fit, b: ppgmm.Fit, rtol: float = 1e-10) -> None:
+    ta, tb = a.idata.sample_stats.objective.values, b.idata.sample_stats.objective.values
+    assert len(ta) == len(tb)
+    assert_allclose(ta, tb, rtol=rtol, atol=0)
+    for name in ("weights", "means", "covariances"):
+        assert_allclose(getattr(a.params, name), getattr(b.params, name), rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("prior", [None, "default"])
+@pytest.mark.parametrize("covariance", COV_TYPES)
+def test_same_fit_as_in_memory(client, data, covariance, prior):
+    spec = ppgmm.GMM(3, covariance=covariance, prior=prior)
+    p0 = _start(data, covariance)
+    mem = _fit(spec, data, init=p0)
+    dsk = _fit(spec, da.from_array(data, chunks=(97, 2)), init=p0)
+    assert dsk.attrs["n_chunks"] == 7 and dsk.attrs["persisted"] == 1
+    _same(mem, dsk)
+
+
+def test_chunk_boundaries_do_not_matter(client, data):
+    """Chunks that split every missingness pattern, and one chunk, give the same fit."""
+    spec = ppgmm.GMM(3, covariance="full", prior="default")
+    p0 = _start(data, "full")
+    mem = _fit(spec, data, init=p0)
+    for chunks in (29, 603):  # 21 chunks (a two-level reduction tree), and one
+        _same(mem, _fit(spec, da.from_array(data, chunks=(chunks, 4)), init=p0))
+
+
+def test_prior_moments_chunk_by_chunk(client, data):
+    """The default prior's mean and scale: the K=1 MAR EM on chunks equals it in memory, and
+    on complete data equals numpy's column means and covariance."""
+    with pytest.warns(UserWarning, match=DROP):
+        md = ppgmm.prepare(data)
+        cd = prepare_chunked(da.from_array(data, chunks=50))
+    for got, want in zip(data_moments(cd), data_moments(md), strict=True):
+        assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    full, _, _ = mixture(seed=1, n=500, d=3)
+    mean, cov = data_moments(prepare_chunked(da.from_array(full, chunks=64)))
+    assert_allclose(mean, full.mean(0), rtol=1e-12)
+    assert_allclose(cov, np.cov(full, rowvar=False), rtol=1e-12)
+
+
+def test_default_start_from_sample(client, data):
+    """With every row in the sample the start is the in-memory default's; from a 200-row
+    sample the fit reaches the same optimum."""
+    spec = ppgmm.GMM(3)
+    mem = _fit(spec, data)
+    _same(mem, _fit(spec, da.from_array(data, chunks=100)))
+    small = _fit(spec, da.from_array(data, chunks=100), init_sample=200)
+    # both stop at a per-row gain below 1e-8; another optimum would differ by far more
+    assert_allclose(small.loglik, mem.loglik, rtol=1e-6)
+
+
+def test_streams_from_storage(client, data, tmp_path):
+    """With persist=False (what "auto" picks when the chunks exceed half the workers'
+    memory) each pass reads the Zarr store: same fit, nothing left on the workers."""
+    total = 2 * MEMORY_LIMIT
+    assert persist_fits(0.4 * total) and not persist_fits(0.6 * total)
+    store = str(tmp_path / "x.zarr")
+    da.from_array(data, chunks=(64, 4)).to_zarr(store)
+    spec = ppgmm.GMM(3, covariance="diag", prior="default")
+    p0 = _start(data, "diag")
+    dsk = _fit(spec, da.from_zarr(store), init=p0, persist=False)
+    assert dsk.attrs["persisted"] == 0
+    held = client.run(lambda dask_worker: len(dask_worker.data))
+    assert sum(held.values()) == 0
+    _same(_fit(spec, data, init=p0), dsk)
+
+
+def test_other_dask_inputs(client, data):
+    """A dask-backed DataArray and a dask DataFrame: names kept, same fit, same-type output."""
+    spec = ppgmm.GMM(3, covariance="tied")
+    p0 = _start(data, "tied")
+    feats = ["a", "b", "c", "d"]
+    mem = _fit(spec, pd.DataFrame(data, columns=feats), init=p0)
+    arr = xr.DataArray(data, dims=("obs", "feature"),
+                       coords={"obs": np.arange(603) * 10, "feature": feats}).chunk({"obs": 150})
+    fa = _fit(spec, arr, init=p0)
+    _same(mem, fa)
+    assert fa.feature_names == feats
+    assert list(fa.idata.observed_data.obs.values[9:12]) == [90, 110, 120]
+    imp = fa.impute()
+    assert isinstance(imp, xr.DataArray) and is_dask(imp)
+    assert_allclose(imp.values, mem.impute().to_numpy(), rtol=1e-10, atol=1e-12)
+    dd = pytest.importorskip("dask.dataframe")
+    ff = _fit(spec, dd.from_pandas(pd.DataFrame(data, columns=feats), npartitions=4), init=p0)
+    _same(mem, ff)
+    out = ff.impute()
+    assert is_dask(out) and list(out.columns) == feats
+
+
+def test_per_row_outputs_lazy_and_equal(client, data, tmp_path):
+    """Per-row results of a dask fit are dask arrays equal to the in-memory ones (and to
+    scipy's densities); saving writes them chunk by chunk; nothing per entry is stored."""
+    spec = ppgmm.GMM(3, covariance="full")
+    p0 = _start(data, "full")
+    mem = _fit(spec, data, init=p0)
+    dsk = _fit(spec, da.from_array(data, chunks=120), init=p0)
+    assert "posterior_predictive" not in dsk.idata.groups()
+    assert "imputed_mean" not in dsk.idata.posterior
+    assert is_dask(dsk.idata.observed_data["x"]) and is_dask(dsk.idata.log_likelihood["x"])
+    w, mu, cov = dsk.params
+    kept = data[~np.isnan(data).all(axis=1)]
+    assert_allclose(dsk.idata.log_likelihood["x"].values[0, 0],
+                    scipy_row_loglik(kept, w, mu, cov), rtol=1e-9)
+    new = da.from_array(mcar(mixture(seed=9, n=250, d=4, k=3)[0], 0.3, seed=2), chunks=60)
+    local = new.compute()
+    for lazy, eager in ((dsk.score_samples(new), mem.score_samples(local)),
+                        (dsk.predict_proba(new), mem.predict_proba(local)),
+                        (dsk.impute(new), mem.impute(local)),
+                        (dsk.predict(new), mem.predict(local))):
+        assert is_dask(lazy)
+        assert_allclose(lazy.compute(), eager, rtol=1e-9, atol=1e-12)
+    assert_allclose(dsk.loglik, mem.loglik, rtol=1e-12)
+    assert_allclose(dsk.bic(), mem.bic(), rtol=1e-12)
+    sims = dsk.impute(new, draws=2, seed=3)
+    again = dsk.impute(new, draws=2, seed=3)[1].compute()
+    assert_allclose(sims[1].compute(), again)
+    obs = ~np.isnan(local)
+    assert_allclose(sims[0].compute()[obs], local[obs])
+    assert not np.isnan(sims[0].compute()).any()
+    assert not np.allclose(sims[0].compute()[~obs], sims[1].compute()[~obs])
+    back = ppgmm.load(dsk.to_netcdf(str(tmp_path / "fit.nc")))
+    assert_allclose(back.idata.log_likelihood["x"].values, mem.idata.log_likelihood["x"].values,
+                    rtol=1e-10)
+    assert_allclose(back.params.means, mem.params.means, rtol=1e-10)
+    assert back.chunked and is_dask(back.impute())
+    assert_allclose(back.impute().compute(), mem.impute(), rtol=1e-10, atol=1e-12)
+    zpath = dsk.to_zarr(str(tmp_path / "fit.zarr"))
+    read = xr.open_zarr(zpath, group="observed_data")
+    assert_allclose(read["x"].values, mem.idata.observed_data["x"].values)
+
+
+def _message(call) -> str:
+    with pytest.raises(ppgmm.DataError) as info:
+        call()
+    return str(info.value)
+
+
+def test_validation_errors_as_in_memory(client):
+    """Infinities, columns with no value, too few rows, non-numeric columns: the in-memory
+    errors, word for word."""
+    x = mixture(seed=2, n=60, d=3)[0]
+    x[41, 2] = np.inf
+    spec = ppgmm.GMM(2)
+    want = _message(lambda: ppgmm.fit(spec, x))
+    assert _message(lambda: ppgmm.fit(spec, da.from_array(x, chunks=16))) == want
+    x[41, 2], x[:, 1] = 0.0, np.nan
+    want = _message(lambda: ppgmm.fit(spec, x))
+    assert "have no observed value" in want
+    assert _message(lambda: ppgmm.fit(spec, da.from_array(x, chunks=16))) == want
+    small = mixture(seed=2, n=2, d=3)[0]
+    want = _message(lambda: ppgmm.fit(ppgmm.GMM(3), small))
+    assert _message(lambda: ppgmm.fit(ppgmm.GMM(3), da.from_array(small))) == want
+    dd = pytest.importorskip("dask.dataframe")
+    df = pd.DataFrame({"a": [1.0, 2.0, 3.0], "s": ["x", "y", "z"]})
+    want = _message(lambda: ppgmm.fit(spec, df))
+    assert _message(lambda: ppgmm.fit(spec, dd.from_pandas(df, npartitions=2))) == want
+    with pytest.raises(ppgmm.SpecError, match="needs the data in memory"):
+        ppgmm.fit(spec, da.from_array(small), backend="nuts")
+    with pytest.raises(ppgmm.SpecError, match="needs the data in memory"):
+        ppgmm.fit(spec, da.from_array(small), uncertainty="bootstrap")
+
+
+def test_in_memory_path_does_not_load_dask():
+    """``import ppgmm`` loads no dask; an in-memory fit loads none of the dask path (ArviZ
+    may load dask itself)."""
+    code = ("import sys, numpy as np, ppgmm; x = np.random.default_rng(0).normal(size=(50, 2));"
+            "print([m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]);"
+            "ppgmm.fit(ppgmm.GMM(2), x, seed=0);"
+            "print(sorted(m for m in ('distributed', 'ppgmm.backends.em_dask') if m in"
+            " sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["[]", "[]"]

@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..checks import check_int, check_number
+from ..checks import check_bool, check_int, check_number
 from ..data import MissingData
 from ..exceptions import SpecError
 from ..fit import Fit
@@ -296,6 +296,7 @@ def advi_backend(
     engine: str = "jax",
     compile_mode: str = "NUMBA",
     progressbar: bool | None = None,
+    standardise: bool = True,
 ) -> Fit:
     """Fit the posterior by ADVI and package draws from the approximation in the Fit schema.
 
@@ -336,6 +337,12 @@ def advi_backend(
     progressbar : bool, optional
         Default: shown when stderr is a terminal.
 
+    standardise : bool, default True
+        Sample on the standardised scale (each column centred and scaled by its observed
+        mean and standard deviation, the prior transformed with it) and map the draws back
+        exactly: the results do not depend on the units of the data, and the sampler sees
+        a posterior of unit scale whatever they are. False runs on the data as given.
+
     Returns
     -------
     ppgmm.Fit
@@ -367,4 +374,5 @@ def advi_backend(
         spec, md, backend="advi", seed=seed, init=init, reference=reference,
         engine=functools.partial(_engine, engine, options),
         check=functools.partial(_check, n_iter), attrs=attrs,
+        standardise=check_bool("standardise", standardise),
     )

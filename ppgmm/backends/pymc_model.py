@@ -187,7 +187,9 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
     pymc.Model
         Free variables ``weights``, ``means`` and :data:`FREE_NAMES` (plus
         ``x_missing_latent`` when latent); deterministic ``covariances`` (K, D, D); the
-        likelihood as the potential ``loglik``.
+        likelihood as the potential ``loglik``; the data as ``pm.Data``
+        (:data:`DATA_NAMES`) and ``model.ppgmm_structure``, the tuple of everything else
+        the graph depends on.
     """
     pm = import_pymc()
     import pytensor.tensor as pt
@@ -255,6 +257,9 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
         else:
             raise ValueError(f"missing should be 'marginal' or 'latent', but got {missing!r}")
         pm.Potential("loglik", rows.sum())
+    # what a compiled log density depends on besides the pm.Data (ADVI's compile cache)
+    model.ppgmm_structure = (k, d, cov_type, missing, md.patterns.tobytes(),
+                             md.patterns.shape, float(nu), float(rp.kappa))
     return model
 
 

@@ -61,9 +61,10 @@ def test_convergence_needs_settled_parameters(data):
 
 def test_minibatch_agrees_with_full_data(data, meanfield):
     """Minibatch gradients (60 of 240 rows) reach the same approximation: means within a
-    quarter of a posterior sd (the averaged windows leave some optimiser noise)."""
+    quarter of a posterior sd. Minibatch gradients are noisier, so the window averages
+    settle only to a looser parameter tolerance (param_tol=0.3)."""
     mb = ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1, window=500, n_iter=20_000,
-                   batch_size=60)
+                   batch_size=60, param_tol=0.3)
     assert mb.attrs["batch_size"] == 60
     a = meanfield.idata.posterior["means"]
     b = mb.idata.posterior["means"]

@@ -135,7 +135,7 @@ def advi_pair(data):
     spec = GMM(2, "full")
     fits = []
     for x in (data, SHIFT + SCALE * data):
-        fits.append(ppgmm.fit(spec, x, backend="advi", seed=5, n_iter=6000, window=500,
+        fits.append(ppgmm.fit(spec, x, backend="advi", seed=5, n_iter=20_000, window=500,
                               draws=400))
     return fits
 

@@ -163,10 +163,12 @@ def mixture_loglik_rows(pt: Any, rows: dict[str, Any], patterns: np.ndarray,
 DATA_NAMES = ("x0", "obs", "onehot", "n_obs", "prior_mean", "prior_chol", "prior_ig_scale")
 
 
-def _data(pm: Any, name: str, value: Any) -> Any:
-    """``pm.Data`` of static shape (graph rewrites then need no broadcast checks)."""
+def _data(pm: Any, name: str, value: Any, rows: bool = False) -> Any:
+    """``pm.Data`` of static shape (graph rewrites then need no broadcast checks), except
+    the number of rows when ``rows`` (a compiled density then takes minibatches)."""
     value = np.array(value, dtype=float)
-    return pm.Data(name, value, shape=value.shape)
+    shape = (None, *value.shape[1:]) if rows else value.shape
+    return pm.Data(name, value, shape=shape)
 
 
 
@@ -243,7 +245,7 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
             means = pm.Normal("means", mu=prior_mean, sigma=pt.sqrt(var_kd / rp.kappa),
                               dims=("component", "feature"))
         if missing == "marginal":
-            data = {name: _data(pm, name, value) for name, value in row_inputs(
+            data = {name: _data(pm, name, value, rows=True) for name, value in row_inputs(
                 md.zero_filled, md.pattern_index, md.patterns).items()}
             rows = mixture_loglik_rows(pt, data, md.patterns, weights, means, covs)
         elif missing == "latent":

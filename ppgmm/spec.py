@@ -87,13 +87,14 @@ class ResolvedPrior:
     """A prior with every hyperparameter set to a number (see :mod:`ppgmm.prior`).
 
     ``scale`` is the (d, d) matrix :math:`\\Lambda` for full and tied covariances, and
-    the scalar :math:`s^2` for diag and spherical.
+    the scalar :math:`s^2` for diag and spherical (diag on the standardised scale of the
+    Bayesian backends: one :math:`s^2_j` per column, shape (d,)).
     """
 
     kappa: float
     mean: np.ndarray  # (d,)
     dof: float
-    scale: np.ndarray  # (d, d) or ()
+    scale: np.ndarray  # (d, d), () or, for diag, (d,)
     covariance: str
 
 

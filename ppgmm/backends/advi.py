@@ -24,26 +24,39 @@ Engines:
 - ``"pymc"``: ``pm.fit(method=...)`` itself, compiled in ``compile_mode`` ("NUMBA" or
   "FAST_RUN"), for comparison.
 
-Convergence: the ELBO is averaged over windows of ``window`` iterations; the fit has
-converged when two successive window means differ by less than
-:math:`\max(\mathrm{tol}\,|\overline{\mathrm{ELBO}}|,\ 2\,\mathrm{se})`, se the standard error of
-the difference (the change is then below the Monte Carlo noise of the estimate). The
-returned approximation averages the variational parameters over the last window
-(Polyak-Ruppert averaging), which removes most of the optimiser's jitter.
+Convergence is checked every ``window`` iterations on the approximation averaged over
+the window (Polyak-Ruppert averaging of the variational parameters, which removes most of
+the optimiser's jitter and is what the fit returns): its full-data ELBO is estimated from
+32 draws, and the fit has converged when, between two successive windows, (i) the ELBO
+changed by less than :math:`\max(\mathrm{tol}\,|\mathrm{ELBO}|,\ 2\,\mathrm{se})` and (ii)
+no coordinate of the mean moved by more than ``param_tol`` of its standard deviation and no
+log standard deviation by more than ``param_tol``. The ELBO alone settles within its noise
+long before the variances do (it stopped every fit at the first allowed check).
+
+Failures are loud: when the ELBO or the parameters stop being finite, the fit restarts
+from its start with a ten times smaller step (twice), then raises an error saying what to
+try. ``fullrank_advi`` starts from the converged mean-field fit (its mean and standard
+deviations, no correlation). The compiled loop takes the data as arguments and is cached
+per model structure, so a second fit of the same shape does not recompile.
+
+Known bias: mean-field ADVI ignores posterior correlations and, minimising KL(q || p),
+underestimates posterior variances; full-rank ADVI captures correlations but still tends
+to underestimate tails. Use NUTS for calibrated intervals (``docs/bayesian.md``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..checks import check_int, check_number
+from ..checks import check_bool, check_int, check_number
 from ..data import MissingData
-from ..exceptions import SpecError
+from ..exceptions import PpgmmError, SpecError
 from ..fit import Fit
 from ..spec import GMM, PARAM_NAMES, Draws
 from . import bayes
@@ -96,68 +109,214 @@ class Gaussian(NamedTuple):
 
 
 def advi_kernel(logp: Any, family: Gaussian, optimizer: Any, n_mc: int):
-    """``step(key, state) -> (state, info)``: one reparameterised-gradient ascent step."""
+    """``step(key, state, data) -> (state, info)``: one reparameterised-gradient ascent step.
+
+    ``logp(theta, data, key)`` is the (possibly minibatch-scaled) log density.
+    """
     import jax
     import optax
 
-    def negative_elbo(params, key):
+    def negative_elbo(params, key, data):
         m, rho, off = params
-        eps = jax.random.normal(key, (n_mc, family.dim))
+        k_eps, k_batch = jax.random.split(key)
+        eps = jax.random.normal(k_eps, (n_mc, family.dim))
         theta = m + eps @ family.scale(rho, off).T
-        return -(jax.numpy.mean(jax.vmap(logp)(theta)) + family.entropy(rho))
+        lp = jax.vmap(lambda th: logp(th, data, k_batch))(theta)
+        return -(jax.numpy.mean(lp) + family.entropy(rho))
 
     grad_fn = jax.value_and_grad(negative_elbo)
 
-    def step(key, state: ADVIState) -> tuple[ADVIState, ADVIInfo]:
-        value, grads = grad_fn(state.params, key)
+    def step(key, state: ADVIState, data: Any) -> tuple[ADVIState, ADVIInfo]:
+        value, grads = grad_fn(state.params, key, data)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         return ADVIState(optax.apply_updates(state.params, updates), opt_state), ADVIInfo(-value)
 
     return step
 
 
-def _flat_logp(model: Any, start: dict[str, np.ndarray]):
-    """PyMC's log density as a function of one flat unconstrained vector, and its unravel."""
-    from pymc.sampling.jax import get_jaxified_logp
+class Compiled(NamedTuple):
+    """The jitted functions of one model structure (see :func:`_compiled`)."""
 
+    run_window: Any  # (state, key, data) -> (state, elbo per iteration, averaged params)
+    elbo: Any  # (params, key, data) -> full-data ELBO draws of the approximation
+    draw: Any  # (theta (S, dim), data) -> weights, means, covariances
+    unravel: Any
+    family: Gaussian
+
+
+#: compiled functions per model structure: a second fit of the same shape does not recompile
+_CACHE: dict[tuple, Compiled] = {}
+_CACHE_SIZE = 8
+
+
+def _jaxify(model: Any, n_rows: int | None):
+    """The model's log density, likelihood and parameters as JAX functions of the flat
+    values and the model's data (:data:`~ppgmm.backends.pymc_model.DATA_NAMES`), which enter
+    as arguments instead of constants. ``n_rows`` sets the row dimension of the row inputs
+    (a minibatch's size)."""
+    import pytensor
+    import pytensor.tensor as pt
+    from pymc.sampling.jax import get_jaxified_graph
+
+    from .pymc_model import DATA_NAMES
+
+    shared = [model[n] for n in DATA_NAMES if n in model.named_vars]
+    inputs = []
+    for v in shared:
+        shape = v.type.shape
+        if n_rows is not None and v.name in ("x0", "obs", "onehot", "n_obs"):
+            shape = (n_rows, *shape[1:])
+        inputs.append(pt.tensor(dtype="float64", shape=shape, name=v.name))
+    loglik = model.replace_rvs_by_values([model["loglik"]])[0]
+    params = model.replace_rvs_by_values([model[n] for n in PARAM_NAMES])
+    outs = pytensor.clone_replace([model.logp(), loglik, *params], dict(zip(shared, inputs,
+                                                                             strict=True)))
+    dens = get_jaxified_graph(inputs=model.value_vars + inputs, outputs=outs[:2])
+    draw = get_jaxified_graph(inputs=model.value_vars + inputs, outputs=outs[2:])
+    return dens, draw, [v.name for v in shared]
+
+
+def _structure(model: Any, start: dict, method: str, n_mc: int, window: int,
+               batch: int | None) -> tuple:
+    """What the compiled functions depend on besides the data's values."""
+    shapes = tuple((v.name, tuple(np.shape(start[v.name]))) for v in model.value_vars)
+    data = tuple((n, tuple(v.type.shape)) for n, v in model.named_vars.items()
+                 if hasattr(v, "get_value"))
+    return (getattr(model, "ppgmm_structure", id(model)), shapes, data, method, n_mc,
+            window, batch)
+
+
+def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
+              batch: int | None, n_rows: int, n_eval: int = 32) -> Compiled:
+    """Jitted ADVI loop, full-data ELBO and parameter draws for this model structure."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    key = _structure(model, start, method, n_mc, window, batch)
+    if key in _CACHE:
+        return _CACHE[key]
+    if os.environ.get("PPGMM_DEBUG_CACHE"):
+        print("ADVI compile cache miss:", key[1:], [k[1:] for k in _CACHE], file=sys.stderr)
     values = model.value_vars
     shapes = [tuple(np.shape(start[v.name])) for v in values]
     cuts = np.cumsum([0, *[int(np.prod(sh)) for sh in shapes]])
-    m0 = np.concatenate([np.ravel(start[v.name]) for v in values]).astype(float)
-    logp_list = get_jaxified_logp(model)  # the log density (PyMC negates it for numpyro)
 
     def unravel(theta):
         return [theta[a:b].reshape(sh) for a, b, sh in zip(cuts[:-1], cuts[1:], shapes,
                                                             strict=True)]
 
-    return (lambda theta: logp_list(unravel(theta))), unravel, m0
+    dens_full, draw_fn, names = _jaxify(model, None)
+    dens_batch = dens_full if batch is None else _jaxify(model, batch)[0]
+    rows = [i for i, n in enumerate(names) if n in ("x0", "obs", "onehot", "n_obs")]
+
+    def logp_full(theta, data, _key):
+        return dens_full(*unravel(theta), *data)[0]
+
+    def logp_batch(theta, data, key):
+        # rows drawn without replacement; the likelihood scaled to all n_rows rows
+        idx = jax.random.choice(key, n_rows, (batch,), replace=False)
+        sub = [d[idx] if i in rows else d for i, d in enumerate(data)]
+        lp, ll = dens_batch(*unravel(theta), *sub)
+        return lp + (n_rows / batch - 1.0) * ll
+
+    family = Gaussian(int(cuts[-1]), method == "fullrank_advi")
+    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
+    step = advi_kernel(logp_full if batch is None else logp_batch, family, optimizer, n_mc)
+
+    @jax.jit
+    def run_window(state, key, data):
+        def body(st, k):
+            st, info = step(k, st, data)
+            return st, (info.elbo, st.params)
+
+        state, (elbo, params) = jax.lax.scan(body, state, jax.random.split(key, window))
+        # Polyak-Ruppert averaging of the variational parameters over the window
+        return state, elbo, jax.tree.map(lambda a: a.mean(axis=0), params)
+
+    @jax.jit
+    def elbo(params, key, data):
+        m, rho, off = params
+        theta = m + jax.random.normal(key, (n_eval, family.dim)) @ family.scale(rho, off).T
+        return jax.vmap(lambda th: logp_full(th, data, key))(theta) + family.entropy(rho)
+
+    @jax.jit
+    def draw(theta, data):
+        return jax.vmap(lambda th: draw_fn(*unravel(th), *data))(jnp.asarray(theta))
+
+    out = Compiled(run_window, elbo, draw, unravel, family)
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = out
+    return out
 
 
-def _windows(run_window: Any, state: ADVIState, key: Any, *, n_windows: int, tol: float,
-             progressbar: bool) -> tuple[Any, list[np.ndarray], bool, float]:
-    """Run windows until two successive window-mean ELBOs agree (see the module docstring).
+class Window(NamedTuple):
+    """One convergence check."""
+
+    elbo: float  # full-data ELBO of the window's averaged approximation
+    se: float  # its Monte Carlo standard error
+    shift: float  # largest change of the mean since the last window, in posterior sds
+    log_sd_shift: float  # largest change of a log standard deviation
+
+
+def _converged(a: Window, b: Window, tol: float, param_tol: float) -> bool:
+    """Both the ELBO and the parameters have settled (see the module docstring)."""
+    elbo_flat = abs(b.elbo - a.elbo) < max(tol * abs(b.elbo), 2.0 * np.hypot(a.se, b.se))
+    return bool(elbo_flat and b.shift < param_tol and b.log_sd_shift < param_tol)
+
+
+def _check_window(c: Compiled, avg: tuple, prev: tuple | None, key: Any, data: tuple
+                  ) -> Window | None:
+    """The window's check, or None when the approximation is no longer finite."""
+    m, rho, off = (np.asarray(a) for a in avg)
+    if not (np.isfinite(m).all() and np.isfinite(rho).all() and np.isfinite(off).all()):
+        return None
+    e = np.asarray(c.elbo(avg, key, data))
+    if not np.isfinite(e).all():
+        return None
+    shift = log_shift = np.inf
+    if prev is not None:
+        sd = np.exp(rho)
+        shift = float(np.max(np.abs(m - np.asarray(prev[0])) / sd))
+        log_shift = float(np.max(np.abs(rho - np.asarray(prev[1]))))
+    return Window(float(e.mean()), float(e.std() / np.sqrt(len(e))), shift, log_shift)
+
+
+def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate: float,
+             n_windows: int, tol: float, param_tol: float, progressbar: bool
+             ) -> tuple[Any, list[np.ndarray], bool, float] | None:
+    """Run windows until the approximation settles (:func:`_converged`).
 
     Returns the last window's averaged parameters, the ELBO trace per window, whether it
-    converged, and the seconds the first window took (it compiles the loop).
+    converged and the seconds the first window took (it compiles the loop when the cache
+    has none); None when the ELBO or the parameters stopped being finite.
     """
     import jax
+    import optax
 
-    trace, avg, converged, first = [], None, False, 0.0
+    # the step size lives in the optimiser's state (inject_hyperparams): a restart with a
+    # smaller one reuses the compiled loop
+    opt_state = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate).init(params)
+    state = ADVIState(params, opt_state)
+    trace, checks, avg, prev, converged, first = [], [], None, None, False, 0.0
     for w in range(n_windows):
-        key, sub = jax.random.split(key)
+        key, sub, k_eval = jax.random.split(key, 3)
         t0 = time.perf_counter()
-        state, vals, avg = run_window(state, sub)
-        trace.append(np.asarray(vals))
+        state, vals, avg = c.run_window(state, sub, data)
+        vals = np.asarray(vals)
         if w == 0:
             first = time.perf_counter() - t0
-            continue
-        a, b = trace[-2], trace[-1]
-        diff = abs(b.mean() - a.mean())
-        se = np.sqrt(a.var() / len(a) + b.var() / len(b))
+        check = _check_window(c, avg, prev, k_eval, data)
+        if check is None or not np.isfinite(vals).all():
+            return None
+        trace.append(vals)
+        checks.append(check)
+        prev = avg
         if progressbar:
-            print(f"\rADVI {(w + 1) * len(b)}/{n_windows * len(b)} ELBO {b.mean():.4g}",
-                  end="", file=sys.stderr)
-        if w >= 2 and diff < max(tol * abs(b.mean()), 2.0 * se):
+            print(f"\rADVI {(w + 1) * len(vals)}/{n_windows * len(vals)} ELBO "
+                  f"{check.elbo:.4g}", end="", file=sys.stderr)
+        if w >= 2 and _converged(checks[-2], check, tol, param_tol):
             converged = True
             break
     if progressbar:
@@ -165,49 +324,81 @@ def _windows(run_window: Any, state: ADVIState, key: Any, *, n_windows: int, tol
     return avg, trace, converged, first
 
 
+def _fit_family(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate: float,
+                retries: int = 2, **kw: Any) -> tuple[tuple, list[np.ndarray], bool, float,
+                                                       float]:
+    """:func:`_windows` from ``params``; when it goes NaN, again from ``params`` with a ten
+    times smaller step (``retries`` times), then a clear error."""
+    lr = learning_rate
+    for _ in range(retries + 1):
+        out = _windows(c, params, key, data, learning_rate=lr, **kw)
+        if out is not None:
+            return (*out, lr)
+        lr /= 10.0
+    raise PpgmmError(
+        f"ADVI's ELBO or variational parameters became NaN or infinite, also when restarted "
+        f"from the start with learning_rate down to {lr * 10:g}. Try method='advi' "
+        "(mean-field) if this was full-rank, fewer components, a different covariance type, "
+        "or backend='nuts'."
+    )
+
+
 def _jax_advi(model: Any, start: dict[str, np.ndarray], *, method: str, n_iter: int,
-              tol: float, window: int, learning_rate: float, n_mc: int, draws: int,
-              seed: int, progressbar: bool) -> bayes.EngineResult:
-    """Run ADVI with a compiled JAX loop."""
+              tol: float, param_tol: float, window: int, learning_rate: float, n_mc: int,
+              draws: int, batch_size: int | None, seed: int, progressbar: bool
+              ) -> bayes.EngineResult:
+    """Run ADVI with a compiled JAX loop (full-rank started from the mean-field fit)."""
     import jax
     import jax.numpy as jnp
-    import optax
-    from pymc.sampling.jax import get_jaxified_graph
+    import pymc.sampling.jax  # noqa: F401  (turns on JAX's float64 before any array is made)
+
+    from .pymc_model import DATA_NAMES
 
     t0 = time.perf_counter()
-    logp, unravel, m0 = _flat_logp(model, start)
-    family = Gaussian(len(m0), method == "fullrank_advi")
-    optimizer = optax.adam(learning_rate)
-    step = advi_kernel(logp, family, optimizer, n_mc)
-
-    def body(state, key):
-        state, info = step(key, state)
-        return state, (info.elbo, state.params)
-
-    @jax.jit
-    def run_window(state, key):
-        state, (elbo, params) = jax.lax.scan(body, state, jax.random.split(key, window))
-        # Polyak-Ruppert averaging of the variational parameters over the window
-        return state, elbo, jax.tree.map(lambda a: a.mean(axis=0), params)
-
-    params = family.init(m0)
-    avg, trace, converged, t_compile = _windows(
-        run_window, ADVIState(params, optimizer.init(params)), jax.random.PRNGKey(seed),
-        n_windows=max(1, n_iter // window), tol=tol, progressbar=progressbar)
+    n_rows = int(model["x0"].get_value().shape[0])
+    batch = None if batch_size is None or batch_size >= n_rows else int(batch_size)
+    data = tuple(jnp.asarray(model[n].get_value()) for n in DATA_NAMES
+                 if n in model.named_vars)
+    m0 = np.concatenate([np.ravel(start[v.name]) for v in model.value_vars]).astype(float)
+    opts = {"n_windows": max(1, n_iter // window), "tol": tol, "param_tol": param_tol,
+            "progressbar": progressbar}
+    key = jax.random.PRNGKey(seed)
+    extra: dict[str, Any] = {}
+    methods = ["advi", "fullrank_advi"] if method == "fullrank_advi" else ["advi"]
+    params: tuple | None = None
+    t_compile = 0.0
+    for meth in methods:
+        t_c = time.perf_counter()
+        c = _compiled(model, start, method=meth, n_mc=n_mc, window=window, batch=batch,
+                      n_rows=n_rows)
+        t_compile += time.perf_counter() - t_c
+        init = c.family.init(m0) if params is None else (
+            params[0], params[1], jnp.zeros(c.family.dim * (c.family.dim - 1) // 2))
+        key, sub = jax.random.split(key)
+        # the full-rank stage refines the mean-field fit: a step of learning_rate on each of
+        # the D(D-1)/2 noisy off-diagonal gradients drowned the correlations in noise (its
+        # ELBO fell below the mean-field start's), a tenth of it does not
+        step = learning_rate if meth == "advi" else learning_rate / 10.0
+        avg, trace, converged, t_first, lr = _fit_family(c, init, sub, data,
+                                                         learning_rate=step, **opts)
+        t_compile += t_first
+        params = avg
+        if meth != method:
+            extra = {"n_iter_meanfield": int(sum(len(t) for t in trace)),
+                     "converged_meanfield": int(converged)}
     t_fit = time.perf_counter() - t0 - t_compile
-
-    m, rho, off = (np.asarray(a) for a in avg)
-    lmat = np.asarray(family.scale(jnp.asarray(rho), jnp.asarray(off)))
-    theta = m + np.random.default_rng(seed).standard_normal((draws, family.dim)) @ lmat.T
+    m, rho, off = (np.asarray(a) for a in params)
+    lmat = np.asarray(c.family.scale(jnp.asarray(rho), jnp.asarray(off)))
+    theta = m + np.random.default_rng(seed).standard_normal((draws, c.family.dim)) @ lmat.T
     # ELBO of the returned (averaged) approximation; the trace is taken at the optimiser's
     # iterates, which jitter around it and score lower
-    lp_draws = np.asarray(jax.jit(jax.vmap(logp))(jnp.asarray(theta)))
-    outs = model.replace_rvs_by_values([model[n] for n in PARAM_NAMES])
-    graph = get_jaxified_graph(inputs=model.value_vars, outputs=outs)
-    drawn = jax.jit(jax.vmap(lambda th: graph(*unravel(th))))(jnp.asarray(theta))
-    return _result(np.concatenate(trace), Draws(*(np.asarray(a, float)[None] for a in drawn)),
-                   converged, float(lp_draws.mean() + family.entropy(rho)),
-                   compile_time=t_compile, fit_time=t_fit)
+    e = np.asarray(c.elbo(params, jax.random.PRNGKey(seed + 1), data))
+    drawn = c.draw(theta, data)
+    out = _result(np.concatenate(trace), Draws(*(np.asarray(a, float)[None] for a in drawn)),
+                  converged, float(e.mean()), compile_time=t_compile, fit_time=t_fit)
+    out.attrs.update({**extra, "learning_rate_used": float(lr),
+                      "batch_size": int(batch or n_rows)})
+    return out
 
 
 # --------------------------------------------------------------------------- PyMC's own
@@ -270,6 +461,8 @@ def _engine(engine: str, options: dict[str, Any], model: Any, values: list | Non
         start = make_initial_point_fn(model=model, overrides=start, jitter_rvs=set(),
                                       return_transformed=True)(seed)
         del options["compile_mode"]
+    else:
+        del options["param_tol"], options["batch_size"]
     return ENGINES[engine](model, start, seed=seed, **options)
 
 
@@ -294,15 +487,18 @@ def advi_backend(
     method: str = "advi",
     n_iter: int = 20_000,
     tol: float = 1e-5,
+    param_tol: float = 0.1,
     window: int = 1000,
     learning_rate: float = 0.01,
     obj_n_mc: int = 1,
     draws: int = 1000,
+    batch_size: int | None = None,
     init: Any = "em",
     reference: Any = None,
     engine: str = "jax",
     compile_mode: str = "NUMBA",
     progressbar: bool | None = None,
+    standardise: bool = True,
 ) -> Fit:
     """Fit the posterior by ADVI and package draws from the approximation in the Fit schema.
 
@@ -317,10 +513,14 @@ def advi_backend(
     n_iter : int, default 20000
         Most optimisation iterations.
     tol : float, default 1e-5
-        Relative change of the windowed mean ELBO below which the fit has converged (a
-        change within twice its Monte Carlo standard error also counts). For
+        Relative change of the ELBO between successive windows below which it has settled
+        (a change within twice its Monte Carlo standard error also counts). For
         ``engine="pymc"``: the absolute change of the variational parameters per 100
         iterations (PyMC's ``CheckParametersConvergence``).
+    param_tol : float, default 0.1
+        Largest change, between successive windows, of the approximation's mean (in its own
+        standard deviations) and of its log standard deviations, below which the parameters
+        have settled. The fit has converged when both the ELBO and the parameters have.
     window : int, default 1000
         Iterations per convergence check (and per averaging window).
     learning_rate : float, default 0.01
@@ -329,6 +529,11 @@ def advi_backend(
         Monte Carlo draws per gradient.
     draws : int, default 1000
         Draws from the fitted approximation (stored as one chain).
+    batch_size : int, optional
+        Minibatch ADVI: each gradient uses ``batch_size`` rows drawn at random, their
+        log-likelihood scaled by ``N / batch_size`` (PyMC's ``total_size`` convention; each
+        row's likelihood is still its exact marginal over its missing entries); convergence
+        is judged on the full-data ELBO at the end of each window. Default: every row.
     init : "em", "prior" or parameters, default "em"
         Start of the approximation's mean. "em" is the EM fit under the same prior: from
         PyMC's symmetric default start, mean-field ADVI on the reference problem collapsed
@@ -342,6 +547,12 @@ def advi_backend(
         PyTensor mode of ``engine="pymc"``.
     progressbar : bool, optional
         Default: shown when stderr is a terminal.
+
+    standardise : bool, default True
+        Sample on the standardised scale (each column centred and scaled by its observed
+        mean and standard deviation, the prior transformed with it) and map the draws back
+        exactly: the results do not depend on the units of the data, and the sampler sees
+        a posterior of unit scale whatever they are. False runs on the data as given.
 
     Returns
     -------
@@ -360,18 +571,23 @@ def advi_backend(
             f"n_iter should be at least 3 windows ({3 * window}) to judge convergence, but got "
             f"{n_iter}; raise n_iter or lower window"
         )
+    param_tol = check_number("param_tol", param_tol, positive=True)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 2)
     options = {
-        "method": method, "n_iter": n_iter, "tol": tol, "window": window,
+        "method": method, "n_iter": n_iter, "tol": tol, "param_tol": param_tol,
+        "batch_size": batch_size, "window": window,
         "learning_rate": learning_rate, "n_mc": obj_n_mc, "draws": draws,
         "progressbar": sys.stderr.isatty() if progressbar is None else bool(progressbar),
         "compile_mode": str(compile_mode),
     }
     attrs = {"method": method, "engine": engine,
              "compile_mode": "JAX" if engine == "jax" else str(compile_mode),
-             "max_iter": int(n_iter), "tol": float(tol),
+             "max_iter": int(n_iter), "tol": float(tol), "param_tol": float(param_tol),
              "learning_rate": float(learning_rate), "draws": int(draws)}
     return bayes.run(
         spec, md, backend="advi", seed=seed, init=init, reference=reference,
         engine=functools.partial(_engine, engine, options),
         check=functools.partial(_check, n_iter), attrs=attrs,
+        standardise=check_bool("standardise", standardise),
     )

@@ -14,6 +14,7 @@ statistics already renamed to ArviZ's names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -26,6 +27,7 @@ import numpy as np
 from ..data import MissingData
 from ..exceptions import ConvergenceWarning, SpecError
 from ..fit import Fit, build_idata
+from ..numerics import affine
 from ..numerics.alignment import align, align_to, count_relabelled
 from ..numerics.patterns import derived_quantities
 from ..prior import resolve_prior
@@ -101,7 +103,7 @@ def em_start(spec: GMM, md: MissingData, init: Any, seed: int | None) -> Params 
     """Starting parameters: the EM fit (MAP under ``spec``'s prior), given ones, or None."""
     if isinstance(init, str):
         if init == "em":
-            return fit_em(spec, md, seed=seed, n_init=4, warn=False).params
+            return fit_em(spec, md, seed=seed, warn=False).params
         if init == "prior":
             return None
         raise SpecError(
@@ -174,6 +176,30 @@ def _start(spec: GMM, md: MissingData, init: Any, reference: Any, chains: int,
     return Start(params, ref, kind)
 
 
+def _start_to_z(start: Start, a: affine.Affine) -> Start:
+    """The start on the standardised scale (the reference stays in the data's units)."""
+    p = start.params
+    if p is None:
+        return start
+    z = [affine.params_to_z(q, a) for q in p] if isinstance(p, list) else affine.params_to_z(
+        p, a)
+    return Start(z, start.reference, start.kind)
+
+
+def _from_z(result: EngineResult, a: affine.Affine, md: MissingData) -> EngineResult:
+    """The engine's result in the data's units: draws mapped back exactly, the ELBO (a log
+    density of the data) shifted by the Jacobian :math:`-\\sum_i\\sum_{j\\in o_i}\\log s_j`."""
+    shift = -float(affine.log_jacobian(md.observed, a).sum())
+    stats = result.stats
+    attrs = dict(result.attrs)
+    if "elbo" in stats:
+        stats["elbo"] = stats["elbo"] + shift
+    if "elbo_final" in attrs:
+        attrs["elbo_final"] = float(attrs["elbo_final"]) + shift
+    return dataclasses.replace(result, draws=affine.draws_from_z(result.draws, a), stats=stats,
+                               attrs=attrs)
+
+
 def _chain_values(start: Start, rp: ResolvedPrior, spec: GMM, md: MissingData, chains: int,
                   rng: np.random.Generator, jitter: float, latent: bool
                   ) -> list[dict[str, np.ndarray]] | None:
@@ -196,7 +222,7 @@ def _chain_values(start: Start, rp: ResolvedPrior, spec: GMM, md: MissingData, c
 
 def run(spec: GMM, md: MissingData, *, backend: str, seed: int | None, init: Any,
         reference: Any, engine: Callable[..., EngineResult], chains: int = 1,
-        jitter: float = 0.0, missing: str = "marginal",
+        jitter: float = 0.0, missing: str = "marginal", standardise: bool = True,
         check: Callable[[Draws, Draws, EngineResult], tuple[dict, Messages, bool]] | None = None,
         attrs: dict[str, Any] | None = None) -> Fit:
     """One Bayesian fit: prior, start, model, ``engine``, alignment, derived quantities, Fit.
@@ -210,6 +236,11 @@ def run(spec: GMM, md: MissingData, *, backend: str, seed: int | None, init: Any
         ``check(raw, aligned, result)`` returns (attrs, Messages, converged) from the draws
         before and after alignment (NUTS's diagnostics); default: the engine's converged
         flag, no extra attrs.
+    standardise : bool, default True
+        Run the engine on the standardised scale (:func:`ppgmm.numerics.affine.standardising`:
+        each column centred and scaled by its observed mean and standard deviation, the prior
+        transformed with it) and map the draws back exactly, so that results do not depend
+        on the units of the data. False runs on the data as given.
     attrs : dict, optional
         The backend's own settings for the result's attrs.
     """
@@ -217,9 +248,13 @@ def run(spec: GMM, md: MissingData, *, backend: str, seed: int | None, init: Any
     rng = np.random.default_rng(seed)
     em_seed = None if seed is None else int(rng.integers(2**31))
     start = _start(spec_fit, md, init, reference, chains, em_seed)
-    model = build_model(spec_fit, md, rp, missing=missing)
-    values = _chain_values(start, rp, spec_fit, md, chains, rng, jitter, missing == "latent")
-    result = engine(model, values, int(rng.integers(2**31)))
+    a = (affine.standardising(md, spec_fit.covariance) if standardise
+         else affine.Affine.identity(md.d))
+    md_z, rp_z, start_z = affine.data_to_z(md, a), affine.prior_to_z(rp, a), _start_to_z(start, a)
+    model = build_model(spec_fit, md_z, rp_z, missing=missing)
+    values = _chain_values(start_z, rp_z, spec_fit, md_z, chains, rng, jitter,
+                           missing == "latent")
+    result = _from_z(engine(model, values, int(rng.integers(2**31))), a, md)
     t0 = time.perf_counter()
     ref = start.reference if start.reference is not None else start.first
     if ref is None:
@@ -241,6 +276,7 @@ def run(spec: GMM, md: MissingData, *, backend: str, seed: int | None, init: Any
         "init": init if isinstance(init, str) else "per-chain" if isinstance(
             init, list | tuple) else "parameters",
         "missing": missing,
+        "standardised": int(bool(standardise)),
         **extra,
         **result.attrs,
         "relabelled_draws": count_relabelled(perm),

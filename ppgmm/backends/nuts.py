@@ -302,6 +302,7 @@ def nuts_backend(
     missing: str = "marginal",
     progressbar: bool | None = None,
     engine_kwargs: dict | None = None,
+    standardise: bool = True,
 ) -> Fit:
     """Sample the posterior by NUTS and package it in the Fit schema.
 
@@ -346,6 +347,12 @@ def nuts_backend(
         Passed to the engine: ``nutpie.sample``, ``pymc.sampling.jax.sample_jax_nuts``
         (numpyro) or ``pm.sample`` keywords.
 
+    standardise : bool, default True
+        Sample on the standardised scale (each column centred and scaled by its observed
+        mean and standard deviation, the prior transformed with it) and map the draws back
+        exactly: the results do not depend on the units of the data, and the sampler sees
+        a posterior of unit scale whatever they are. False runs on the data as given.
+
     Returns
     -------
     ppgmm.Fit
@@ -374,4 +381,5 @@ def nuts_backend(
         spec, md, backend="nuts", seed=seed, init=init, reference=reference,
         engine=functools.partial(_engine, engine, options), chains=chains, jitter=jitter,
         missing=missing, check=_check, attrs=attrs,
+        standardise=check_bool("standardise", standardise),
     )

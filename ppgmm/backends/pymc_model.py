@@ -12,7 +12,8 @@ The graph (``N`` rows, ``D`` features, ``K`` components, ``P`` missingness patte
     :math:`\Sigma_k^{-1} = C^{-T} A_k A_k^T C^{-1} \sim W(\nu, \Lambda^{-1})`, so
     :math:`\Sigma_k = (C A_k^{-T})(C A_k^{-T})^T \sim IW(\nu, \Lambda)`;
   - ``tied``: one such :math:`\Sigma` for every component;
-  - ``diag``: :math:`\sigma^2_{kj} \sim IG(\nu/2, s^2/2)`; ``spherical``:
+  - ``diag``: :math:`\sigma^2_{kj} \sim IG(\nu/2, s^2_j/2)` (one :math:`s^2` for every column, or
+    one per column on the standardised scale); ``spherical``:
     :math:`\sigma^2_k \sim IG(\nu/2, s^2/2)`;
 
 - means :math:`\mu_k \mid \Sigma_k \sim N(\mu_P, \Sigma_k / \kappa)` (centred: with
@@ -54,6 +55,9 @@ __all__ = [
     "import_pymc",
     "build_model",
     "initial_values",
+    "row_inputs",
+    "DATA_NAMES",
+    "mixture_loglik_rows",
     "FREE_NAMES",
 ]
 
@@ -90,12 +94,11 @@ def _tril_indices(d: int) -> tuple[np.ndarray, np.ndarray]:
     return np.tril_indices(d, -1)
 
 
-def _bartlett_cov(pt: Any, c: Any, z: Any, chol_scale: np.ndarray, batch: tuple) -> Any:
+def _bartlett_cov(pt: Any, c: Any, z: Any, chol_scale: Any, batch: tuple, d: int) -> Any:
     """:math:`\\Sigma = (C A^{-T})(C A^{-T})^T` from Bartlett factors.
 
-    ``c`` has shape (*batch, D), ``z`` (*batch, D(D-1)/2).
+    ``c`` has shape (*batch, D), ``z`` (*batch, D(D-1)/2), ``chol_scale`` (D, D).
     """
-    d = chol_scale.shape[0]
     rows, cols = _tril_indices(d)
     a = pt.zeros((*batch, d, d))
     a = pt.set_subtensor(a[..., np.arange(d), np.arange(d)], pt.sqrt(c))
@@ -106,17 +109,30 @@ def _bartlett_cov(pt: Any, c: Any, z: Any, chol_scale: np.ndarray, batch: tuple)
     return pt.matmul(m, pt.swapaxes(m, -1, -2))
 
 
-def mixture_loglik_rows(pt: Any, x0: Any, row_pattern: np.ndarray, patterns: np.ndarray,
+def row_inputs(x0: np.ndarray, row_pattern: np.ndarray, patterns: np.ndarray
+               ) -> dict[str, np.ndarray]:
+    """The per-row arrays the likelihood reads (see :func:`mixture_loglik_rows`).
+
+    ``x0`` (N, D): rows with missing entries set to 0; ``obs`` (N, D): observed masks as
+    floats; ``onehot`` (N, P): each row's pattern; ``n_obs`` (N,): observed entries per row.
+    """
+    obs = patterns.astype(float)[row_pattern]
+    return {"x0": np.asarray(x0, float), "obs": obs,
+            "onehot": np.eye(len(patterns))[row_pattern], "n_obs": obs.sum(1)}
+
+
+def mixture_loglik_rows(pt: Any, rows: dict[str, Any], patterns: np.ndarray,
                         weights: Any, means: Any, covs: Any) -> Any:
     """Observed-data log-likelihood of each row, shape (N,), as a PyTensor graph.
 
-    ``x0`` (N, D) holds the rows with missing entries set to 0, ``row_pattern`` (N,) each
-    row's pattern and ``patterns`` (P, D) the observed masks.
+    ``rows`` holds :func:`row_inputs` (arrays or tensors of the same names: the model
+    passes them as ``pm.Data`` so that a compiled log density takes the data as inputs),
+    ``patterns`` (P, D) the observed masks.
 
     With :math:`S_{pk}^{-1}` the inverse of the embedded covariance (the inverse of
     :math:`\\Sigma_{k,oo}` on the observed block) and residuals :math:`r_{ik}` zeroed on missing
     entries, :math:`q_{ik} = \\langle r_{ik} r_{ik}^T, S_{p(i)k}^{-1} \\rangle_F`. Rows pick their
-    pattern's factors through a constant one-hot matrix :math:`H` (N, P), so every step is
+    pattern's factors through the one-hot matrix :math:`H` (N, P), so every step is
     a dense product: :math:`q = \\sum_p H_{ip} \\langle r_{ik} r_{ik}^T, S_{pk}^{-1}\\rangle` and
     :math:`\\log|S_{p(i)k}| = (H \\log|S|)_{ik}`. (Indexing the batched factors by row
     instead lets graph rewrites push the index inside the batched Cholesky, factorising
@@ -129,21 +145,31 @@ def mixture_loglik_rows(pt: Any, x0: Any, row_pattern: np.ndarray, patterns: np.
     chol_inv = pt.linalg.solve_triangular(chol, eye, lower=True)  # (P, K, D, D)
     s_inv = pt.matmul(pt.swapaxes(chol_inv, -1, -2), chol_inv)  # (P, K, D, D)
     k = s_inv.shape[1]
-    obs = patterns.astype(float)[row_pattern]  # (N, D) constant
-    onehot = np.eye(n_pat)[row_pattern]  # (N, P) constant
+    x0, obs, onehot = rows["x0"], rows["obs"], rows["onehot"]
     resid = (x0[:, None, :] - means[None]) * obs[:, None, :]  # (N, K, D)
-    outer = (resid[:, :, :, None] * resid[:, :, None, :]).reshape((len(obs), k, d * d))
+    outer = (resid[:, :, :, None] * resid[:, :, None, :]).reshape((x0.shape[0], k, d * d))
     quad_p = pt.einsum("nkx,pkx->nkp", outer, s_inv.reshape((n_pat, k, d * d)))
     quad = pt.sum(quad_p * onehot[:, None, :], axis=-1)  # (N, K)
-    n_obs = obs.sum(1)
     log_comp = (
         pt.log(weights)[None]
-        - 0.5 * (n_obs[:, None] * np.log(2 * np.pi) + pt.dot(onehot, logdet) + quad)
+        - 0.5 * (rows["n_obs"][:, None] * np.log(2 * np.pi) + pt.dot(onehot, logdet) + quad)
     )
     return pt.logsumexp(log_comp, axis=1)
 
 
 # --------------------------------------------------------------------------- the model
+
+#: the model's pm.Data: rows (:func:`row_inputs`) and hyperparameters computed from data
+DATA_NAMES = ("x0", "obs", "onehot", "n_obs", "prior_mean", "prior_chol", "prior_ig_scale")
+
+
+def _data(pm: Any, name: str, value: Any, rows: bool = False) -> Any:
+    """``pm.Data`` of static shape (graph rewrites then need no broadcast checks), except
+    the number of rows when ``rows`` (a compiled density then takes minibatches)."""
+    value = np.array(value, dtype=float)
+    shape = (None, *value.shape[1:]) if rows else value.shape
+    return pm.Data(name, value, shape=shape)
+
 
 
 def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str = "marginal"):
@@ -163,7 +189,9 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
     pymc.Model
         Free variables ``weights``, ``means`` and :data:`FREE_NAMES` (plus
         ``x_missing_latent`` when latent); deterministic ``covariances`` (K, D, D); the
-        likelihood as the potential ``loglik``.
+        likelihood as the potential ``loglik``; the data as ``pm.Data``
+        (:data:`DATA_NAMES`) and ``model.ppgmm_structure``, the tuple of everything else
+        the graph depends on.
     """
     pm = import_pymc()
     import pytensor.tensor as pt
@@ -178,9 +206,12 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
     }
     nu = rp.dof
     with pm.Model(coords=coords) as model:
+        # the data and the hyperparameters computed from them enter as pm.Data, so that a
+        # log density compiled once takes them as inputs (ADVI's compile cache, minibatches)
+        prior_mean = _data(pm, "prior_mean", rp.mean)
         weights = pm.Dirichlet("weights", a=np.ones(k), dims="component")
         if cov_type in ("full", "tied"):
-            chol_scale = np.linalg.cholesky(rp.scale)
+            chol_scale = _data(pm, "prior_chol", np.linalg.cholesky(rp.scale))
             batch = (k,) if cov_type == "full" else ()
             # c_i ~ chi^2(nu - i) = Gamma(shape (nu - i)/2, rate 1/2). Hyperparameters go in
             # as float64 arrays: PyTensor stores an exactly representable Python float such
@@ -191,37 +222,46 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
             n_off = d * (d - 1) // 2
             z = pm.Normal("bartlett_z", np.zeros((*batch, n_off)), np.ones((*batch, n_off)),
                           shape=(*batch, n_off))
-            sigma = _bartlett_cov(pt, c, z, chol_scale, batch)
+            sigma = _bartlett_cov(pt, c, z, chol_scale, batch, d)
             if cov_type == "tied":
                 sigma = pt.broadcast_to(sigma, (k, d, d))
             covs = pm.Deterministic(
                 "covariances", sigma, dims=("component", "feature", "feature_")
             )
-            means = pm.MvNormal("means", mu=rp.mean, cov=covs / rp.kappa,
+            means = pm.MvNormal("means", mu=prior_mean, cov=covs / rp.kappa,
                                 dims=("component", "feature"))
         else:
             shape = (k, d) if cov_type == "diag" else (k,)
-            a, b = np.full(shape, nu / 2.0), np.full(shape, float(rp.scale) / 2.0)
+            # diag may carry one scale per column (the standardised scale's prior, shape (D,))
+            a = np.full(shape, nu / 2.0)
+            b = _data(pm, "prior_ig_scale", np.broadcast_to(np.asarray(rp.scale, float) / 2.0,
+                                                            shape))
             var = pm.InverseGamma("variances", alpha=a, beta=b, shape=shape)
             var_kd = var if cov_type == "diag" else pt.broadcast_to(var[:, None], (k, d))
             covs = pm.Deterministic(
                 "covariances", var_kd[:, :, None] * np.eye(d),
                 dims=("component", "feature", "feature_"),
             )
-            means = pm.Normal("means", mu=rp.mean, sigma=pt.sqrt(var_kd / rp.kappa),
+            means = pm.Normal("means", mu=prior_mean, sigma=pt.sqrt(var_kd / rp.kappa),
                               dims=("component", "feature"))
         if missing == "marginal":
-            rows = mixture_loglik_rows(pt, md.zero_filled, md.pattern_index, md.patterns,
-                                       weights, means, covs)
+            data = {name: _data(pm, name, value, rows=True) for name, value in row_inputs(
+                md.zero_filled, md.pattern_index, md.patterns).items()}
+            rows = mixture_loglik_rows(pt, data, md.patterns, weights, means, covs)
         elif missing == "latent":
             mr, mc = md.missing_index
             x_lat = pm.Flat("x_missing_latent", shape=(len(mr),))
-            x_full = pt.set_subtensor(pt.as_tensor(md.zero_filled)[mr, mc], x_lat)
-            rows = mixture_loglik_rows(pt, x_full, np.zeros(md.n, dtype=int),
-                                       np.ones((1, d), dtype=bool), weights, means, covs)
+            data = row_inputs(md.zero_filled, np.zeros(md.n, dtype=int),
+                              np.ones((1, d), dtype=bool))
+            data["x0"] = pt.set_subtensor(pt.as_tensor(md.zero_filled)[mr, mc], x_lat)
+            rows = mixture_loglik_rows(pt, data, np.ones((1, d), dtype=bool), weights, means,
+                                       covs)
         else:
             raise ValueError(f"missing should be 'marginal' or 'latent', but got {missing!r}")
         pm.Potential("loglik", rows.sum())
+    # what a compiled log density depends on besides the pm.Data (ADVI's compile cache)
+    model.ppgmm_structure = (k, d, cov_type, missing, md.patterns.tobytes(),
+                             md.patterns.shape, float(nu), float(rp.kappa))
     return model
 
 

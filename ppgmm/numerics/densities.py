@@ -81,7 +81,8 @@ def log_prior(params: Params, prior: ResolvedPrior) -> float:
             (-0.5 * (np.log(2 * np.pi * var / kappa) + kappa * (mu - prior.mean) ** 2 / var)).sum()
         )
         s = var if prior.covariance == "diag" else var[:, 0]
-        out += float(log_invgamma(s, prior.dof / 2, float(prior.scale) / 2).sum())
+        # diag may carry one scale per column (the standardised scale's prior)
+        out += float(log_invgamma(s, prior.dof / 2, np.asarray(prior.scale, float) / 2).sum())
     return out
 
 

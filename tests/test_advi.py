@@ -1,0 +1,73 @@
+"""ADVI: loud failures, convergence on parameters and ELBO, full-rank from mean-field, the
+compile cache and minibatches. Small data; each fit is a few seconds once compiled."""
+
+import numpy as np
+import pytest
+
+import ppgmm
+from ppgmm import GMM, PpgmmError
+from ppgmm.backends import advi
+from tests.helpers import mcar, mixture
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, _, _ = mixture(seed=7, n=240, d=2, k=2, sep=5.0)
+    return mcar(x, 0.1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def meanfield(data):
+    return ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1, window=500, n_iter=10_000)
+
+
+def test_second_fit_of_the_same_shape_reuses_the_compiled_loop(data, meanfield):
+    """Other values of the same shape (another seed, shifted data): no new cache entry."""
+    size = len(advi._CACHE)
+    fit = ppgmm.fit(GMM(2, "full"), data + 3.0, backend="advi", seed=2, window=500,
+                    n_iter=10_000)
+    assert len(advi._CACHE) == size
+    # the same data and seed give the same fit, whether compiled now or reused
+    again = ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1, window=500, n_iter=10_000)
+    np.testing.assert_allclose(again.idata.posterior["means"].values,
+                               meanfield.idata.posterior["means"].values, rtol=1e-10)
+    assert fit.converged
+
+
+def test_nan_elbo_restarts_then_fails_clearly(data):
+    with pytest.raises(PpgmmError, match="became NaN or infinite.*learning_rate down to"):
+        ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1, window=200, n_iter=600,
+                  learning_rate=1e9)
+
+
+def test_fullrank_starts_from_meanfield_and_ends_above_it(data, meanfield):
+    """Full-rank's family contains mean-field's, so its ELBO should not be lower (allowing
+    each estimate's Monte Carlo error, a few tenths of a nat here)."""
+    fr = ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1, window=500, n_iter=10_000,
+                   method="fullrank_advi")
+    assert fr.attrs["n_iter_meanfield"] >= 1500
+    assert fr.attrs["elbo_final"] > meanfield.attrs["elbo_final"] - 1.0
+    assert fr.converged
+
+
+def test_convergence_needs_settled_parameters(data):
+    """With a parameter tolerance no run can meet, the fit does not stop at the first check
+    even though the ELBO has settled, and says so."""
+    with pytest.warns(ppgmm.ConvergenceWarning, match="did not converge"):
+        fit = ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1, window=500,
+                        n_iter=3000, param_tol=1e-9)
+    assert fit.attrs["n_iter"] == 3000 and not fit.converged
+
+
+def test_minibatch_agrees_with_full_data(data, meanfield):
+    """Minibatch gradients (60 of 240 rows) reach the same approximation: means within a
+    quarter of a posterior sd. Minibatch gradients are noisier, so the window averages
+    settle only to a looser parameter tolerance (param_tol=0.3)."""
+    mb = ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1, window=500, n_iter=20_000,
+                   batch_size=60, param_tol=0.3)
+    assert mb.attrs["batch_size"] == 60
+    a = meanfield.idata.posterior["means"]
+    b = mb.idata.posterior["means"]
+    sd = a.std(("chain", "draw"))
+    z = np.abs(a.mean(("chain", "draw")) - b.mean(("chain", "draw"))) / sd
+    assert float(z.max()) < 0.25

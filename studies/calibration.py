@@ -1,0 +1,298 @@
+r"""Study 2, calibration: simulation-based calibration and frequentist interval coverage.
+
+**SBC** (Talts et al. 2018, arXiv:1804.06788). Under an explicit proper prior (K = 2, D = 2:
+:math:`\kappa = 0.1`, :math:`\mu_P = 0`, :math:`\nu = D + 4`, :math:`\Lambda = (\nu - D - 1) I`,
+so :math:`E\Sigma_k = I`; weights flat Dirichlet) each replication draws parameters from the
+prior, N = 100 rows from them with 20% of the entries missing completely at random, fits NUTS
+and both ADVIs under that prior, and records the rank of each true quantity among L = 99
+thinned draws. Quantities are label-invariant (components ordered by their first mean
+coordinate): the weight, both mean coordinates and the log variance of the first feature of
+each component, and the value of the first three missing entries. A calibrated method gives
+uniform ranks; a chi-square test over 10 bins judges it. Mean-field ADVI's too narrow
+approximation shows as a U-shaped histogram.
+
+**Coverage.** Fixed true parameters (K = 2, D = 2, well separated), N = 200 rows, 20% MCAR;
+per replication, central 50/90/95% intervals of the same quantities from NUTS, both ADVIs and
+EM with 100 bootstrap refits, and of every missing entry; error bars are binomial
+(parameters) or standard errors across replications (missing entries, a fraction per data
+set).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+import ppgmm
+from studies import common
+
+K, D = 2, 2
+PRIOR = ppgmm.Prior(shrinkage=0.1, mean=(0.0,) * D, dof=D + 4.0, scale=3.0 * np.eye(D))
+METHODS = ("NUTS", "ADVI mean-field", "ADVI full-rank")
+COVERAGE_METHODS = (*METHODS, "EM bootstrap")
+LEVELS = (0.5, 0.9, 0.95)
+N_RANKS = 99
+N_MISSING_SCORED = 3
+FULL_SIZE = "SBC 200 replications x 3 methods; coverage 200 replications x 4 methods"
+QUANTITIES = ["w[1]", "w[2]", "mu[1,0]", "mu[1,1]", "mu[2,0]", "mu[2,1]", "log s2[1,0]",
+              "log s2[2,0]"]
+
+
+def tasks(quick: bool = False, reps: int | None = None,
+          methods: list[str] | None = None) -> list[dict]:
+    """SBC and coverage tasks, one per (replication, method)."""
+    if quick:
+        return [{"kind": "sbc", "rep": 0, "method": "ADVI mean-field", "quick": True},
+                {"kind": "coverage", "rep": 0, "method": "EM bootstrap", "quick": True}]
+    reps = reps or 200
+    out = []
+    for kind, meths in (("sbc", METHODS), ("coverage", COVERAGE_METHODS)):
+        for rep, m in itertools.product(range(reps), meths):
+            if methods is None or m in methods:
+                out.append({"kind": kind, "rep": rep, "method": m, "quick": False})
+    return out
+
+
+def prior_draw(rng: np.random.Generator) -> ppgmm.Params:
+    """Parameters from the study's prior (scipy.stats, independent of ppgmm)."""
+    w = rng.dirichlet(np.ones(K))
+    cov = stats.invwishart(df=PRIOR.dof, scale=np.asarray(PRIOR.scale)).rvs(K, random_state=rng)
+    mu = np.array([rng.multivariate_normal(np.asarray(PRIOR.mean), c / PRIOR.shrinkage)
+                   for c in cov])
+    return ppgmm.Params(w, mu, cov)
+
+
+FIXED = ppgmm.Params(np.array([0.4, 0.6]), np.array([[-2.0, 0.0], [2.0, 1.0]]),
+                     np.array([[[1.0, 0.3], [0.3, 0.8]], [[0.7, -0.2], [-0.2, 1.2]]]))
+
+
+def quantities(p: ppgmm.Params) -> np.ndarray:
+    """Label-invariant quantities: components ordered by their first mean coordinate."""
+    o = np.argsort(p.means[:, 0])
+    return np.concatenate([p.weights[o], p.means[o].ravel(), np.log(p.covariances[o, 0, 0])])
+
+
+def _fit(task: dict, data: np.ndarray, seed: int) -> ppgmm.Fit:
+    quick = task["quick"]
+    if task["method"] == "EM bootstrap":
+        backend, options = "em", {"n_init": 3, "uncertainty": "bootstrap",
+                                  "n_bootstrap": 20 if quick else 100}
+    else:
+        _, backend, options = common.METHODS[task["method"]]
+        options = {**options, **(common.QUICK_OPTIONS.get(task["method"], {}) if quick else {})}
+    if backend == "advi":
+        options["draws"] = 400
+    spec = ppgmm.GMM(K, prior=PRIOR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ppgmm.fit(spec, data, backend=backend, seed=seed, **options)
+
+
+def _draws(fit: ppgmm.Fit) -> tuple[np.ndarray, np.ndarray]:
+    """Quantities (S, Q) and missing-entry draws (S, M) of a fit, all draws."""
+    sets = common.draws_of(fit, max_draws=100_000)
+    q = np.array([quantities(p) for p in sets])
+    xm = fit.idata.posterior_predictive["x_missing"].stack(sample=("chain", "draw"))
+    return q, xm.transpose("sample", "missing").values
+
+
+def _hidden(fit: ppgmm.Fit, truth: ppgmm.Truth) -> np.ndarray:
+    """True values of the missing entries, in the order of the fit's ``missing`` dim."""
+    miss = fit.idata.posterior_predictive["x_missing"]["missing"]
+    rows = miss["missing_obs"].values
+    names = fit.feature_names
+    cols = [names.index(str(f)) for f in miss["missing_feature"].values]
+    return truth.values[np.asarray(rows, dtype=int), cols]
+
+
+def run_task(task: dict) -> list[dict]:
+    """One SBC or coverage replication of one method."""
+    seed = common.seed_of(task["kind"], task["rep"])
+    rng = np.random.default_rng(seed)
+    truth_params = prior_draw(rng) if task["kind"] == "sbc" else FIXED
+    n = 100 if task["kind"] == "sbc" else 200
+    data, truth = ppgmm.simulate(truth_params, n=60 if task["quick"] else n, missing=0.2,
+                                 seed=seed)
+    base = {"kind": task["kind"], "rep": task["rep"], "method": task["method"]}
+    try:
+        fit = _fit(task, data, seed % 2**31)
+    except Exception as err:  # recorded, not hidden
+        return [{**base, "note": f"failed: {type(err).__name__}: {err}"[:300]}]
+    q, xm = _draws(fit)
+    mask = np.isnan(data)
+    hidden = _hidden(fit, truth)
+    tq = quantities(truth.params)
+    rows = []
+    if task["kind"] == "sbc":
+        take = np.linspace(0, len(q) - 1, N_RANKS).astype(int)
+        m = min(N_MISSING_SCORED, xm.shape[1])
+        names = QUANTITIES + [f"x_mis[{j}]" for j in range(m)]
+        values = np.concatenate([q[take], xm[take, :m]], axis=1)
+        truths = np.concatenate([tq, hidden[:m]])
+        for name, col, t in zip(names, values.T, truths, strict=True):
+            rows.append({**base, "quantity": name, "rank": int((col < t).sum()),
+                         "n_draws": N_RANKS, "note": ""})
+        return rows
+    for level in LEVELS:
+        lo, hi = np.quantile(q, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        for name, a, b, t in zip(QUANTITIES, lo, hi, tq, strict=True):
+            rows.append({**base, "quantity": name, "level": level,
+                         "covered": float(a <= t <= b), "note": ""})
+        lo, hi = np.quantile(xm, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        rows.append({**base, "quantity": "missing entries", "level": level,
+                     "covered": float(np.mean((lo <= hidden) & (hidden <= hi))), "note": ""})
+    return rows
+
+
+# --------------------------------------------------------------------------- page
+
+
+def sbc_tests(df: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
+    """Chi-square test of uniform ranks per method and quantity."""
+    sbc = df[(df["kind"] == "sbc") & (df["note"].fillna("") == "")]
+    rows = []
+    for (meth, qn), g in sbc.groupby(["method", "quantity"]):
+        counts = np.bincount(g["rank"].astype(int) * bins // (N_RANKS + 1), minlength=bins)
+        p = stats.chisquare(counts).pvalue if len(g) >= 2 * bins else np.nan
+        rows.append({"method": meth, "quantity": qn, "replications": len(g), "chi2_p": p})
+    return pd.DataFrame(rows)
+
+
+def coverage_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Coverage per method, level and quantity group, with its standard error."""
+    cov = df[(df["kind"] == "coverage") & (df["note"].fillna("") == "")].copy()
+    if cov.empty:
+        return pd.DataFrame()
+    cov["group"] = np.where(cov["quantity"] == "missing entries", "missing entries",
+                            "parameters")
+    rows = []
+    for (meth, level, group), g in cov.groupby(["method", "level", "group"]):
+        if group == "parameters":
+            p, n = g["covered"].mean(), len(g)
+            se = np.sqrt(p * (1 - p) / n)
+        else:
+            p, se = g["covered"].mean(), common.mcse(g["covered"])
+        rows.append({"method": meth, "level": level, "group": group, "coverage": p,
+                     "se": se, "replications": int(g["rep"].nunique())})
+    return pd.DataFrame(rows)
+
+
+def _rank_figure(df: pd.DataFrame, out: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sbc = df[(df["kind"] == "sbc") & (df["note"].fillna("") == "")]
+    if sbc.empty:
+        return None
+    meths = sorted(set(sbc["method"]))
+    qs = [q for q in QUANTITIES + [f"x_mis[{j}]" for j in range(N_MISSING_SCORED)]
+          if q in set(sbc["quantity"])]
+    fig, axes = plt.subplots(len(meths), len(qs), figsize=(1.6 * len(qs), 1.6 * len(meths)),
+                             sharex=True, squeeze=False)
+    for i, m in enumerate(meths):
+        for j, qn in enumerate(qs):
+            r = sbc[(sbc["method"] == m) & (sbc["quantity"] == qn)]["rank"]
+            ax = axes[i][j]
+            ax.hist(r, bins=10, range=(0, N_RANKS + 1), color="C0")
+            n = len(r)
+            if n:  # 99% band of a bin count under uniformity
+                lo, hi = stats.binom.ppf([0.005, 0.995], n, 0.1)
+                ax.axhspan(lo, hi, color="grey", alpha=0.3)
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(qn, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(m, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "img" / "calibration_ranks.png", dpi=100)
+    plt.close(fig)
+    return "img/calibration_ranks.png"
+
+
+def _coverage_figure(table: pd.DataFrame, out: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if table.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, group in zip(axes, ("parameters", "missing entries"), strict=True):
+        g = table[table["group"] == group]
+        for i, (m, h) in enumerate(g.groupby("method")):
+            ax.errorbar(h["level"] + 0.006 * (i - 1.5), h["coverage"], yerr=2 * h["se"],
+                        marker="o", capsize=3, ls="", label=m)
+        ax.plot([0.45, 1], [0.45, 1], color="grey", lw=1)
+        ax.set_title(group)
+        ax.set_xlabel("nominal level")
+    axes[0].set_ylabel("coverage (± 2 se)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "img" / "calibration_coverage.png", dpi=110)
+    plt.close(fig)
+    return "img/calibration_coverage.png"
+
+
+def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
+    """The study page from the cached rows."""
+    out = Path(out)
+    lines = ["# Calibration: SBC and interval coverage", "",
+             "*Written by `studies/calibration.py` from `data/calibration.parquet`; do not "
+             "edit by hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
+             common.run_section(meta, FULL_SIZE, "ppgmm study calibration [--reps R]")]
+    if df.empty:
+        return "\n".join(lines)
+    tests = sbc_tests(df)
+    if not tests.empty:
+        wide = tests.pivot_table(index="quantity", columns="method", values="chi2_p").reset_index()
+        wide.columns.name = None
+        n = tests.groupby("method")["replications"].max().to_dict()
+        lines += ["## SBC rank uniformity", "",
+                  "Chi-square p-values (10 bins) of the ranks; small p = not uniform = "
+                  f"miscalibrated. Replications: {n}.", "", common.md_table(wide), ""]
+        fig = _rank_figure(df, out)
+        if fig:
+            lines += ["Rank histograms (grey: 99% band of a bin count under uniformity):", "",
+                      f"![SBC ranks]({fig})", ""]
+    table = coverage_table(df)
+    if not table.empty:
+        lines += ["## Frequentist coverage", "",
+                  "Fraction of replications whose central interval holds the true value "
+                  "(parameters pooled over the quantities above; missing entries: mean per-data-"
+                  "set fraction) ± its standard error.", "",
+                  common.md_table(table), ""]
+        fig = _coverage_figure(table, out)
+        if fig:
+            lines += [f"![coverage]({fig})", ""]
+    notes = df[df["note"].fillna("") != ""]
+    if len(notes):
+        lines += ["## Failed fits", "",
+                  common.md_table(notes.groupby(["method", "note"]).size().reset_index(
+                      name="count")), ""]
+    return "\n".join(lines)
+
+
+def headline(df: pd.DataFrame, meta: dict) -> str:
+    """Index entry: coverage of 90% intervals per method, worst SBC p-value per method."""
+    table = coverage_table(df)
+    parts = []
+    if not table.empty:
+        t = table[table["level"] == 0.9]
+        parts.append("Coverage of nominal 90% intervals (parameters / missing entries): " + "; ".join(
+            f"{m} " + " / ".join(f"{v:.2f}±{s:.2f}" for v, s in zip(g["coverage"], g["se"],
+                                                                   strict=True))
+            for m, g in t.sort_values("group", ascending=False).groupby("method")) + ".")
+    tests = sbc_tests(df)
+    if not tests.empty:
+        worst = tests.groupby("method")["chi2_p"].min()
+        parts.append("SBC, smallest rank-uniformity p-value over quantities: " + "; ".join(
+            f"{m} {p:.2g}" for m, p in worst.items()) + ".")
+    return "\n\n".join(parts) or "No results."

@@ -1,0 +1,345 @@
+"""What every study shares: the Dask run with a result cache, the methods, the metrics, pages.
+
+A study is a module with
+
+- ``tasks(quick, reps) -> list[dict]``: one dict per replication (its keys are the cache key);
+- ``run_task(task) -> list[dict]``: fit and score one replication, one row per method;
+- ``render(results, meta, out) -> str``: the Markdown page, written only from cached results.
+
+:func:`run_study` maps ``run_task`` over the tasks on a Dask cluster (a LocalCluster by
+default, ``scheduler=ADDRESS`` for a running one, the synchronous scheduler in quick mode),
+appends the rows to ``DIR/data/NAME.parquet`` as they arrive (a rerun skips the tasks that
+are there) and then renders ``DIR/NAME.md`` and its figures under ``DIR/img/``.
+
+Only ppgmm's public API is used (``ppgmm.fit``, ``ppgmm.simulate``, ``ppgmm.compare``,
+``Fit`` methods, ``fit.idata``, and :func:`ppgmm.numerics.alignment.align_to`), so a rerun
+measures whatever the backends are at that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+import ppgmm
+from ppgmm.numerics.alignment import align_to
+
+__all__ = [
+    "METHODS", "PEERS", "seed_of", "run_study", "fit_method", "param_errors", "heldout_lpd",
+    "imputation_scores", "draws_of", "md_table", "mcse", "load_results",
+]
+
+#: ppgmm methods: label -> (prior, backend, options). Short runs: studies measure the
+#: backends as a user runs them, with the run lengths given here recorded in each page.
+METHODS: dict[str, tuple[str | None, str, dict[str, Any]]] = {
+    "EM (MLE)": (None, "em", {"n_init": 3}),
+    "EM (MAP)": ("default", "em", {"n_init": 3}),
+    "ADVI mean-field": ("default", "advi", {"method": "advi", "n_iter": 10_000,
+                                            "progressbar": False}),
+    "ADVI full-rank": ("default", "advi", {"method": "fullrank_advi", "n_iter": 10_000,
+                                           "progressbar": False}),
+    "NUTS": ("default", "nuts", {"draws": 500, "tune": 500, "chains": 2,
+                                 "progressbar": False}),
+}
+#: what a user picks today: impute, then scikit-learn's GaussianMixture on complete data
+PEERS = ("mean impute + sklearn", "IterativeImputer + sklearn", "pygmmis")
+QUICK_OPTIONS = {"ADVI mean-field": {"n_iter": 3000, "window": 500},
+                 "ADVI full-rank": {"n_iter": 3000, "window": 500},
+                 "NUTS": {"draws": 100, "tune": 100}}
+
+
+def seed_of(*key: Any) -> int:
+    """A fixed seed from a task key (stable across runs, machines and Python versions)."""
+    text = json.dumps([str(k) for k in key])
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def fit_method(name: str, k: int, data: np.ndarray, seed: int, quick: bool = False,
+               **extra: Any) -> tuple[Any, float]:
+    """Fit one method; returns (Fit or peer Params, wall seconds)."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name in METHODS:
+            prior, backend, options = METHODS[name]
+            options = {**options, **(QUICK_OPTIONS.get(name, {}) if quick else {}), **extra}
+            out = ppgmm.fit(ppgmm.GMM(k, prior=prior), data, backend=backend, seed=seed,
+                            **options)
+        else:
+            out = _peer(name, k, data, seed)
+    return out, time.perf_counter() - start
+
+
+def _peer(name: str, k: int, data: np.ndarray, seed: int) -> tuple[ppgmm.Params, np.ndarray]:
+    """A peer's parameters and its completed data."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.mixture import GaussianMixture
+
+    if name == "pygmmis":
+        return _pygmmis(k, data, seed)
+    if name == "mean impute + sklearn":
+        filled = SimpleImputer(strategy="mean").fit_transform(data)
+    elif name == "IterativeImputer + sklearn":
+        from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+        from sklearn.impute import IterativeImputer
+
+        filled = IterativeImputer(random_state=seed, max_iter=20).fit_transform(data)
+    else:
+        raise ValueError(f"unknown method {name!r}")
+    gm = GaussianMixture(k, n_init=3, random_state=seed).fit(filled)
+    return ppgmm.Params(gm.weights_, gm.means_, gm.covariances_), filled
+
+
+def _pygmmis(k: int, data: np.ndarray, seed: int) -> tuple[ppgmm.Params, np.ndarray]:
+    """pygmmis (Melchior & Goulding 2018) with missing entries given a huge noise variance,
+    the usual way to pass incomplete rows to a deconvolution GMM; completed data = means."""
+    import pygmmis
+
+    miss = np.isnan(data)
+    col_mean = np.nanmean(data, axis=0)
+    filled = np.where(miss, col_mean, data)
+    big = 1e4 * np.nanvar(data, axis=0)
+    covar = np.zeros((len(data), data.shape[1], data.shape[1]))
+    idx = np.arange(data.shape[1])
+    covar[:, idx, idx] = np.where(miss, big, 1e-8)
+    gmm = pygmmis.GMM(K=k, D=data.shape[1])
+    pygmmis.fit(gmm, filled, covar=covar, init_method="kmeans",
+                rng=np.random.RandomState(seed % 2**31))
+    return ppgmm.Params(gmm.amp / gmm.amp.sum(), gmm.mean, gmm.covar), filled
+
+
+def peer_available(name: str) -> bool:
+    """Whether an optional peer is installed (pygmmis is optional)."""
+    if name != "pygmmis":
+        return True
+    try:
+        import pygmmis  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def draws_of(fit: Any, max_draws: int = 200) -> list[ppgmm.Params]:
+    """Parameter sets of a fit (thinned to at most ``max_draws``), or [params] of a peer."""
+    if isinstance(fit, ppgmm.Params):
+        return [fit]
+    post = fit.idata.posterior.stack(sample=("chain", "draw"))
+    n = post.sizes["sample"]
+    take = np.unique(np.linspace(0, n - 1, min(n, max_draws)).astype(int))
+    w = post["weights"].transpose("sample", ...).values[take]
+    mu = post["means"].transpose("sample", ...).values[take]
+    cov = post["covariances"].transpose("sample", ...).values[take]
+    return [ppgmm.Params(w[s], mu[s], cov[s]) for s in range(len(take))]
+
+
+def point_params(fit: Any) -> ppgmm.Params:
+    """The point estimate: EM's estimate, the posterior mean, or a peer's parameters."""
+    if isinstance(fit, ppgmm.Params):
+        return fit
+    p = fit.point()
+    return ppgmm.Params(p["weights"].values, p["means"].values, p["covariances"].values)
+
+
+def param_errors(est: ppgmm.Params, truth: ppgmm.Params) -> dict[str, float]:
+    """Max absolute error of weights, means, covariances after aligning labels to the truth."""
+    aligned, _ = align_to(est, truth)
+    return {
+        "err_weights": float(np.max(np.abs(aligned.weights - truth.weights))),
+        "err_means": float(np.max(np.abs(aligned.means - truth.means))),
+        "err_covariances": float(np.max(np.abs(aligned.covariances - truth.covariances))),
+    }
+
+
+def mixture_logpdf(p: ppgmm.Params, x: np.ndarray) -> np.ndarray:
+    """log sum_k w_k N(x | mu_k, Sigma_k) of complete rows, by scipy.stats."""
+    comp = [np.log(w) + multivariate_normal(m, c, allow_singular=True).logpdf(x)
+            for w, m, c in zip(p.weights, p.means, p.covariances, strict=True)]
+    return logsumexp(np.atleast_2d(np.array(comp)).reshape(len(comp), len(x)), axis=0)
+
+
+def heldout_lpd(fit: Any, x_test: np.ndarray, max_draws: int = 100) -> float:
+    """Mean log predictive density per held-out complete row: the plug-in density for a point
+    estimate, log of the draw-averaged density for draws."""
+    sets = draws_of(fit, max_draws)
+    lp = np.array([mixture_logpdf(p, x_test) for p in sets])
+    return float(np.mean(logsumexp(lp, axis=0) - np.log(len(sets))))
+
+
+def imputation_scores(fit: Any, truth: Any, data: np.ndarray, filled: np.ndarray | None = None,
+                      interval: float = 0.9) -> dict[str, float]:
+    """RMSE, coverage of central ``interval`` intervals and CRPS of the missing entries.
+
+    ppgmm fits are scored by :func:`ppgmm.compare` against the truth; a peer's completed
+    data has no interval (coverage NaN) and its CRPS is that of a point forecast, |error|.
+    """
+    mask = np.isnan(data)
+    if not mask.any():
+        return {"rmse": np.nan, "coverage": np.nan, "crps": np.nan}
+    if filled is not None:
+        err = filled[mask] - truth.values[mask]
+        return {"rmse": float(np.sqrt(np.mean(err**2))), "coverage": np.nan,
+                "crps": float(np.mean(np.abs(err)))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cmp = ppgmm.compare([fit], truth=truth, interval_prob=interval)
+    s = cmp.imputation_scores
+    row = s[(s["backend"] == cmp.labels[0]) & (s["feature"] == "all")].iloc[0]
+    return {"rmse": float(row["rmse"]), "coverage": float(row["coverage"]),
+            "crps": float(row["crps"])}
+
+
+def mcse(values: Any) -> float:
+    """Monte Carlo standard error of a mean of independent replications."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
+
+
+# --------------------------------------------------------------------------- running
+
+
+@contextmanager
+def _cluster(scheduler: str | None, quick: bool, workers: int | None):
+    """A Dask client (None for the synchronous scheduler of quick runs)."""
+    if quick and scheduler is None:
+        yield None
+        return
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            yield client
+        return
+    # pygmmis starts a multiprocessing pool: worker processes must be allowed children
+    with dask.config.set({"distributed.worker.daemon": False}):
+        n = workers or max(1, (os.cpu_count() or 1))
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+
+
+def _key(task: dict) -> str:
+    return json.dumps({k: task[k] for k in sorted(task) if k not in ("quick", "out")})
+
+
+def load_results(path: Path) -> pd.DataFrame:
+    """Cached rows of a study, or an empty frame."""
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+def run_study(name: str, tasks: list[dict], run_task: Callable[[dict], list[dict]],
+              render: Callable[[pd.DataFrame, dict, Path], str], out: Path, *,
+              scheduler: str | None = None, quick: bool = False, workers: int | None = None,
+              settings: dict | None = None, refit: bool = True) -> Path:
+    """Run (or resume) a study's tasks on Dask, cache the rows, render its page."""
+    out = Path(out)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    path = out / "data" / f"{name}.parquet"
+    meta_path = out / "data" / f"{name}.json"
+    done = load_results(path)
+    have = set(done["task"]) if len(done) else set()
+    todo = [{**t, "out": str(out)} for t in tasks if _key(t) not in have] if refit else []
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": []}
+    start = time.perf_counter()
+    if todo:
+        _progress(f"{name}: {len(todo)} task(s) to run, {len(have)} cached")
+        frames = [done] if len(done) else []
+        for rows in _map(run_task, todo, scheduler, quick, workers):
+            frames.append(pd.DataFrame(rows))
+            done = pd.concat(frames, ignore_index=True)
+            frames = [done]
+            done.to_parquet(path)
+        meta["runs"].append({
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": quick,
+            "tasks": len(todo), "wall_s": round(time.perf_counter() - start, 1),
+            "scheduler": scheduler or ("synchronous" if quick else "LocalCluster"),
+            "workers": workers or os.cpu_count(), "settings": settings or {},
+            "python": platform.python_version(), "ppgmm": ppgmm.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
+        })
+        meta_path.write_text(json.dumps(meta, indent=1))
+    page = render(done, meta, out)
+    (out / f"{name}.md").write_text(page)
+    return out / f"{name}.md"
+
+
+def _map(run_task: Callable, todo: list[dict], scheduler: str | None, quick: bool,
+         workers: int | None):
+    """Rows of each task, as they complete (tagged with the task's key)."""
+    def tagged(task: dict) -> list[dict]:
+        rows = run_task(task)
+        return [{**r, "task": _key(task)} for r in rows]
+
+    with _cluster(scheduler, quick, workers) as client:
+        if client is None:
+            for i, t in enumerate(todo):
+                yield tagged(t)
+                _progress(f"  {i + 1}/{len(todo)}")
+            return
+        from distributed import as_completed
+
+        futures = client.map(tagged, todo, pure=False)
+        for i, fut in enumerate(as_completed(futures)):
+            yield fut.result()
+            _progress(f"  {i + 1}/{len(todo)}")
+
+
+def _progress(text: str) -> None:
+    if sys.stderr.isatty() or os.environ.get("PPGMM_STUDY_PROGRESS"):
+        print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def md_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
+    """A Markdown table (no tabulate dependency)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float | np.floating):
+            return "" if not np.isfinite(v) else floatfmt.format(v)
+        return str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def run_section(meta: dict, full_size: str, rerun: str) -> str:
+    """The 'published run' section: what was run, its size next to the full design."""
+    runs = meta.get("runs", [])
+    lines = ["## Published run", ""]
+    if not runs:
+        return "\n".join(lines + ["No run cached yet.", ""])
+    quick = any(r["quick"] for r in runs)
+    total = sum(r["wall_s"] for r in runs)
+    lines.append(f"- Mode: {'quick (smoke test size)' if quick else 'reduced run'}; "
+                 f"full design: {full_size}.")
+    for r in runs:
+        lines.append(f"- {r['date']}: {r['tasks']} task(s), {r['wall_s']:.0f} s wall on "
+                     f"{r['scheduler']} ({r['workers']} worker(s), {r['machine']}); "
+                     f"settings {json.dumps(r['settings'])}")
+    lines += [f"- Total wall time: {total / 60:.1f} min.", f"- Rerun: `{rerun}`", ""]
+    return "\n".join(lines)

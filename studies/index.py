@@ -1,0 +1,65 @@
+"""docs/studies/index.md: what was compared, the headline numbers, how to rerun each study.
+
+Written from each study's cached results (``DIR/data/NAME.parquet``) through the study
+module's ``headline(results, meta) -> str``; never by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from studies.common import load_results
+
+__all__ = ["write_index", "ORDER"]
+
+ORDER = {
+    "sweep": ("studies.sweep", "Missingness sweep: EM vs VI, NUTS and impute-then-fit peers"),
+    "calibration": ("studies.calibration", "Calibration: SBC and interval coverage"),
+    "agreement": ("studies.agreement", "Agreement of MAP-EM and NUTS as N grows"),
+    "realdata": ("studies.realdata", "Real data: airquality, penguins, sleep"),
+    "cost": ("studies.cost", "Cost: time, ESS/s, memory, scaling exponents"),
+}
+
+INTRO = """\
+# Studies
+
+*Written by `studies/index.py` from the cached results under `data/`; every number on these
+pages is written by the study scripts.*
+
+ppgmm fits Gaussian mixtures to incomplete data by exact-likelihood EM (MLE or MAP), ADVI
+(mean-field, full-rank) and NUTS. These studies check those fits against the truth, against
+each other, and against what users do today: fill the gaps (column means, scikit-learn's
+IterativeImputer) and fit scikit-learn's GaussianMixture, or pygmmis with the missing entries
+given a huge noise variance.
+
+Each study runs with `ppgmm study NAME [--quick] [--reps R] [--scheduler ADDRESS] [--out DIR]`
+from a source checkout (`pip install -e ".[studies]"`), on a Dask LocalCluster by default or a
+running cluster with `--scheduler`. Raw results are cached in `data/NAME.parquet`;
+`ppgmm study NAME --render` rewrites a page without refitting. **The published runs below are
+reduced runs (sizes stated on each page), not the full designs**, which need a cluster.
+"""
+
+
+def write_index(out: Path) -> Path:
+    """Rewrite ``out/index.md`` from the cached results of every study there."""
+    out = Path(out)
+    parts = [INTRO]
+    for name, (module_name, title) in ORDER.items():
+        parts.append(f"## [{title}]({name}.md)\n")
+        data = out / "data" / f"{name}.parquet"
+        meta_path = out / "data" / f"{name}.json"
+        if not data.exists():
+            parts.append(f"Not run yet. Run: `ppgmm study {name}`\n")
+            continue
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": []}
+        module = importlib.import_module(module_name)
+        wall = sum(r["wall_s"] for r in meta["runs"])
+        quick = any(r["quick"] for r in meta["runs"])
+        parts.append(module.headline(load_results(data), meta))
+        parts.append(f"\n*{'Quick' if quick else 'Reduced'} run, {wall / 60:.1f} min wall; "
+                     f"full design: {module.FULL_SIZE}. Rerun: `ppgmm study {name}`.*\n")
+    path = out / "index.md"
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,209 @@
+"""Study 4, real data: K by BIC (EM) and by LOO (NUTS), and imputations scored on masked entries.
+
+Data sets, each with natural missing values:
+
+- ``airquality``: R's daily New York air quality, May-September 1973 (shipped with ppgmm,
+  ``ppgmm.datasets.load_airquality``): Ozone, Solar.R, Wind, Temp; 153 rows, 44 missing.
+- ``penguins``: Palmer penguins (Gorman, Williams & Fraser 2014; the ``palmerpenguins``
+  package): bill length and depth, flipper length, body mass; 344 rows. Its two incomplete
+  rows miss all four measurements, so they carry no information and are dropped (ppgmm
+  would drop them with a warning).
+- ``penguins isotopes``: the same expedition's raw table (``penguins-raw.csv`` in the
+  ``palmerpenguins`` package): blood isotope ratios delta-15N and delta-13C, missing for
+  the birds whose blood was not analysed (14 and 13 rows), with culmen length and flipper
+  length; a different missingness process from the first two.
+
+Per data set, 10% of the observed entries (at random, rows keep at least one entry) are
+masked and held back: imputations of them are scored (RMSE, 90% interval coverage, CRPS)
+against the held-back values. EM (MAP) is fitted for K = 1..K_max (BIC, lower is better),
+NUTS for the same K (PSIS-LOO elpd from ``fit.idata``, higher is better); the HTML report of
+``ppgmm.compare`` of EM (MAP), ADVI (mean-field) and NUTS at the K chosen by BIC is written
+next to this page by the run (``realdata_NAME.html``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import ppgmm
+from studies import common
+
+FULL_SIZE = "3 data sets x K = 1..5 x (EM, NUTS), 1 masking replication"
+DATASETS = ("airquality", "penguins", "penguins isotopes")
+K_MAX = 5
+
+
+def load(name: str) -> pd.DataFrame:
+    """The data set's modelled columns, natural missing values as NaN."""
+    if name == "airquality":
+        from ppgmm.datasets import load_airquality
+
+        return load_airquality()
+    from importlib.resources import files
+
+    if name == "penguins":
+        import palmerpenguins
+
+        cols = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+        df = palmerpenguins.load_penguins()[cols]
+    elif name == "penguins isotopes":
+        cols = ["Delta 15 N (o/oo)", "Delta 13 C (o/oo)", "Culmen Length (mm)",
+                "Flipper Length (mm)"]
+        with files("palmerpenguins").joinpath("data/penguins-raw.csv").open() as fh:
+            df = pd.read_csv(fh)[cols]
+        df.columns = ["d15N", "d13C", "culmen_length_mm", "flipper_length_mm"]
+    else:
+        raise ValueError(f"data set should be one of {DATASETS}, but got {name!r}")
+    return df[df.notna().any(axis=1)].reset_index(drop=True)
+
+
+def mask(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Hide ``fraction`` of the observed entries (no row left empty); returns the masked data
+    and the mask of hidden entries."""
+    rng = np.random.default_rng(seed)
+    obs = df.notna().to_numpy()
+    hide = obs & (rng.random(obs.shape) < fraction)
+    empty = np.flatnonzero((obs & ~hide).sum(1) == 0)
+    for i in empty:  # give back one hidden entry
+        hide[i, rng.choice(np.flatnonzero(hide[i]))] = False
+    return df.mask(hide), hide
+
+
+def tasks(quick: bool = False, reps: int | None = None,
+          methods: list[str] | None = None) -> list[dict]:
+    """One task per data set."""
+    if quick:
+        return [{"dataset": "airquality", "k_max": 2, "quick": True}]
+    return [{"dataset": d, "k_max": K_MAX, "quick": False} for d in DATASETS]
+
+
+def _fits(task: dict, data: pd.DataFrame) -> tuple[list[dict], dict]:
+    rows, fits = [], {}
+    ks = range(1, task["k_max"] + 1)
+    import arviz as az
+
+    for k in ks:
+        for method in ("EM (MAP)", "NUTS"):
+            if task["quick"] and method == "NUTS" and k != task["k_max"]:
+                continue
+            try:
+                fit, wall = common.fit_method(method, k, data, seed=k, quick=task["quick"])
+            except Exception as err:
+                rows.append({"method": method, "K": k, "note": f"failed: {err}"[:300]})
+                continue
+            fits[method, k] = fit
+            row = {"method": method, "K": k, "wall_s": wall, "converged": bool(fit.converged),
+                   "note": ""}
+            if method == "EM (MAP)":
+                row["bic"] = float(fit.bic())
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    row["elpd_loo"] = float(az.loo(fit.idata).elpd_loo)
+            rows.append(row)
+    return rows, fits
+
+
+def run_task(task: dict) -> list[dict]:
+    """Fit one data set at every K, score masked entries, write the report at BIC's K."""
+    name = task["dataset"]
+    full = load(name)
+    data, hide = mask(full, 0.1, common.seed_of("realdata", name))
+    rows, fits = _fits(task, data)
+    em = pd.DataFrame([r for r in rows if "bic" in r])
+    k_bic = int(em.loc[em["bic"].idxmin(), "K"])
+    advi, _ = common.fit_method("ADVI mean-field", k_bic, data, seed=0, quick=task["quick"])
+    nuts = fits.get(("NUTS", k_bic)) or common.fit_method("NUTS", k_bic, data, seed=k_bic,
+                                                         quick=task["quick"])[0]
+    chosen = {"em": fits["EM (MAP)", k_bic], "advi": advi, "nuts": nuts}
+    # compare() wants a complete truth: natural gaps get 0 and are left out of the scores
+    truth = np.nan_to_num(full.to_numpy(dtype=float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cmp = ppgmm.compare(chosen, truth=truth, interval_prob=0.9)
+        out = Path(task.get("out", "."))
+        report = f"realdata_{name.replace(' ', '_')}.html"
+        if "out" in task:
+            cmp.report(str(out / report), title=f"ppgmm: {name}, K = {k_bic} (BIC)")
+    scored = _masked_scores(cmp.imputations, data.isna().to_numpy(), hide, list(full.columns))
+    n_natural = int(full.isna().to_numpy().sum())
+    for r in rows:
+        r.update(dataset=name, n=len(full), d=full.shape[1], natural_missing=n_natural,
+                 masked=int(hide.sum()), report=report)
+    for r in scored:
+        rows.append({"dataset": name, "K": k_bic, "note": "", "report": report, **r})
+    return rows
+
+
+def _masked_scores(imp, missing: np.ndarray, hide: np.ndarray,
+                   columns: list[str]) -> list[dict]:
+    """RMSE, coverage and CRPS over the masked entries (natural gaps have no held-back
+    value), per backend of ``compare``'s imputations."""
+    rows, cols = np.nonzero(missing)  # the ``missing`` dim runs row by row
+    named = [columns.index(str(f)) for f in imp["missing_feature"].values]
+    if len(rows) != imp.sizes["missing"] or not np.array_equal(cols, named):
+        raise RuntimeError("the missing entries of compare() are not in row-major order")
+    held = hide[rows, cols]
+    out = []
+    for b in imp["backend"].values:
+        e = imp.sel(backend=b)
+        y = e["truth"].values[held]
+        inside = (e["lower"].values[held] <= y) & (y <= e["upper"].values[held])
+        out.append({"method": f"impute: {b}", "n_scored": int(held.sum()),
+                    "rmse": float(np.sqrt(np.mean((e["mean"].values[held] - y) ** 2))),
+                    "coverage": float(inside.mean()),
+                    "crps": float(np.mean(e["crps"].values[held]))})
+    return out
+
+
+def _choice(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for name, g in df.groupby("dataset", sort=False):
+        em = g[g["method"] == "EM (MAP)"].dropna(subset=["bic"])
+        nuts = g[g["method"] == "NUTS"].dropna(subset=["elpd_loo"])
+        first = g.iloc[0]
+        rows.append({
+            "data set": name, "rows": int(first["n"]), "D": int(first["d"]),
+            "natural missing": int(first["natural_missing"]), "masked": int(first["masked"]),
+            "K by BIC (EM)": int(em.loc[em["bic"].idxmin(), "K"]) if len(em) else None,
+            "K by LOO (NUTS)": int(nuts.loc[nuts["elpd_loo"].idxmax(), "K"]) if len(nuts)
+            else None,
+            "report": f"[{first['report']}]({first['report']})"})
+    return pd.DataFrame(rows)
+
+
+def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
+    """The study page from the cached rows."""
+    lines = ["# Real data: K by BIC and LOO, imputations of masked entries", "",
+             "*Written by `studies/realdata.py` from `data/realdata.parquet`; do not edit by "
+             "hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
+             common.run_section(meta, FULL_SIZE, "ppgmm study realdata")]
+    if df.empty:
+        return "\n".join(lines)
+    lines += ["## K chosen", "", common.md_table(_choice(df)), "",
+              "## BIC and LOO per K", ""]
+    crit = df[df["method"].isin(["EM (MAP)", "NUTS"])]
+    cols = [c for c in ("dataset", "method", "K", "bic", "elpd_loo", "converged", "wall_s",
+                        "note") if c in crit]
+    lines += [common.md_table(crit[cols]), "",
+              "## Imputations of the masked entries (at BIC's K)", "",
+              "`column mean` is compare()'s baseline (observed column mean, normal interval).",
+              ""]
+    imp = df[df["method"].str.startswith("impute: ")]
+    lines += [common.md_table(imp[["dataset", "method", "K", "n_scored", "rmse", "coverage",
+                                   "crps"]]), ""]
+    return "\n".join(lines)
+
+
+def headline(df: pd.DataFrame, meta: dict) -> str:
+    """Index entry: K by BIC and LOO per data set."""
+    if df.empty:
+        return "No results."
+    c = _choice(df)
+    return "K chosen (BIC for EM / LOO for NUTS): " + "; ".join(
+        f"{r['data set']} {r['K by BIC (EM)']} / {r['K by LOO (NUTS)']}"
+        for _, r in c.iterrows()) + "."

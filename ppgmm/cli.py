@@ -351,6 +351,21 @@ def _cmd_report(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _cmd_study(args) -> int:
+    """``ppgmm study NAME ...``: delegated to the source tree's ``studies.runner``."""
+    import importlib
+
+    try:
+        runner = importlib.import_module("studies.runner")
+    except ImportError:
+        runner = None
+    if not hasattr(runner, "STUDIES"):
+        raise UsageError("the studies live in ppgmm's source tree, not in the installed "
+                         "package: clone ppgmm's repository, run `pip install -e \".[studies]\"` "
+                         "there and run `ppgmm study` from it")
+    return int(runner.main(["--help"] * args.help + args.args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ppgmm`` command."""
     from . import __version__
@@ -430,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the complete data, to score the imputations")
     csv_args(r)
     r.set_defaults(run=_cmd_report)
+
+    st = sub.add_parser("study", add_help=False, help="run a validation study (source checkout; "
+                        "ppgmm study --help)")
+    st.add_argument("-h", "--help", action="store_true")
+    st.add_argument("args", nargs=argparse.REMAINDER)
+    st.set_defaults(run=_cmd_study)
     return p
 
 

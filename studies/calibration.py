@@ -124,7 +124,6 @@ def run_task(task: dict) -> list[dict]:
     except Exception as err:  # recorded, not hidden
         return [{**base, "note": f"failed: {type(err).__name__}: {err}"[:300]}]
     q, xm = _draws(fit)
-    mask = np.isnan(data)
     hidden = _hidden(fit, truth)
     tq = quantities(truth.params)
     rows = []
@@ -286,7 +285,8 @@ def headline(df: pd.DataFrame, meta: dict) -> str:
     parts = []
     if not table.empty:
         t = table[table["level"] == 0.9]
-        parts.append("Coverage of nominal 90% intervals (parameters / missing entries): " + "; ".join(
+        parts.append("Coverage of nominal 90% intervals (parameters / missing entries): "
+                     + "; ".join(
             f"{m} " + " / ".join(f"{v:.2f}±{s:.2f}" for v, s in zip(g["coverage"], g["se"],
                                                                    strict=True))
             for m, g in t.sort_values("group", ascending=False).groupby("method")) + ".")

@@ -235,7 +235,7 @@ def _cluster(scheduler: str | None, quick: bool, workers: int | None):
     with dask.config.set({"distributed.worker.daemon": False}):
         n = workers or max(1, (os.cpu_count() or 1))
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
             yield client
 
 

@@ -196,9 +196,9 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
                   "Covariances, same construction:", "",
                   common.md_table(_headline(ratio_table(ok, "err_covariances"))), ""]
     lines += [_mnar_sentence(ok), ""]
-    lines += [f"![error of the means]({_figure(ok, out, 'err_means', 'max abs error, means', 'sweep_means.png')})",
-              "", f"![imputation RMSE]({_figure(ok, out, 'rmse', 'imputation RMSE', 'sweep_rmse.png')})",
-              ""]
+    means_png = _figure(ok, out, "err_means", "max abs error, means", "sweep_means.png")
+    rmse_png = _figure(ok, out, "rmse", "imputation RMSE", "sweep_rmse.png")
+    lines += [f"![error of the means]({means_png})", "", f"![imputation RMSE]({rmse_png})", ""]
     summ = ok.groupby(["mechanism", "method"]).agg(
         err_means=("err_means", "mean"), err_cov=("err_covariances", "mean"),
         rmse=("rmse", "mean"), coverage90=("coverage", "mean"), crps=("crps", "mean"),

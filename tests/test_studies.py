@@ -1,0 +1,153 @@
+"""The study suite (studies/): its metrics against independent references, and each study's
+quick mode as a smoke test (fit, cache, page, index, re-render without refitting)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import ppgmm
+
+pytest.importorskip("sklearn")
+pytest.importorskip("pyarrow")
+common = pytest.importorskip("studies.common")
+from studies import calibration, cost, realdata, runner, sweep  # noqa: E402
+
+TRUTH = ppgmm.Params(np.array([0.3, 0.7]), np.array([[0.0, 0.0], [3.0, 1.0]]),
+                     np.array([[[1.0, 0.2], [0.2, 0.5]], [[0.8, -0.1], [-0.1, 1.5]]]))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_param_errors_ignore_labels():
+    swapped = ppgmm.Params(TRUTH.weights[::-1], TRUTH.means[::-1], TRUTH.covariances[::-1])
+    assert common.param_errors(swapped, TRUTH) == {
+        "err_weights": 0.0, "err_means": 0.0, "err_covariances": 0.0}
+    shifted = ppgmm.Params(swapped.weights, swapped.means + 0.25, swapped.covariances)
+    assert common.param_errors(shifted, TRUTH)["err_means"] == pytest.approx(0.25, abs=1e-12)
+
+
+def test_mixture_logpdf_matches_sklearn():
+    from sklearn.mixture import GaussianMixture
+
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    gm = GaussianMixture(2, covariance_type="full")
+    gm.weights_, gm.means_, gm.covariances_ = TRUTH
+    gm.precisions_cholesky_ = np.linalg.cholesky(np.linalg.inv(TRUTH.covariances))
+    np.testing.assert_allclose(common.mixture_logpdf(TRUTH, x), gm.score_samples(x), rtol=1e-10)
+
+
+def test_heldout_lpd_of_draws_averages_densities():
+    """log mean_s p(x | theta_s), not mean_s log p(x | theta_s)."""
+    x = np.array([[0.5, 0.1], [2.0, 1.0]])
+    a, b = TRUTH, ppgmm.Params(TRUTH.weights, TRUTH.means + 1.0, TRUTH.covariances)
+    dens = np.exp([common.mixture_logpdf(a, x), common.mixture_logpdf(b, x)]).mean(0)
+
+    class TwoDraws:  # a stand-in with the Fit interface draws_of reads
+        pass
+
+    fit = TwoDraws()
+    import xarray as xr
+
+    fit.idata = type("I", (), {"posterior": xr.Dataset({
+        "weights": (("chain", "draw", "component"), np.stack([a.weights, b.weights])[None]),
+        "means": (("chain", "draw", "component", "feature"),
+                  np.stack([a.means, b.means])[None]),
+        "covariances": (("chain", "draw", "component", "feature", "feature_"),
+                        np.stack([a.covariances, b.covariances])[None])})})()
+    assert common.heldout_lpd(fit, x) == pytest.approx(np.log(dens).mean(), rel=1e-12)
+
+
+def test_peer_imputation_scores_against_hand_computation():
+    data = np.array([[1.0, np.nan], [np.nan, 2.0], [3.0, 4.0]])
+    values = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 4.0]])
+    filled = np.array([[1.0, 3.0], [2.5, 2.0], [3.0, 4.0]])
+    truth = type("T", (), {"values": values})()
+    s = common.imputation_scores(None, truth, data, filled)
+    assert s["rmse"] == pytest.approx(np.sqrt((4 + 0.25) / 2))
+    assert s["crps"] == pytest.approx(1.25) and np.isnan(s["coverage"])
+
+
+def test_seeds_are_stable_and_distinct():
+    assert common.seed_of("MCAR", 0.1, 2) == common.seed_of("MCAR", 0.1, 2)
+    assert common.seed_of("MCAR", 0.1, 2) != common.seed_of("MCAR", 0.1, 3)
+
+
+def test_ratio_table_is_the_geometric_mean_of_paired_ratios():
+    rows = []
+    for rep, (e, m) in enumerate([(1.0, 2.0), (2.0, 8.0), (1.0, 1.0)]):
+        for meth, v in (("EM (MLE)", e), ("peer", m)):
+            rows.append({"mechanism": "MCAR", "rate": 0.1, "K": 2, "D": 2, "N": 200,
+                         "rep": rep, "method": meth, "err_means": v, "note": ""})
+    r = sweep.ratio_table(pd.DataFrame(rows)).iloc[0]
+    lr = np.log([2.0, 4.0, 1.0])
+    assert r["ratio"] == pytest.approx(np.exp(lr.mean()))
+    assert r["mcse"] == pytest.approx(np.exp(lr.mean()) * lr.std(ddof=1) / np.sqrt(3))
+
+
+def test_sbc_chisquare_matches_scipy():
+    ranks = np.random.default_rng(1).integers(0, 100, 200)
+    df = pd.DataFrame({"kind": "sbc", "method": "m", "quantity": "q", "rank": ranks,
+                       "note": ""})
+    p = calibration.sbc_tests(df)["chi2_p"].iloc[0]
+    assert p == pytest.approx(stats.chisquare(np.bincount(ranks // 10, minlength=10)).pvalue)
+
+
+def test_prior_draws_follow_the_prior():
+    """Inverse-Wishart mean (nu - D - 1)^-1 Lambda = I, judged by an MCSE-scaled z-score."""
+    rng = np.random.default_rng(2)
+    s00 = np.array([calibration.prior_draw(rng).covariances[0, 0, 0] for _ in range(2000)])
+    z = (s00.mean() - 1.0) / (s00.std(ddof=1) / np.sqrt(len(s00)))
+    assert abs(z) < 4
+
+
+def test_cost_exponent_recovers_a_known_slope():
+    n = np.array([100, 200, 400, 800])
+    df = pd.DataFrame({"factor": "N", "method": "m", "N": n, "wall_s": 0.01 * n**1.5,
+                       "note": ""})
+    e = cost.exponents(df).iloc[0]
+    assert e["exponent"] == pytest.approx(1.5, abs=1e-10)
+
+
+def test_realdata_mask_hides_observed_entries_only_and_keeps_rows():
+    full = realdata.load("airquality")
+    data, hide = realdata.mask(full, 0.5, 0)
+    assert not (hide & full.isna().to_numpy()).any()
+    assert data.notna().any(axis=1).all()
+    np.testing.assert_array_equal(data.isna().to_numpy(), full.isna().to_numpy() | hide)
+
+
+# --------------------------------------------------------------------------- quick modes
+
+
+@pytest.mark.parametrize("name", sorted(runner.STUDIES))
+def test_quick_mode_runs_caches_and_renders(name, tmp_path):
+    page = runner.run(name, quick=True, out=tmp_path)
+    text = page.read_text()
+    assert text.startswith("# ") and "## Published run" in text and "quick" in text
+    data = pd.read_parquet(tmp_path / "data" / f"{name}.parquet")
+    assert len(data) and (data["note"].fillna("") == "").any()
+    meta = json.loads((tmp_path / "data" / f"{name}.json").read_text())
+    assert meta["runs"][0]["quick"] is True
+    for img in (tmp_path / "img").glob("*.png"):
+        assert img.stat().st_size > 1000
+    # a rerun finds every task cached and rewrites the same page without fitting
+    page.unlink()
+    runner.run(name, quick=True, out=tmp_path, render_only=True)
+    assert page.read_text() == text
+    assert len(json.loads((tmp_path / "data" / f"{name}.json").read_text())["runs"]) == 1
+    assert f"]({name}.md)" in (tmp_path / "index.md").read_text()
+
+
+def test_cli_study_delegates(tmp_path, capsys):
+    from ppgmm.cli import main
+
+    assert main(["study", "sweep", "--render", "--out", str(tmp_path)]) == 0
+    assert "No run cached yet" in (tmp_path / "sweep.md").read_text()
+    assert (tmp_path / "index.md").exists()
+    assert "sweep.md" in capsys.readouterr().out

@@ -50,9 +50,10 @@ def tasks(quick: bool = False, reps: int | None = None,
         return [{"kind": "sbc", "rep": 0, "method": "ADVI mean-field", "quick": True},
                 {"kind": "coverage", "rep": 0, "method": "EM bootstrap", "quick": True}]
     reps = reps or 200
-    out = []
-    for kind, meths in (("sbc", METHODS), ("coverage", COVERAGE_METHODS)):
-        for rep, m in itertools.product(range(reps), meths):
+    out = []  # replications outermost: a run stopped early covers every method
+    for rep, (kind, meths) in itertools.product(
+            range(reps), (("sbc", METHODS), ("coverage", COVERAGE_METHODS))):
+        for m in meths:
             if methods is None or m in methods:
                 out.append({"kind": kind, "rep": rep, "method": m, "quick": False})
     return out

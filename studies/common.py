@@ -265,20 +265,22 @@ def run_study(name: str, tasks: list[dict], run_task: Callable[[dict], list[dict
     start = time.perf_counter()
     if todo:
         _progress(f"{name}: {len(todo)} task(s) to run, {len(have)} cached")
-        frames = [done] if len(done) else []
-        for rows in _map(run_task, todo, scheduler, quick, workers):
-            frames.append(pd.DataFrame(rows))
-            done = pd.concat(frames, ignore_index=True)
-            frames = [done]
-            done.to_parquet(path)
         meta["runs"].append({
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": quick,
-            "tasks": len(todo), "wall_s": round(time.perf_counter() - start, 1),
+            "tasks": len(todo), "done": 0, "status": "running", "wall_s": 0.0,
             "scheduler": scheduler or ("synchronous" if quick else "LocalCluster"),
             "workers": workers or os.cpu_count(), "settings": settings or {},
             "python": platform.python_version(), "ppgmm": ppgmm.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
         })
+        record = meta["runs"][-1]
+        for rows in _map(run_task, todo, scheduler, quick, workers):
+            done = pd.concat([done, pd.DataFrame(rows)], ignore_index=True)
+            done.to_parquet(path)
+            record.update(done=record["done"] + 1,
+                          wall_s=round(time.perf_counter() - start, 1))
+            meta_path.write_text(json.dumps(meta, indent=1))
+        record["status"] = "complete"
         meta_path.write_text(json.dumps(meta, indent=1))
     page = render(done, meta, out)
     (out / f"{name}.md").write_text(page)
@@ -338,8 +340,12 @@ def run_section(meta: dict, full_size: str, rerun: str) -> str:
     lines.append(f"- Mode: {'quick (smoke test size)' if quick else 'reduced run'}; "
                  f"full design: {full_size}.")
     for r in runs:
-        lines.append(f"- {r['date']}: {r['tasks']} task(s), {r['wall_s']:.0f} s wall on "
+        done = r.get("done", r["tasks"])
+        state = ("" if r.get("status", "complete") == "complete" else
+                 f" (stopped after {done} of them)")
+        lines.append(f"- {r['date']}: {r['tasks']} task(s){state}, {r['wall_s']:.0f} s wall on "
                      f"{r['scheduler']} ({r['workers']} worker(s), {r['machine']}); "
                      f"settings {json.dumps(r['settings'])}")
-    lines += [f"- Total wall time: {total / 60:.1f} min.", f"- Rerun: `{rerun}`", ""]
+    lines += [f"- Total wall time of the recorded runs: {total / 60:.1f} min.",
+              f"- Rerun: `{rerun}`", ""]
     return "\n".join(lines)

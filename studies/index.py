@@ -37,8 +37,11 @@ given a huge noise variance.
 Each study runs with `ppgmm study NAME [--quick] [--reps R] [--scheduler ADDRESS] [--out DIR]`
 from a source checkout (`pip install -e ".[studies]"`), on a Dask LocalCluster by default or a
 running cluster with `--scheduler`. Raw results are cached in `data/NAME.parquet`;
-`ppgmm study NAME --render` rewrites a page without refitting. **The published runs below are
-reduced runs (sizes stated on each page), not the full designs**, which need a cluster.
+`ppgmm study NAME --render` rewrites a page without refitting; `--reps`, `--only KEY=V1,V2`,
+`--methods` and `--set KEY=VALUE` run part of a design (recorded on the page). The studies
+live in the source tree, not in the installed wheel: from a wheel, `ppgmm study` says so in
+one line. **The published runs below are reduced runs (sizes stated on each page), not the
+full designs**, which need a cluster.
 """
 
 

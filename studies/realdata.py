@@ -160,6 +160,14 @@ def _masked_scores(imp, missing: np.ndarray, hide: np.ndarray,
     return out
 
 
+def _best(g: pd.DataFrame, column: str, pick) -> str:
+    """The best K, flagged when it is the largest K tried (the criterion still improving)."""
+    if g.empty:
+        return ""
+    k = int(g.loc[pick(g.index, key=lambda i: g.loc[i, column]), "K"])
+    return f"{k} (largest tried)" if k == g["K"].max() and g["K"].nunique() > 1 else str(k)
+
+
 def _choice(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, g in df.groupby("dataset", sort=False):
@@ -169,9 +177,8 @@ def _choice(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "data set": name, "rows": int(first["n"]), "D": int(first["d"]),
             "natural missing": int(first["natural_missing"]), "masked": int(first["masked"]),
-            "K by BIC (EM)": int(em.loc[em["bic"].idxmin(), "K"]) if len(em) else None,
-            "K by LOO (NUTS)": int(nuts.loc[nuts["elpd_loo"].idxmax(), "K"]) if len(nuts)
-            else None,
+            "K by BIC (EM)": _best(em, "bic", min),
+            "K by LOO (NUTS)": _best(nuts, "elpd_loo", max),
             "report": f"[{first['report']}]({first['report']})"})
     return pd.DataFrame(rows)
 

@@ -174,14 +174,27 @@ def coverage_table(df: pd.DataFrame) -> pd.DataFrame:
                             "parameters")
     rows = []
     for (meth, level, group), g in cov.groupby(["method", "level", "group"]):
-        if group == "parameters":
-            p, n = g["covered"].mean(), len(g)
-            se = np.sqrt(p * (1 - p) / n)
-        else:
-            p, se = g["covered"].mean(), common.mcse(g["covered"])
+        # entries of one data set are correlated: the error bar is the standard error of
+        # the per-replication fractions, not a binomial one over entries
+        per_rep = g.groupby("rep")["covered"].mean()
+        p, se = per_rep.mean(), common.mcse(per_rep)
         rows.append({"method": meth, "level": level, "group": group, "coverage": p,
                      "se": se, "replications": int(g["rep"].nunique())})
     return pd.DataFrame(rows)
+
+
+def per_quantity(df: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
+    """Coverage of each parameter quantity at ``level`` ± its binomial standard error."""
+    cov = df[(df["kind"] == "coverage") & (df["note"].fillna("") == "")
+             & (df["quantity"] != "missing entries") & (df.get("level") == level)]
+    if cov.empty:
+        return pd.DataFrame()
+    g = cov.groupby(["quantity", "method"])["covered"].agg(["mean", "size"]).reset_index()
+    g["cell"] = [f"{p:.2f} ± {np.sqrt(p * (1 - p) / n):.2f}" for p, n in
+                 zip(g["mean"], g["size"], strict=True)]
+    wide = g.pivot(index="quantity", columns="method", values="cell").reset_index()
+    wide.columns.name = None
+    return wide
 
 
 def _rank_figure(df: pd.DataFrame, out: Path) -> str | None:
@@ -216,6 +229,17 @@ def _rank_figure(df: pd.DataFrame, out: Path) -> str | None:
     fig.savefig(out / "img" / "calibration_ranks.png", dpi=100)
     plt.close(fig)
     return "img/calibration_ranks.png"
+
+
+def _wide(table: pd.DataFrame) -> pd.DataFrame:
+    t = table.assign(cell=[f"{c:.3f} ± {s:.3f}" for c, s in
+                           zip(table["coverage"], table["se"], strict=True)])
+    wide = t.pivot_table(index=["group", "method"], columns="level", values="cell",
+                         aggfunc="first").reset_index()
+    wide.columns = [c if isinstance(c, str) else f"{c:.0%} nominal" for c in wide.columns]
+    reps = t.groupby("method")["replications"].max()
+    wide["replications"] = wide["method"].map(reps)
+    return wide
 
 
 def _coverage_figure(table: pd.DataFrame, out: Path) -> str | None:
@@ -269,9 +293,12 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     if not table.empty:
         lines += ["## Frequentist coverage", "",
                   "Fraction of replications whose central interval holds the true value "
-                  "(parameters pooled over the quantities above; missing entries: mean per-data-"
-                  "set fraction) ± its standard error.", "",
-                  common.md_table(table), ""]
+                  "(parameters: the quantities above; missing entries: every missing entry), as "
+                  "the mean over replications of the per-data-set fraction ± its standard error "
+                  "across replications.", "",
+                  common.md_table(_wide(table)), "",
+                  "Per parameter quantity, 90% intervals, ± binomial standard error:", "",
+                  common.md_table(per_quantity(df)), ""]
         fig = _coverage_figure(table, out)
         if fig:
             lines += [f"![coverage]({fig})", ""]

@@ -18,7 +18,7 @@ ORDER = {
     "sweep": ("studies.sweep", "Missingness sweep: EM vs VI, NUTS and impute-then-fit peers"),
     "calibration": ("studies.calibration", "Calibration: SBC and interval coverage"),
     "agreement": ("studies.agreement", "Agreement of MAP-EM and NUTS as N grows"),
-    "realdata": ("studies.realdata", "Real data: airquality, penguins, sleep"),
+    "realdata": ("studies.realdata", "Real data: airquality, Palmer penguins, penguin isotopes"),
     "cost": ("studies.cost", "Cost: time, ESS/s, memory, scaling exponents"),
 }
 

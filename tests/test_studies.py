@@ -134,6 +134,8 @@ def test_quick_mode_runs_caches_and_renders(name, tmp_path):
     assert len(data) and (data["note"].fillna("") == "").any()
     meta = json.loads((tmp_path / "data" / f"{name}.json").read_text())
     assert meta["runs"][0]["quick"] is True
+    if name == "realdata":  # the HTML report of compare() at BIC's K, written by the run
+        assert (tmp_path / "realdata_airquality.html").stat().st_size > 10_000
     for img in (tmp_path / "img").glob("*.png"):
         assert img.stat().st_size > 1000
     # a rerun finds every task cached and rewrites the same page without fitting

@@ -153,3 +153,15 @@ def test_cli_study_delegates(tmp_path, capsys):
     assert "No run cached yet" in (tmp_path / "sweep.md").read_text()
     assert (tmp_path / "index.md").exists()
     assert "sweep.md" in capsys.readouterr().out
+
+
+def test_tasks_run_on_a_dask_cluster(tmp_path):
+    """The --scheduler path: tasks mapped over a running cluster, rows cached as they come."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=":0") as cluster:
+        runner.run("cost", quick=True, out=tmp_path, scheduler=cluster.scheduler_address)
+    data = pd.read_parquet(tmp_path / "data" / "cost.parquet")
+    assert sorted(data["N"]) == [100, 200] and (data["wall_s"] > 0).all()
+    meta = json.loads((tmp_path / "data" / "cost.json").read_text())
+    assert meta["runs"][0]["status"] == "complete" and meta["runs"][0]["done"] == 2

@@ -40,7 +40,7 @@ from ppgmm.numerics.alignment import align_to
 
 __all__ = [
     "METHODS", "PEERS", "seed_of", "run_study", "fit_method", "param_errors", "heldout_lpd",
-    "imputation_scores", "draws_of", "md_table", "mcse", "load_results",
+    "imputation_scores", "draws_of", "md_table", "mcse", "load_results", "merge_cache",
 ]
 
 #: ppgmm methods: label -> (prior, backend, options). Short runs: studies measure the
@@ -275,8 +275,7 @@ def run_study(name: str, tasks: list[dict], run_task: Callable[[dict], list[dict
         })
         record = meta["runs"][-1]
         for rows in _map(run_task, todo, scheduler, quick, workers):
-            done = pd.concat([done, pd.DataFrame(rows)], ignore_index=True)
-            done.to_parquet(path)
+            done = _append(path, pd.DataFrame(rows))
             record.update(done=record["done"] + 1,
                           wall_s=round(time.perf_counter() - start, 1))
             meta_path.write_text(json.dumps(meta, indent=1))
@@ -285,6 +284,47 @@ def run_study(name: str, tasks: list[dict], run_task: Callable[[dict], list[dict
     page = render(done, meta, out)
     (out / f"{name}.md").write_text(page)
     return out / f"{name}.md"
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` + ".lock" (several runs may share one cache)."""
+    import fcntl
+
+    with open(f"{path}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _append(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """Append rows to the cache as it is on disk now; returns the whole cache."""
+    with _locked(path):
+        done = pd.concat([load_results(path), rows], ignore_index=True)
+        done.to_parquet(path)
+    return done
+
+
+def merge_cache(name: str, source: Path, out: Path) -> int:
+    """Add the rows and run records of ``source``'s cache of a study to ``out``'s (rows whose
+    task is already there are skipped); returns the number of rows added."""
+    src = load_results(Path(source) / "data" / f"{name}.parquet")
+    path = Path(out) / "data" / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    have = set(load_results(path).get("task", []))
+    new = src[~src["task"].isin(have)] if len(src) else src
+    if len(new):
+        _append(path, new)
+    src_meta = Path(source) / "data" / f"{name}.json"
+    if src_meta.exists():
+        meta_path = path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": []}
+        meta["runs"] += [r for r in json.loads(src_meta.read_text())["runs"]
+                         if r not in meta["runs"]]
+        meta_path.write_text(json.dumps(meta, indent=1))
+    return len(new)
 
 
 def _map(run_task: Callable, todo: list[dict], scheduler: str | None, quick: bool,

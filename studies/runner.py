@@ -69,6 +69,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--workers", type=int, help="LocalCluster workers (default: CPU count)")
     p.add_argument("--out", metavar="DIR", help="pages and cached results (default "
                    "docs/studies/, or ppgmm-study-quick/ with --quick)")
+    p.add_argument("--merge-from", metavar="DIR",
+                   help="first add the cached results of a run with --out DIR")
     p.add_argument("--render", action="store_true",
                    help="only rewrite the page from the cached results")
     return p
@@ -88,6 +90,11 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
     """Command-line entry point; returns the exit status."""
     args = args if args is not None else build_parser().parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    if args.merge_from:
+        from studies.common import merge_cache
+
+        out = args.out or str(DOCS)
+        print(f"{merge_cache(args.name, args.merge_from, out)} row(s) merged")
     only = {}
     for item in args.only or []:
         key, _, values = item.partition("=")

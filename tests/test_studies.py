@@ -165,3 +165,12 @@ def test_tasks_run_on_a_dask_cluster(tmp_path):
     assert sorted(data["N"]) == [100, 200] and (data["wall_s"] > 0).all()
     meta = json.loads((tmp_path / "data" / "cost.json").read_text())
     assert meta["runs"][0]["status"] == "complete" and meta["runs"][0]["done"] == 2
+
+
+def test_merge_cache_adds_new_tasks_once(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    runner.run("cost", quick=True, out=a)
+    assert common.merge_cache("cost", a, b) == 2
+    assert common.merge_cache("cost", a, b) == 0
+    assert len(pd.read_parquet(b / "data" / "cost.parquet")) == 2
+    assert len(json.loads((b / "data" / "cost.json").read_text())["runs"]) == 1

@@ -107,8 +107,9 @@ def ratio_table(df: pd.DataFrame, metric: str = "err_means") -> pd.DataFrame:
 
 
 def _headline(ratios: pd.DataFrame) -> pd.DataFrame:
-    ratios = ratios.assign(cell=[f"{r:.2f} ± {s:.2f}" if np.isfinite(s) else f"{r:.2f}"
-                                 for r, s in zip(ratios["ratio"], ratios["mcse"], strict=True)])
+    ratios = ratios.assign(cell=[
+        f"{r:.2f} ± {s:.2f} ({n})" if np.isfinite(s) else f"{r:.2f} ({n})"
+        for r, s, n in zip(ratios["ratio"], ratios["mcse"], ratios["n"], strict=True)])
     wide = ratios.pivot_table(index=["mechanism", "rate"], columns="method", values="cell",
                               aggfunc="first").reset_index()
     wide.columns.name = None
@@ -191,7 +192,9 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
         lines += ["## Headline: error of the means, method / exact EM (MLE)", "",
                   "Geometric mean over replications and (K, D, N) cells of the paired ratio "
                   "(max abs error of the means, after label alignment) ± its Monte Carlo "
-                  "standard error. Above 1: worse than exact-likelihood EM on the same data.",
+                  "standard error, (number of pairs). Above 1: worse than exact-likelihood EM "
+                  "on the same data. Each method's pairs are the cells where it ran (table "
+                  "above): methods run on fewer cells are compared with EM on those cells only.",
                   "", common.md_table(_headline(ratios)), "",
                   "Covariances, same construction:", "",
                   common.md_table(_headline(ratio_table(ok, "err_covariances"))), ""]
@@ -226,8 +229,12 @@ def headline(df: pd.DataFrame, meta: dict) -> str:
     if r.empty:
         return "No results."
     mid = r[r["rate"] == sorted(set(r["rate"]))[len(set(r["rate"])) // 2]]
-    rows = [f"{m}: " + ", ".join(f"{g['mechanism']} {g['ratio']:.2f}±{g['mcse']:.2f}"
-                                 for _, g in mid[mid["method"] == m].iterrows())
+    def cell(g: pd.Series) -> str:
+        err = f"±{g['mcse']:.2f}" if np.isfinite(g["mcse"]) else " (1 pair)"
+        return f"{g['mechanism']} {g['ratio']:.2f}{err}"
+
+    rows = [f"{m} ({int(mid[mid['method'] == m]['n'].sum())} pairs): "
+            + ", ".join(cell(g) for _, g in mid[mid["method"] == m].iterrows())
             for m in sorted(set(mid["method"]))]
     return (f"Error of the means relative to exact EM (MLE) at {mid['rate'].iloc[0]:.0%} "
             "missing (geometric mean ratio ± MCSE; > 1 is worse than EM):\n\n- "

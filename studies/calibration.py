@@ -231,6 +231,19 @@ def _rank_figure(df: pd.DataFrame, out: Path) -> str | None:
     return "img/calibration_ranks.png"
 
 
+def _flags(table: pd.DataFrame) -> str:
+    """Plain words on which intervals miss their nominal level by more than 2 standard errors."""
+    low = table[table["coverage"] < table["level"] - 2 * table["se"]]
+    high = table[table["coverage"] > table["level"] + 2 * table["se"]]
+
+    def say(t: pd.DataFrame) -> str:
+        return "; ".join(f"{r.method} {r.group} at {r.level:.0%} ({r.coverage:.2f})"
+                         for r in t.itertuples()) or "none"
+
+    return (f"**Too narrow** (coverage more than 2 se below nominal): {say(low)}. "
+            f"**Too wide** (more than 2 se above): {say(high)}.")
+
+
 def _wide(table: pd.DataFrame) -> pd.DataFrame:
     t = table.assign(cell=[f"{c:.3f} ± {s:.3f}" for c, s in
                            zip(table["coverage"], table["se"], strict=True)])
@@ -296,7 +309,7 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
                   "(parameters: the quantities above; missing entries: every missing entry), as "
                   "the mean over replications of the per-data-set fraction ± its standard error "
                   "across replications.", "",
-                  common.md_table(_wide(table)), "",
+                  common.md_table(_wide(table)), "", _flags(table), "",
                   "Per parameter quantity, 90% intervals, ± binomial standard error:", "",
                   common.md_table(per_quantity(df)), ""]
         fig = _coverage_figure(table, out)

@@ -127,7 +127,8 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     lines = ["# Agreement of MAP-EM and NUTS as N grows", "",
              "*Written by `studies/agreement.py` from `data/agreement.parquet`; do not edit by "
              "hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, FULL_SIZE, "ppgmm study agreement [--reps R]")]
+             common.run_section(meta, FULL_SIZE, "ppgmm study agreement [--reps R]",
+                       n_tasks=df["task"].nunique() if len(df) else 0)]
     if df.empty:
         return "\n".join(lines)
     lines += ["## Results", "",

@@ -286,7 +286,8 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     lines = ["# Calibration: SBC and interval coverage", "",
              "*Written by `studies/calibration.py` from `data/calibration.parquet`; do not "
              "edit by hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, FULL_SIZE, "ppgmm study calibration [--reps R]")]
+             common.run_section(meta, FULL_SIZE, "ppgmm study calibration [--reps R]",
+                       n_tasks=df["task"].nunique() if len(df) else 0)]
     if df.empty:
         return "\n".join(lines)
     tests = sbc_tests(df)

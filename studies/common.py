@@ -267,7 +267,8 @@ def run_study(name: str, tasks: list[dict], run_task: Callable[[dict], list[dict
         _progress(f"{name}: {len(todo)} task(s) to run, {len(have)} cached")
         meta["runs"].append({
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": quick,
-            "tasks": len(todo), "done": 0, "status": "running", "wall_s": 0.0,
+            "tasks": len(todo), "done": 0, "cached": len(have), "status": "running",
+            "wall_s": 0.0,
             "scheduler": scheduler or ("synchronous" if quick else "LocalCluster"),
             "workers": workers or os.cpu_count(), "settings": settings or {},
             "python": platform.python_version(), "ppgmm": ppgmm.__version__,
@@ -369,7 +370,7 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
     return "\n".join([head, rule, *body])
 
 
-def run_section(meta: dict, full_size: str, rerun: str) -> str:
+def run_section(meta: dict, full_size: str, rerun: str, n_tasks: int = 0) -> str:
     """The 'published run' section: what was run, its size next to the full design."""
     runs = meta.get("runs", [])
     lines = ["## Published run", ""]
@@ -383,9 +384,15 @@ def run_section(meta: dict, full_size: str, rerun: str) -> str:
         done = r.get("done", r["tasks"])
         state = ("" if r.get("status", "complete") == "complete" else
                  f" (stopped after {done} of them)")
-        lines.append(f"- {r['date']}: {r['tasks']} task(s){state}, {r['wall_s']:.0f} s wall on "
+        cached = f" (besides {r['cached']} cached)" if r.get("cached") else ""
+        lines.append(f"- {r['date']}: {r['tasks']} task(s){cached}{state}, {r['wall_s']:.0f} s "
+                     f"wall on "
                      f"{r['scheduler']} ({r['workers']} worker(s), {r['machine']}); "
                      f"settings {json.dumps(r['settings'])}")
+    unrecorded = n_tasks - sum(r.get("done", r["tasks"]) for r in runs) if n_tasks else 0
+    if unrecorded > 0:
+        lines.append(f"- {unrecorded} task(s) in the cache come from runs stopped before "
+                     "their record was kept (their wall time is not counted below).")
     lines += [f"- Total wall time of the recorded runs: {total / 60:.1f} min.",
               f"- Rerun: `{rerun}`", ""]
     return "\n".join(lines)

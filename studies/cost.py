@@ -126,7 +126,8 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     lines = ["# Cost: time, iterations, ESS/s and memory", "",
              "*Written by `studies/cost.py` from `data/cost.parquet`; do not edit by hand.*", "",
              (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, FULL_SIZE, "ppgmm study cost [--reps R]")]
+             common.run_section(meta, FULL_SIZE, "ppgmm study cost [--reps R]",
+                       n_tasks=df["task"].nunique() if len(df) else 0)]
     if df.empty:
         return "\n".join(lines)
     ok = df[df["note"].fillna("") == ""]

@@ -188,7 +188,8 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     lines = ["# Real data: K by BIC and LOO, imputations of masked entries", "",
              "*Written by `studies/realdata.py` from `data/realdata.parquet`; do not edit by "
              "hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, FULL_SIZE, "ppgmm study realdata")]
+             common.run_section(meta, FULL_SIZE, "ppgmm study realdata",
+                       n_tasks=df["task"].nunique() if len(df) else 0)]
     if df.empty:
         return "\n".join(lines)
     lines += ["## K chosen", "", common.md_table(_choice(df)), "",

@@ -176,7 +176,8 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
              "*Written by `studies/sweep.py` from the cached results in `data/sweep.parquet`;"
              " do not edit by hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), ""]
     lines.append(common.run_section(meta, FULL_SIZE,
-                                    "ppgmm study sweep [--reps R] [--scheduler ADDRESS]"))
+                                    "ppgmm study sweep [--reps R] [--scheduler ADDRESS]",
+                       n_tasks=df["task"].nunique() if len(df) else 0))
     if df.empty:
         return "\n".join(lines)
     notes = df[df["note"].fillna("") != ""]

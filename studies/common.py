@@ -375,7 +375,9 @@ def run_section(meta: dict, full_size: str, rerun: str, n_tasks: int = 0) -> str
     runs = meta.get("runs", [])
     lines = ["## Published run", ""]
     if not runs:
-        return "\n".join(lines + ["No run cached yet.", ""])
+        text = (f"Partial run: {n_tasks} task(s) cached by a run stopped before its record "
+                "was kept." if n_tasks else "No run cached yet.")
+        return "\n".join(lines + [text, f"Rerun: `{rerun}`", ""])
     quick = any(r["quick"] for r in runs)
     total = sum(r["wall_s"] for r in runs)
     lines.append(f"- Mode: {'quick (smoke test size)' if quick else 'reduced run'}; "

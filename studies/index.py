@@ -61,8 +61,12 @@ def write_index(out: Path) -> Path:
         wall = sum(r["wall_s"] for r in meta["runs"])
         quick = any(r["quick"] for r in meta["runs"])
         parts.append(module.headline(load_results(data), meta))
-        parts.append(f"\n*{'Quick' if quick else 'Reduced'} run, {wall / 60:.1f} min wall; "
-                     f"full design: {module.FULL_SIZE}. Rerun: `ppgmm study {name}`.*\n")
+        runs = meta["runs"]
+        stopped = not runs or any(r.get("status", "complete") != "complete" for r in runs)
+        size = ("Quick" if quick else "Partial, stopped" if stopped else "Reduced") + " run"
+        timing = f"{wall / 60:.1f} min wall recorded" if runs else "no run record kept"
+        parts.append(f"\n*{size}, {timing} (see the page); full design: {module.FULL_SIZE}. "
+                     f"Rerun: `ppgmm study {name}`.*\n")
     path = out / "index.md"
     path.write_text("\n".join(parts))
     return path

@@ -192,6 +192,9 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
                        n_tasks=df["task"].nunique() if len(df) else 0)]
     if df.empty:
         return "\n".join(lines)
+    missing = [d for d in DATASETS if d not in set(df["dataset"])]
+    if missing:
+        lines += [f"Not in this run (not finished): {', '.join(missing)}.", ""]
     lines += ["## K chosen", "", common.md_table(_choice(df)), "",
               "## BIC and LOO per K", ""]
     crit = df[df["method"].isin(["EM (MAP)", "NUTS"])]

@@ -574,10 +574,21 @@ def bayes_fits(sim, em_fit):
 
 @pytest.mark.skipif(not any(HAS.values()), reason="ADVI/NUTS backends not available")
 def test_compare_with_the_bayesian_backends(bayes_fits, sim, tmp_path):
-    c = ppgmm.compare(list(bayes_fits.values()), truth=sim[2])
+    c = ppgmm.compare(list(bayes_fits.values()), truth=sim[2], include_unconverged=True)
     bayes = [b for b in bayes_fits if b != "em"]
     assert c.compared == list(bayes_fits)
     assert list(c.em_in_hdi["backend"].values) == bayes
+    # by default the real short runs that missed their convergence checks are marked and
+    # left out of the agreement checks
+    default = ppgmm.compare(list(bayes_fits.values()), truth=sim[2])
+    ok = [b for b in bayes if bayes_fits[b].converged]
+    assert list(default.em_in_hdi.get("backend", xr.DataArray([])).values) == ok
+    s = default.summary()
+    for b in bayes:
+        assert (s.query("backend == @b")["converged"] == bayes_fits[b].converged).all()
+        if not bayes_fits[b].converged:
+            verdict = default.agreement.set_index("backend").loc[b, "verdict"]
+            assert verdict == "not judged: did not converge"
     conv = c.convergence.set_index("label")
     if "advi" in bayes:
         assert np.isfinite(conv.loc["advi", "elbo_final"])

@@ -328,9 +328,7 @@ def _cmd_compare(args) -> int:
         if cmp.model_comparison is not None:
             print("\nmodel comparison (BIC: smaller is better; LOO elpd: larger is better; "
                   "rank 0 is best within each backend)")
-            mc = cmp.model_comparison.merge(
-                cmp.convergence[["label", "converged"]], on="label", how="left")
-            print(mc.to_string(index=False))
+            print(cmp.model_comparison.to_string(index=False))
     if args.report:
         print(f"report: {os.path.abspath(cmp.report(args.report))}")
     return _status(args, fits)

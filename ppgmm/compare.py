@@ -33,7 +33,7 @@ from .numerics.scores import (
     l2_distance,
     normal_mixture_quantile,
 )
-from .spec import PARAM_NAMES, Draws, as_params
+from .spec import PARAM_NAMES, Draws, Params, as_params
 
 __all__ = ["Comparison", "compare"]
 
@@ -60,7 +60,9 @@ class Comparison:
         number of components.
     em_in_hdi : xarray.Dataset
         Whether the EM estimate lies inside each other backend's HDI (backend, component,
-        ...); empty without an EM fit or without another backend with draws.
+        ...); empty without an EM fit or without another backend with draws. Fits that did
+        not converge are left out (an unconverged sampler's HDIs can span everything and
+        "agree" with anything) unless ``include_unconverged=True``.
     distance : xarray.DataArray
         L2 distance between fitted mixtures (their point estimates), dims (backend, backend_).
     relative_distance : xarray.DataArray
@@ -76,12 +78,16 @@ class Comparison:
         With ``truth``: RMSE, interval coverage and CRPS per backend and feature (feature
         ``"all"`` pools the entries).
     convergence : pandas.DataFrame
-        One row per fit: converged, wall time, EM objective trace (iterations, monotone),
-        ADVI ELBO, R-hat, ESS bulk/tail, divergences, relabelled draws, the permutation
-        applied to put the fit on the reference's labels.
+        One row per fit: converged (the backend's own criterion: R-hat, ESS and divergences
+        for NUTS, ELBO and parameter checks for ADVI, ``max_iter`` for EM), wall time, EM
+        objective trace (iterations, monotone), ADVI ELBO, R-hat, ESS bulk/tail,
+        divergences, relabelled draws, the permutation applied to put the fit on the
+        reference's labels.
     model_comparison : pandas.DataFrame or None
         When a backend has several fits (different K or covariance): BIC for EM, LOO
-        (``arviz.compare``) for the Bayesian backends.
+        (``arviz.compare``) for the Bayesian backends, with a ``converged`` column. Fits that
+        did not converge are ranked after every converged fit of their backend, whatever
+        their criterion, and carry a note.
     posteriors : dict of str to xarray.Dataset
         Each fit's parameter draws (chain, draw, ...) on the reference's labelling.
     truth_params : xarray.Dataset or None
@@ -89,6 +95,23 @@ class Comparison:
     warnings : list of str
         Everything worth a reader's attention, in plain words, each prefixed by its fit.
     hdi_prob, interval_prob : float
+    agreement : pandas.DataFrame or None
+        What "different" means: per compared fit, its relative L2 distance :math:`r` to the
+        reference fit beside a threshold :math:`t`, and a verdict ("agrees" when
+        :math:`r \le t`, "differs" otherwise, "not judged" for a fit that did not
+        converge or without a threshold). :math:`t` is the 95th percentile of the relative
+        L2 distances between an EM bootstrap fit's refits and its estimate: how far EM
+        itself moves when the data are resampled.
+    agreement_threshold : float or None
+        :math:`t`; None without an EM fit with ``uncertainty="bootstrap"`` of the
+        reference's K.
+    bootstrap_distances : ndarray or None
+        The relative L2 distances :math:`t` is the 95th percentile of.
+    out_of_range : pandas.DataFrame or None
+        Per backend and feature, how many imputed means fall outside the observed range of
+        their column (a sign that the normal model does not suit a bounded variable).
+    include_unconverged : bool
+        Whether unconverged fits were kept in the agreement checks.
     """
 
     fits: dict[str, Fit]
@@ -106,6 +129,22 @@ class Comparison:
     warnings: list[str] = field(default_factory=list)
     hdi_prob: float = 0.94
     interval_prob: float = 0.94
+    agreement: pd.DataFrame | None = None
+    agreement_threshold: float | None = None
+    bootstrap_distances: np.ndarray | None = None
+    out_of_range: pd.DataFrame | None = None
+    include_unconverged: bool = False
+
+    @property
+    def converged(self) -> dict[str, bool]:
+        """Whether each fit met its backend's convergence criterion, by label."""
+        return {b: f.converged for b, f in self.fits.items()}
+
+    @property
+    def dropped_rows(self) -> list[int]:
+        """Positions, in the input, of the rows dropped at fit time for having no observed
+        entry (the reference fit's; every compared fit has the same data)."""
+        return list(self.fits[self.reference].data.dropped)
 
     @property
     def labels(self) -> list[str]:
@@ -128,9 +167,13 @@ class Comparison:
 
         Columns: parameter, component, feature, feature_ (covariances: upper triangle
         only), backend, point, sd, hdi_lower, hdi_upper, em_in_hdi (nullable boolean:
-        whether the EM estimate lies in this backend's HDI) and truth when known.
+        whether the EM estimate lies in this backend's HDI), converged (the backend's own
+        convergence verdict) and truth when known.
         """
-        return _tidy(self.parameters, self.em_in_hdi, self.truth_params)
+        out = _tidy(self.parameters, self.em_in_hdi, self.truth_params)
+        out.insert(out.columns.get_loc("em_in_hdi") + 1, "converged",
+                   out["backend"].map(self.converged).astype(bool))
+        return out
 
     def report(self, path: str, title: str = "ppgmm comparison") -> str:
         """Write one self-contained HTML report to ``path`` and return the path.
@@ -296,8 +339,10 @@ def _parameters(fits: dict[str, Fit], ref: str, hdi_prob: float):
     return params, posteriors, perms
 
 
-def _em_in_hdi(params: xr.Dataset, fits: dict[str, Fit]) -> xr.Dataset:
-    labels = [str(b) for b in params["backend"].values]
+def _em_in_hdi(params: xr.Dataset, fits: dict[str, Fit], include_unconverged: bool
+               ) -> xr.Dataset:
+    labels = [str(b) for b in params["backend"].values
+              if include_unconverged or fits[str(b)].converged]
     em = [b for b in labels if kind(fits[b].backend) == "optimum"]
     others = [
         b for b in labels
@@ -312,6 +357,72 @@ def _em_in_hdi(params: xr.Dataset, fits: dict[str, Fit]) -> xr.Dataset:
     out = (lo <= est) & (est <= hi)
     out.attrs["em"] = em[0]
     return out
+
+
+def _bootstrap_distances(fits: dict[str, Fit], ref: str) -> tuple[str, np.ndarray] | None:
+    """Relative L2 distances between an EM bootstrap fit's refits and its own estimate."""
+    k = fits[ref].spec.n_components
+    for label, f in fits.items():
+        post = f.idata.posterior
+        if (kind(f.backend) != "optimum" or f.spec.n_components != k or _n_draws(post) < 2
+                or (not f.converged and label != ref)):
+            continue
+        draws = Draws.from_dataset(post[list(PARAM_NAMES)]).flat()
+        est = f.params
+        dist = np.array([
+            l2_distance(est, Params(w, m, c), relative=True)
+            for w, m, c in zip(draws.weights, draws.means, draws.covariances, strict=True)
+        ])
+        return label, dist[np.isfinite(dist)]
+    return None
+
+
+def _agreement(fits: dict[str, Fit], ref: str, compared: list[str], rel: xr.DataArray,
+               boot: tuple[str, np.ndarray] | None, include_unconverged: bool
+               ) -> tuple[pd.DataFrame, float | None]:
+    """Each compared fit's relative L2 distance to the reference against EM's own spread."""
+    t = float(np.quantile(boot[1], 0.95)) if boot is not None and len(boot[1]) else None
+    rows = []
+    for b in compared:
+        if b == ref:
+            continue
+        r = float(rel.sel(backend=b, backend_=ref))
+        ok = fits[b].converged and fits[ref].converged
+        if not ok and not include_unconverged:
+            verdict = "not judged: did not converge"
+        elif t is None:
+            verdict = "not judged: no EM bootstrap fit to set the threshold"
+        else:
+            verdict = "agrees" if r <= t else "differs"
+        rows.append({"backend": b, "reference": ref, "converged": fits[b].converged,
+                     "relative_l2": r, "threshold": np.nan if t is None else t,
+                     "verdict": verdict})
+    cols = ["backend", "reference", "converged", "relative_l2", "threshold", "verdict"]
+    return pd.DataFrame(rows, columns=cols), t
+
+
+def _out_of_range(imp: xr.Dataset, md: Any) -> pd.DataFrame | None:
+    """Imputed means outside the observed range of their column, per backend and feature."""
+    if imp.sizes.get("missing", 0) == 0:
+        return None
+    lo, hi = np.nanmin(md.values, axis=0), np.nanmax(md.values, axis=0)
+    pos = {f: j for j, f in enumerate(md.feature_names)}
+    feat = np.asarray([str(f) for f in imp["missing_feature"].values])
+    j = np.array([pos[f] for f in feat])
+    rows = []
+    for b in imp["backend"].values:
+        m = imp["mean"].sel(backend=b).values
+        outside = (m < lo[j]) | (m > hi[j])
+        for f in dict.fromkeys(feat):
+            sel = feat == f
+            if outside[sel].any():
+                rows.append({"backend": str(b), "feature": f, "n_missing": int(sel.sum()),
+                             "n_outside": int(outside[sel].sum()),
+                             "observed_min": float(lo[pos[f]]),
+                             "observed_max": float(hi[pos[f]]),
+                             "imputed_min": float(m[sel].min()),
+                             "imputed_max": float(m[sel].max())})
+    return pd.DataFrame(rows) if rows else None
 
 
 def _distance(fits: dict[str, Fit], labels: list[str], relative: bool) -> xr.DataArray:
@@ -492,7 +603,7 @@ def _model_comparison(fits: dict[str, Fit], notes: list[str]) -> pd.DataFrame | 
             continue
         if kind(backend) == "optimum":
             bic = {b: fits[b].bic() for b in labels}
-            order = sorted(labels, key=bic.get)
+            order = sorted(labels, key=lambda b: (not fits[b].converged, bic[b]))
             for rank, b in enumerate(order):
                 rows.append({"backend": backend, "label": b, "K": fits[b].spec.n_components,
                              "covariance": fits[b].spec.covariance, "criterion": "BIC",
@@ -516,7 +627,25 @@ def _model_comparison(fits: dict[str, Fit], notes: list[str]) -> pd.DataFrame | 
                          "covariance": fits[str(b)].spec.covariance, "criterion": "LOO elpd",
                          "value": float(r["elpd_loo"]), "se": float(r["se"]),
                          "rank": int(r["rank"]), "loglik": np.nan})
-    return pd.DataFrame(rows) if rows else None
+    if not rows:
+        return None
+    return _rank_converged_first(pd.DataFrame(rows), fits, notes)
+
+
+def _rank_converged_first(df: pd.DataFrame, fits: dict[str, Fit], notes: list[str]
+                          ) -> pd.DataFrame:
+    """Within each backend, unconverged fits rank after every converged one, with a note."""
+    df["converged"] = df["label"].map(lambda b: fits[b].converged).astype(bool)
+    df["note"] = np.where(df["converged"], "",
+                          "did not converge: ranked last, its criterion is not trustworthy")
+    parts = []
+    for _, g in df.groupby("backend", sort=False):
+        g = g.sort_values(["converged", "rank"], ascending=[False, True], kind="stable")
+        parts.append(g.assign(rank=np.arange(len(g))))
+    for b in df.loc[~df["converged"], "label"]:
+        notes.append(f"{b}: did not converge, so it is ranked after the converged fits in "
+                     "the model comparison; refit it until it converges before comparing K.")
+    return pd.concat(parts, ignore_index=True)
 
 
 def _tidy(params: xr.Dataset, inside: xr.Dataset, truth: xr.Dataset | None) -> pd.DataFrame:
@@ -559,6 +688,7 @@ def compare(
     *,
     hdi_prob: float = 0.94,
     interval_prob: float = 0.94,
+    include_unconverged: bool = False,
 ) -> Comparison:
     """Compare fits of one data set from several backends (and several K).
 
@@ -580,6 +710,10 @@ def compare(
         Probability mass of the highest-density intervals of the parameters.
     interval_prob : float, default 0.94
         Probability of the central predictive intervals of the imputations.
+    include_unconverged : bool, default False
+        Keep fits that did not meet their convergence criterion in the agreement checks
+        (EM inside HDI, the distance verdicts). By default they are shown, marked, but left
+        out: an unconverged sampler's HDIs can span everything and "agree" with any value.
 
     Returns
     -------
@@ -625,13 +759,33 @@ def compare(
             aligned, _ = align_to(tp, fits[ref].params)
             truth_params = params_dataset(aligned, fits[ref].feature_names)
     imputations, scores = _imputations(fits, compared, ref, truth, interval_prob)
+    md = fits[ref].data
+    if md.dropped:
+        notes.insert(0, f"data: {len(md.dropped)} row(s) with no observed entry were dropped "
+                     f"at fit time (input positions {list(md.dropped)}).")
+    left_out = [b for b in compared if not fits[b].converged]
+    if left_out and not include_unconverged:
+        notes.append(f"{', '.join(left_out)}: did not converge, so left out of the agreement "
+                     "checks; pass include_unconverged=True to compare it anyway.")
+    rel = _distance(fits, list(fits), relative=True)
+    boot = _bootstrap_distances(fits, ref)
+    agreement, threshold = _agreement(fits, ref, compared, rel, boot, include_unconverged)
+    out_of_range = _out_of_range(imputations, md)
+    if out_of_range is not None:
+        for r in out_of_range.itertuples():
+            notes.append(f"{r.backend}: {r.n_outside} of {r.n_missing} imputed {r.feature} "
+                         f"values fall outside its observed range [{r.observed_min:.4g}, "
+                         f"{r.observed_max:.4g}]; a bounded variable may need a transform.")
+    # unconverged fits' own warnings first: they are what a reader must see before any table
+    notes.sort(key=lambda w: not any(w.startswith(f"{b}:") for b in fits
+                                     if not fits[b].converged))
     return Comparison(
         fits=fits,
         reference=ref,
         parameters=params,
-        em_in_hdi=_em_in_hdi(params, fits),
+        em_in_hdi=_em_in_hdi(params, fits, include_unconverged),
         distance=_distance(fits, list(fits), relative=False),
-        relative_distance=_distance(fits, list(fits), relative=True),
+        relative_distance=rel,
         imputations=imputations,
         imputation_scores=scores,
         convergence=_convergence(fits, perms),
@@ -641,4 +795,9 @@ def compare(
         warnings=notes,
         hdi_prob=float(hdi_prob),
         interval_prob=float(interval_prob),
+        agreement=agreement,
+        agreement_threshold=threshold,
+        bootstrap_distances=None if boot is None else boot[1],
+        out_of_range=out_of_range,
+        include_unconverged=bool(include_unconverged),
     )

@@ -37,7 +37,7 @@ import xarray as xr
 from .checks import check_seed
 from .chunked import is_dask
 from .data import MissingData, prepare
-from .exceptions import DataError
+from .exceptions import DataError, PpgmmError
 from .numerics.patterns import conditional_draws, e_step, responsibilities, row_loglik
 from .spec import GMM, PARAM_NAMES, Draws, Params, as_params
 
@@ -307,6 +307,100 @@ class Fit:
     def aic(self) -> float:
         """Akaike information criterion, -2 loglik + 2 p (smaller is better)."""
         return -2 * self.loglik + 2 * self.spec.n_parameters(len(self.feature_names))
+
+    # ------------------------------------------------------------------ ArviZ checks
+    def _require_posterior(self, what: str) -> None:
+        if "estimate" in self.idata.groups():
+            raise PpgmmError(
+                f"{what} needs draws from a posterior, but this {self.backend} fit holds a "
+                "point estimate (arviz's own az.loo/az.waic fail on its one chain of one "
+                "draw, and bootstrap refits are not posterior draws); compare EM fits by "
+                "fit.bic() (ppgmm.compare ranks them by BIC), or fit with backend='nuts' or "
+                "'advi' for LOO"
+            )
+
+    def loo(self, **kwargs: Any) -> Any:
+        """PSIS-LOO (``arviz.loo``) of a Bayesian fit: the expected log predictive density
+        of each row given the others, from the stored per-row log-likelihood.
+
+        Parameters
+        ----------
+        **kwargs
+            Passed to ``arviz.loo`` (e.g. ``pointwise=True``).
+
+        Raises
+        ------
+        PpgmmError
+            For an EM fit (a point estimate or bootstrap refits): use :meth:`bic`.
+        """
+        import arviz as az
+
+        self._require_posterior("LOO")
+        return az.loo(self.idata, **kwargs)
+
+    def waic(self, **kwargs: Any) -> Any:
+        """WAIC (``arviz.waic``) of a Bayesian fit; an EM fit raises as :meth:`loo`."""
+        import arviz as az
+
+        self._require_posterior("WAIC")
+        return az.waic(self.idata, **kwargs)
+
+    def ppc_idata(self, draws: int = 100, seed: int | None = None) -> Any:
+        r"""An InferenceData for ``arviz.plot_ppc``: the observed entries against replicates.
+
+        For each of ``draws`` parameter sets :math:`\theta_s` (spread evenly over the stored
+        draws; the point estimate, repeated, for an EM fit without bootstrap), a replicate
+        data set is drawn from the fitted mixture, row by row,
+        :math:`z_i \sim \mathrm{Cat}(w_s)`, :math:`x^{rep}_i \sim N(\mu_{s z_i},
+        \Sigma_{s z_i})`, and only the entries observed in the real data are kept. Under
+        missingness at random this is the posterior predictive distribution of the observed
+        part of the data (the marginal of a normal mixture on the observed coordinates is the
+        mixture of the marginals), so each feature's observed values are checked against
+        what the model says they should look like on the same rows. The missing entries
+        have no observed value to check against, and are left out.
+
+        One variable per feature (named by the feature), over the dim
+        ``"<feature>_observed"`` (its observed rows), in both ``observed_data`` and
+        ``posterior_predictive`` (chain 1, ``draws`` draws): ``az.plot_ppc`` then draws one
+        panel per feature. The fit's own ``idata`` has no such pair: its
+        ``posterior_predictive`` holds the imputation draws ``x_missing``, which have no
+        observed counterpart.
+
+        Parameters
+        ----------
+        draws : int, default 100
+            Number of replicate data sets.
+        seed : int, optional
+
+        Returns
+        -------
+        arviz.InferenceData
+        """
+        import arviz as az
+
+        if not (isinstance(draws, int | np.integer) and draws >= 1):
+            raise ValueError(f"draws should be a positive integer, but got {draws!r}")
+        rng = np.random.default_rng(check_seed(seed))
+        md = self.data
+        post = Draws.from_dataset(self.idata.posterior[list(PARAM_NAMES)]).flat()
+        pick = np.linspace(0, len(post.weights) - 1, draws).round().astype(int)
+        reps = np.empty((draws, md.n, md.d))
+        for s, i in enumerate(pick):
+            w, mu, cov = post.weights[i], post.means[i], post.covariances[i]
+            z = rng.choice(len(w), size=md.n, p=w / w.sum())
+            chol = np.linalg.cholesky(cov)
+            eps = rng.standard_normal((md.n, md.d))
+            reps[s] = mu[z] + np.einsum("nij,nj->ni", chol[z], eps)
+        obs_vars, pp_vars = {}, {}
+        for j, f in enumerate(md.feature_names):
+            keep = md.observed[:, j]
+            dim = f"{f}_observed"
+            coords = {dim: md.obs_names[keep]}
+            obs_vars[f] = xr.DataArray(md.values[keep, j], dims=(dim,), coords=coords)
+            pp_vars[f] = xr.DataArray(reps[None, :, keep, j], dims=("chain", "draw", dim),
+                                      coords=coords)
+        return az.InferenceData(observed_data=xr.Dataset(obs_vars),
+                                posterior_predictive=xr.Dataset(pp_vars))
 
     # ------------------------------------------------------------------ prediction
     def _chunked_rows(self, data: Any) -> tuple[Any, np.ndarray | None, str] | None:

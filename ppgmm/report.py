@@ -29,6 +29,7 @@ __all__ = ["write_report", "render_report"]
 
 #: sections of the report, (anchor, title), in order
 SECTIONS = (
+    ("warnings", "Warnings"),
     ("data", "Data and missingness"),
     ("parameters", "Parameters"),
     ("agreement", "Agreement between backends"),
@@ -37,7 +38,6 @@ SECTIONS = (
     ("imputations", "Imputations"),
     ("convergence", "Convergence"),
     ("model-comparison", "Model comparison across K"),
-    ("warnings", "Warnings"),
     ("reproduce", "Reproduce"),
 )
 
@@ -52,7 +52,14 @@ img{max-width:100%;height:auto;display:block;margin:0.5em 0}
 pre{background:#f6f6f6;padding:0.7em;overflow-x:auto;font-size:0.85em}
 .note{color:#555;font-size:0.9em}.warn{color:#8a4b00}
 nav a{margin-right:0.8em}.scroll{overflow-x:auto}
+.badge{display:inline-block;padding:1px 7px;margin:2px 4px 2px 0;border-radius:3px;
+font-size:0.85em;font-weight:600}.badge.ok{background:#dff0d8;color:#2b542c}
+.badge.bad{background:#f2dede;color:#a94442}
+tr.unconverged td{color:#999;background:#f7f7f7}
 """
+
+#: appended to a fit's label wherever it did not converge (tables' headers, legends)
+UNCONVERGED = " (NOT converged)"
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -88,12 +95,33 @@ def _img(fig, alt: str) -> str:
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _table(df: pd.DataFrame, index: bool = False) -> str:
+def _table(df: pd.DataFrame, index: bool = False, grey: Any = None) -> str:
+    """``df`` as an HTML table; rows where ``grey`` is true get the class "unconverged"."""
     table = df.to_html(
         index=index, escape=True, border=0, classes="tbl", na_rep="",
         float_format=lambda v: f"{v:.4g}",
     )
+    if grey is not None and np.any(grey):
+        head, sep, body = table.partition("<tbody>")
+        rows = body.split("<tr>")
+        for i, g in enumerate(np.asarray(grey, bool)):
+            if g:
+                rows[i + 1] = '<tr class="unconverged">' + rows[i + 1]
+            else:
+                rows[i + 1] = "<tr>" + rows[i + 1]
+        table = head + sep + rows[0] + "".join(rows[1:])
     return f'<div class="scroll">{table}</div>'
+
+
+def _bad(cmp: Comparison, labels: Any) -> np.ndarray:
+    """For each label, whether it names a fit that did not converge."""
+    return np.array([str(b) in cmp.fits and not cmp.fits[str(b)].converged for b in labels],
+                    dtype=bool)
+
+
+def _mark(cmp: Comparison, label: str) -> str:
+    """The label, with :data:`UNCONVERGED` appended for a fit that did not converge."""
+    return label + (UNCONVERGED if _bad(cmp, [label])[0] else "")
 
 
 def _fmt(v: Any) -> str:
@@ -141,6 +169,7 @@ def parameter_table(cmp: Comparison) -> pd.DataFrame:
         wide.insert(0, "truth", s.drop_duplicates("entry").set_index("entry")["truth"]
                     .loc[order].map(_fmt))
     wide.columns.name = None
+    wide = wide.rename(columns={b: _mark(cmp, b) for b in cmp.compared})
     return wide.reset_index().rename(columns={"entry": "parameter"})
 
 
@@ -183,6 +212,7 @@ def convergence_table(cmp: Comparison) -> pd.DataFrame:
                      else _fmt(v) if isinstance(v, float) else str(v))
     out.columns.name = None
     out.index.name = "diagnostic"
+    out = out.rename(columns={b: _mark(cmp, b) for b in cmp.fits})
     return out.reset_index()
 
 
@@ -220,8 +250,8 @@ def _fig_forest(cmp: Comparison) -> str:
         warnings.simplefilter("ignore")
         for ax, (var, feat) in zip(axes.flat, panels, strict=False):
             sub = data if feat is None else [d.sel(feature=[feat]) for d in data]
-            az.plot_forest(sub, model_names=labels, var_names=[var], combined=True,
-                           hdi_prob=cmp.hdi_prob, ax=ax, legend=ax is axes.flat[0],
+            az.plot_forest(sub, model_names=[_mark(cmp, b) for b in labels], var_names=[var],
+                           combined=True, hdi_prob=cmp.hdi_prob, ax=ax, legend=ax is axes.flat[0],
                            textsize=9)
             ax.set_title(var if feat is None else f"means: {feat}", fontsize=10)
     for ax in list(axes.flat)[len(panels):]:
@@ -268,7 +298,7 @@ def _fig_ellipses(cmp: Comparison, max_features: int = 6) -> str:
                     for w, m, s in zip(p["weights"].values, p["means"].values[:, 0],
                                        p["covariances"].values[:, 0, 0], strict=True)
                 )
-                ax.plot(grid, dens, color=colors[b], ls=styles[n % 4], label=b)
+                ax.plot(grid, dens, color=colors[b], ls=styles[n % 4], label=_mark(cmp, b))
             ax.set_xlabel(md.feature_names[i])
             continue
         both = ~np.isnan(x[:, i]) & ~np.isnan(x[:, j])
@@ -278,7 +308,7 @@ def _fig_ellipses(cmp: Comparison, max_features: int = 6) -> str:
             mu, cov = p["means"].values, p["covariances"].values
             for k in range(mu.shape[0]):
                 _ellipse(ax, mu[k, [i, j]], cov[k][np.ix_([i, j], [i, j])], colors[b],
-                         styles[n % 4], b if k == 0 else None)
+                         styles[n % 4], _mark(cmp, b) if k == 0 else None)
         ax.set_xlabel(md.feature_names[i])
         ax.set_ylabel(md.feature_names[j])
         ax.autoscale_view()
@@ -313,7 +343,7 @@ def _fig_imputations(cmp: Comparison) -> str | None:
             hi = imp["upper"].sel(backend=b).values[sel]
             err = np.clip(np.vstack([m - lo, hi - m]), 0, None) if np.isfinite(lo).all() else None
             ax.errorbar(pos + (n - (len(labels) - 1) / 2) * width, m, yerr=err, fmt="o", ms=3,
-                        lw=0.8, color=colors[b], label=b)
+                        lw=0.8, color=colors[b], label=_mark(cmp, b))
         if "truth" in imp:
             ax.plot(pos, imp["truth"].values[sel], "kx", ms=5, label="truth")
         ax.set_ylabel(f)
@@ -349,7 +379,7 @@ def _fig_traces(cmp: Comparison) -> list[str]:
                 ax.plot(np.arange(w - 1, len(y)), smooth, color="#08519c", lw=1.4,
                         label=f"running mean ({w})")
                 ax.legend(fontsize=8, loc="lower right")
-            ax.set_title(f"{b}: {title}")
+            ax.set_title(f"{_mark(cmp, b)}: {title}")
             ax.set_xlabel("iteration")
             if title.startswith("ADVI") and len(y) > 20:
                 lo = np.nanpercentile(y[len(y) // 10:], 1)
@@ -363,7 +393,7 @@ def _fig_traces(cmp: Comparison) -> list[str]:
             warnings.simplefilter("ignore")
             axes = az.plot_rank(post, var_names=["weights"], figsize=(8, 2.6))
         for ax in np.ravel(axes):
-            ax.set_title(f"{b}: " + " ".join(ax.get_title().split()), fontsize=11)
+            ax.set_title(f"{_mark(cmp, b)}: " + " ".join(ax.get_title().split()), fontsize=11)
         fig = np.ravel(axes)[0].figure
         out.append(_img(fig, f"{b} rank plots"))
     return out
@@ -459,31 +489,45 @@ def _header(cmp: Comparison, title: str) -> list[str]:
         "label": list(cmp.fits),
         "backend": [f.backend for f in cmp.fits.values()],
         "model": [repr(f.spec) for f in cmp.fits.values()],
+        "status": ["converged" if f.converged else "NOT converged" for f in cmp.fits.values()],
     })
+    badges = "".join(
+        f'<span class="badge ok">{_esc(b)}: converged</span>' if f.converged else
+        f'<span class="badge bad">{_esc(b)}: NOT converged</span>'
+        for b, f in cmp.fits.items()
+    )
     return [
         f"<h1>{_esc(title)}</h1>",
         f'<p class="note">Made by ppgmm on {_esc(now)}. Reference labelling: '
         f"<b>{_esc(cmp.reference)}</b>. {md.n} rows, {md.d} features, "
         f"{int((~md.observed).sum())} missing entries.</p>",
+        f'<p class="badges">{badges}</p>',
         "<nav>" + "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in SECTIONS) + "</nav>",
-        _table(fits_df),
+        _table(fits_df, grey=_bad(cmp, fits_df["label"])),
     ]
 
 
 def _data_section(cmp: Comparison) -> str:
     feats, pats = data_tables(cmp)
-    return (f"{_table(feats)}\n<h3>Missingness patterns</h3>\n{_table(pats)}\n"
+    dropped = cmp.dropped_rows
+    return (f"{_table(feats)}\n<h3>Dropped rows</h3>\n"
+            + (f"<p>{len(dropped)} row(s) with no observed entry were dropped at fit time (they "
+               "carry no information about the mixture); their positions in the input, "
+               f"counting from 0: {_esc(', '.join(map(str, dropped)))}.</p>" if dropped else
+               '<p class="note">None: every row has at least one observed entry.</p>')
+            + f"\n<h3>Missingness patterns</h3>\n{_table(pats)}\n"
             + _figure(_fig_missingness, cmp))
 
 
 def _parameters_section(cmp: Comparison) -> str:
+    tidy = cmp.summary()
     return (
         f'<p class="note">Point estimate (EM estimate or posterior mean) and '
         f"{cmp.hdi_prob:.0%} HDI per backend, on the labelling of {_esc(cmp.reference)}. "
         "\u2020: the EM estimate lies outside this HDI. Covariances: upper triangle.</p>"
         + _table(parameter_table(cmp))
         + "<details><summary>Tidy table (also <code>cmp.summary()</code>)</summary>"
-        + _table(cmp.summary()) + "</details>"
+        + _table(tidy, grey=~tidy["converged"].to_numpy(bool)) + "</details>"
     )
 
 
@@ -491,9 +535,21 @@ def _agreement_section(cmp: Comparison) -> str:
     agree = agreement_table(cmp)
     dist = cmp.relative_distance.to_pandas()
     dist.index.name, dist.columns.name = None, None
+    dist = dist.rename(index=lambda b: _mark(cmp, b), columns=lambda b: _mark(cmp, b))
+    left_out = [b for b in cmp.compared if not cmp.fits[b].converged]
+    excluded = (
+        f'<p class="warn">Left out of these checks because they did not converge: '
+        f"{_esc(', '.join(left_out))} (an unconverged sampler's HDIs can span everything and "
+        "contain any value). Pass <code>include_unconverged=True</code> to "
+        "<code>ppgmm.compare</code> to include them.</p>"
+        if left_out and not cmp.include_unconverged else ""
+    )
     return (
-        ("<h3>EM estimate inside each HDI</h3>" + _table(agree) if agree is not None else
-         '<p class="note">No EM fit with another backend that has draws: nothing to check.</p>')
+        excluded
+        + ("<h3>EM estimate inside each HDI</h3>" + _table(agree) if agree is not None else
+           '<p class="note">No EM fit with another converged backend that has draws: nothing '
+           "to check.</p>")
+        + _verdict_section(cmp)
         + "<h3>Distance between the fitted mixture densities</h3>"
         + '<p class="note">Relative L2 distance ||f - g|| / sqrt(||f||² + ||g||²), closed '
         "form: 0 for identical densities, 1 for densities that do not overlap; it does not "
@@ -503,6 +559,25 @@ def _agreement_section(cmp: Comparison) -> str:
     )
 
 
+def _verdict_section(cmp: Comparison) -> str:
+    """What "different" means: distance to the reference against EM's bootstrap spread."""
+    ag = cmp.agreement
+    if ag is None or ag.empty:
+        return ""
+    if cmp.agreement_threshold is None:
+        how = ('<p class="note">No threshold: fit EM with <code>uncertainty="bootstrap"</code> '
+               "and pass it to <code>ppgmm.compare</code> to judge whether two fits differ by "
+               "more than EM's own sampling spread.</p>")
+    else:
+        n = len(cmp.bootstrap_distances)
+        how = (f'<p class="note">Two fits are called different when the relative L2 distance '
+               f"between their densities exceeds {cmp.agreement_threshold:.4g}: the 95th "
+               f"percentile of the distances between EM's {n} bootstrap refits and its "
+               "estimate, i.e. more than EM itself moves when the data are resampled.</p>")
+    return ("<h3>Are the fits different?</h3>" + how
+            + _table(ag, grey=_bad(cmp, ag["backend"]) | _bad(cmp, ag["reference"])))
+
+
 def _imputations_section(cmp: Comparison) -> str:
     entries = cmp.imputations[["mean", "lower", "upper"]].to_dataframe().reset_index()
     entries = entries.drop(columns=["missing"])
@@ -510,12 +585,19 @@ def _imputations_section(cmp: Comparison) -> str:
                                values="mean", sort=False)
     wide.columns.name = None
     if cmp.imputation_scores is not None:
-        scores = _table(cmp.imputation_scores)
+        sc = cmp.imputation_scores
+        scores = _table(sc, grey=_bad(cmp, sc["backend"]))
     elif cmp.imputations.sizes.get("missing", 0) == 0:
         scores = '<p class="note">The data have no missing entries: nothing to score.</p>'
     else:
         scores = ('<p class="note">No truth given: pass <code>truth=</code> (e.g. from '
                   "<code>ppgmm.simulate</code>) to score RMSE, coverage and CRPS.</p>")
+    if cmp.out_of_range is not None:
+        scores += ('<h3>Imputations outside the observed range</h3><p class="warn">Imputed '
+                   "means beyond the smallest or largest observed value of their column: a "
+                   "bounded variable (a count, a concentration) may need a transform such as "
+                   "a log before fitting.</p>"
+                   + _table(cmp.out_of_range, grey=_bad(cmp, cmp.out_of_range["backend"])))
     return (scores + _figure(_fig_imputations, cmp)
             + "<details><summary>E[x_mis | x_obs] per missing entry</summary>"
             + _table(wide.reset_index()) + "</details>")
@@ -532,7 +614,7 @@ def _convergence_section(cmp: Comparison) -> str:
 
 def _model_comparison_section(cmp: Comparison) -> str:
     mc = cmp.model_comparison
-    return (_table(mc) if mc is not None else
+    return (_table(mc, grey=_bad(cmp, mc["label"])) if mc is not None else
             '<p class="note">One fit per backend: pass fits with several K to compare them '
             "(BIC for EM, LOO for ADVI and NUTS).</p>")
 
@@ -544,6 +626,7 @@ def _warnings_section(cmp: Comparison) -> str:
 
 #: section anchor -> its builder, in the order of SECTIONS
 _BUILDERS = {
+    "warnings": _warnings_section,
     "data": _data_section,
     "parameters": _parameters_section,
     "agreement": _agreement_section,
@@ -552,7 +635,6 @@ _BUILDERS = {
     "imputations": _imputations_section,
     "convergence": _convergence_section,
     "model-comparison": _model_comparison_section,
-    "warnings": _warnings_section,
     "reproduce": lambda cmp: _reproduce(cmp),
 }
 

@@ -77,6 +77,13 @@ def posterior_like(fit, *, backend="nuts", chains=2, reverse=False):
     return ppgmm.Fit(az.InferenceData(**groups))
 
 
+def unconverged(fit):
+    """The same fit marked as not converged, as a backend marks a failed run."""
+    groups = {g: fit.idata[g].copy() for g in fit.idata.groups()}
+    groups["posterior"].attrs = {**fit.idata.posterior.attrs, "converged": 0}
+    return ppgmm.Fit(az.InferenceData(**groups))
+
+
 def _split_chains(da, n, chains):
     da = da.transpose("chain", "draw", ...)
     values = da.values[0, :n].reshape(chains, n // chains, *da.shape[2:])
@@ -285,6 +292,10 @@ def test_truth_rows_line_up_when_empty_rows_were_dropped(sim, tmp_path):
         assert rmse == pytest.approx(direct, rel=1e-12)
     with pytest.raises(ppgmm.DataError, match="or 150 with the rows dropped"):
         ppgmm.compare([fit], truth=truth.values[:120])
+    c = ppgmm.compare([loaded])
+    assert c.dropped_rows == [0]
+    assert any(w.startswith("data: 1 row(s) with no observed entry were dropped") and "[0]" in w
+               for w in c.warnings)
 
 
 def test_truth_of_the_wrong_shape_is_refused(sim, em_fit):
@@ -457,6 +468,92 @@ def test_plain_words_warnings_are_collected(sim):
     assert any("did not converge" in w and w.startswith("em:") for w in c.warnings)
 
 
+# --------------------------------------------------------------------------- honest comparison
+
+
+def test_unconverged_fit_is_marked_and_left_out_of_agreement(em_fit, pseudo_nuts):
+    bad = unconverged(pseudo_nuts)
+    assert pseudo_nuts.converged and not bad.converged
+    c = ppgmm.compare({"em": em_fit, "nuts": bad})
+    # marked in every table
+    assert list(c.parameters["backend"].values) == ["em", "nuts"]
+    s = c.summary()
+    assert not s.query("backend == 'nuts'")["converged"].any()
+    assert s.query("backend == 'em'")["converged"].all()
+    assert not c.convergence.set_index("label").loc["nuts", "converged"]
+    assert c.agreement.set_index("backend").loc["nuts", "verdict"].startswith("not judged")
+    # left out of "EM inside HDI" (its HDIs could span everything) unless asked
+    assert not c.em_in_hdi.data_vars
+    assert s["em_in_hdi"].isna().all()
+    assert c.warnings[0].startswith("nuts:")
+    assert any("left out of the agreement checks" in w for w in c.warnings)
+    kept = ppgmm.compare({"em": em_fit, "nuts": bad}, include_unconverged=True)
+    good = ppgmm.compare({"em": em_fit, "nuts": pseudo_nuts})
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(kept.em_in_hdi[name], good.em_in_hdi[name])
+
+
+def test_agreement_threshold_is_the_spread_of_em_bootstrap_refits(em_fit, boot_fit,
+                                                                   pseudo_nuts):
+    c = ppgmm.compare({"em": boot_fit, "nuts": pseudo_nuts, "far": _far(boot_fit)})
+    post = boot_fit.idata.posterior
+    b = post.sizes["draw"]
+    dist = [l2_distance(boot_fit.params, Params(post["weights"].values[0, i],
+                                                post["means"].values[0, i],
+                                                post["covariances"].values[0, i]),
+                        relative=True) for i in range(b)]
+    assert c.agreement_threshold == pytest.approx(np.quantile(dist, 0.95), rel=1e-12)
+    assert 0 < c.agreement_threshold < 1
+    ag = c.agreement.set_index("backend")
+    assert ag.loc["far", "verdict"] == "differs"
+    assert ag.loc["far", "relative_l2"] == pytest.approx(
+        l2_distance(boot_fit.params, c.fits["far"].params, relative=True))
+    # pseudo_nuts is made of the bootstrap refits themselves: its mean lies within their spread
+    assert ag.loc["nuts", "verdict"] == "agrees"
+    # without a bootstrap fit there is no threshold, and the table says so
+    plain = ppgmm.compare({"em": em_fit, "nuts": pseudo_nuts})
+    assert plain.agreement_threshold is None
+    assert plain.agreement["verdict"].str.contains("no EM bootstrap fit").all()
+
+
+def _far(fit):
+    far = posterior_like(fit)
+    far.idata.posterior["means"] = far.idata.posterior["means"] + 5.0
+    return far
+
+
+def test_unconverged_fits_rank_after_converged_ones(sim, em_fit):
+    spec, data, _ = sim
+    fits = {f"K={k}": ppgmm.fit(ppgmm.GMM(k), data, seed=0) for k in (1, 3)}
+    fits["K=2"] = unconverged(em_fit)  # the best BIC, but not converged
+    c = ppgmm.compare(fits)
+    mc = c.model_comparison.set_index("label")
+    assert min(mc.loc["K=2", "value"], *mc["value"]) == mc.loc["K=2", "value"]
+    assert mc.loc["K=2", "rank"] == 2 and not mc.loc["K=2", "converged"]
+    assert mc.loc["K=2", "note"].startswith("did not converge")
+    assert list(mc.sort_values("rank").index[:2]) == sorted(
+        ["K=1", "K=3"], key=lambda b: mc.loc[b, "value"])
+    assert mc["converged"].drop("K=2").all()
+    assert any(w.startswith("K=2: did not converge, so it is ranked after") for w in c.warnings)
+
+
+def test_imputations_outside_the_observed_range_are_reported(rng):
+    # x1 = x0 + small noise, x1 missing where x0 is largest: E[x1 | x0] lies above every
+    # observed x1, which a bounded variable (a count, a concentration) could not do
+    x0 = rng.normal(size=200)
+    x = np.column_stack([x0, x0 + 0.05 * rng.normal(size=200)])
+    top = np.argsort(x0)[-10:]
+    x[top, 1] = np.nan
+    f = ppgmm.fit(ppgmm.GMM(1), x, seed=0)
+    c = ppgmm.compare([f])
+    imputed = np.asarray(f.impute(), dtype=float)[top, 1]
+    n_out = int((imputed > np.nanmax(x[:, 1])).sum())
+    assert n_out >= 1
+    row = c.out_of_range.set_index(["backend", "feature"]).loc[("em", "x1")]
+    assert row["n_outside"] == n_out and row["observed_max"] == np.nanmax(x[:, 1])
+    assert any("outside its observed range" in w for w in c.warnings)
+
+
 # --------------------------------------------------------------------------- PyMC backends
 
 
@@ -477,10 +574,21 @@ def bayes_fits(sim, em_fit):
 
 @pytest.mark.skipif(not any(HAS.values()), reason="ADVI/NUTS backends not available")
 def test_compare_with_the_bayesian_backends(bayes_fits, sim, tmp_path):
-    c = ppgmm.compare(list(bayes_fits.values()), truth=sim[2])
+    c = ppgmm.compare(list(bayes_fits.values()), truth=sim[2], include_unconverged=True)
     bayes = [b for b in bayes_fits if b != "em"]
     assert c.compared == list(bayes_fits)
     assert list(c.em_in_hdi["backend"].values) == bayes
+    # by default the real short runs that missed their convergence checks are marked and
+    # left out of the agreement checks
+    default = ppgmm.compare(list(bayes_fits.values()), truth=sim[2])
+    ok = [b for b in bayes if bayes_fits[b].converged]
+    assert list(default.em_in_hdi.get("backend", xr.DataArray([])).values) == ok
+    s = default.summary()
+    for b in bayes:
+        assert (s.query("backend == @b")["converged"] == bayes_fits[b].converged).all()
+        if not bayes_fits[b].converged:
+            verdict = default.agreement.set_index("backend").loc[b, "verdict"]
+            assert verdict == "not judged: did not converge"
     conv = c.convergence.set_index("label")
     if "advi" in bayes:
         assert np.isfinite(conv.loc["advi", "elbo_final"])

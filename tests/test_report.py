@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_compare import posterior_like
+from test_compare import posterior_like, unconverged
 
 import ppgmm
 from ppgmm.report import SECTIONS, parameter_table
@@ -229,6 +229,44 @@ def test_warnings_section_lists_each_fits_warnings_in_plain_words(fits, tmp_path
         short = ppgmm.fit(ppgmm.GMM(2), data, seed=0, max_iter=2)
     cmp = ppgmm.compare({"short <run>": short})
     text = Path(cmp.report(str(tmp_path / "w.html"))).read_text(encoding="utf-8")
-    section = text[text.index('<section id="warnings">'):text.index('<section id="reproduce">')]
+    section = text[text.index('<section id="warnings">'):text.index('<section id="data">')]
     assert "short &lt;run&gt;: EM did not converge in max_iter=2 iterations" in section
     assert "increase max_iter" in section
+
+
+def test_warnings_come_first(report):
+    _, text = report
+    assert SECTIONS[0] == ("warnings", "Warnings")
+    starts = [text.index(f'<section id="{a}">') for a, _ in SECTIONS]
+    assert starts == sorted(starts)
+
+
+def test_unconverged_fit_is_badged_and_greyed(fits, tmp_path):
+    data, truth, em, boot, nuts = fits
+    data = data.copy()
+    data[7] = np.nan  # a row with nothing observed: dropped at fit time
+    with pytest.warns(UserWarning, match="dropped 1 of 120 rows"):
+        em = ppgmm.fit(ppgmm.GMM(2), data, seed=0)
+    with pytest.warns(UserWarning, match="dropped 1 of 120 rows"):
+        boot = ppgmm.fit(ppgmm.GMM(2), data, seed=1, init=em.point(),
+                         uncertainty="bootstrap", n_bootstrap=20)
+    bad = unconverged(posterior_like(boot))
+    cmp = ppgmm.compare({"em": em, "nuts": bad})
+    text = Path(cmp.report(str(tmp_path / "r.html"))).read_text(encoding="utf-8")
+    p = parse(text)
+    assert not p.errors and not p.stack
+    head = text[:text.index("<section")]
+    assert '<span class="badge bad">nuts: NOT converged</span>' in head
+    assert '<span class="badge ok">em: converged</span>' in head
+    # every table row of the unconverged fit is greyed, no row of the converged one
+    rows = re.findall(r'<tr class="unconverged">\s*<td>(.*?)</td>', text, flags=re.S)
+    assert rows and set(rows) <= {"nuts", "parameters", "weights", "means", "covariances"}
+    tidy = cmp.summary()
+    assert text.count('<tr class="unconverged">') >= (~tidy["converged"]).sum() + 1
+    assert "nuts (NOT converged)" in text  # parameter and convergence table headers
+    agreement = text[text.index('<section id="agreement">'):text.index('<section id="forest">')]
+    assert "Left out of these checks because they did not converge: nuts" in agreement
+    data_sec = text[text.index('<section id="data">'):text.index('<section id="parameters">')]
+    assert "Dropped rows" in data_sec and "counting from 0: 7." in data_sec
+    warn = text[text.index('<section id="warnings">'):text.index('<section id="data">')]
+    assert warn.index("nuts: ") < warn.index("data: 1 row(s)")

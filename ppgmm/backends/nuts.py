@@ -25,6 +25,7 @@ that EM fit).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 import warnings
@@ -41,12 +42,17 @@ from ..spec import GMM, Draws
 from . import bayes
 from .pymc_model import import_pymc
 
-__all__ = ["nuts_backend", "diagnose", "ENGINES", "STAT_NAMES"]
+__all__ = ["nuts_backend", "diagnose", "estimate_runtime", "ENGINES", "STAT_NAMES"]
 
 MISSING = ("marginal", "latent")
 #: deepest NUTS tree per engine (numpyro and nutpie default 10; PyMC 10)
 MAX_TREEDEPTH = 10
 NAMES = ["weights", "means", "covariances"]
+
+#: leapfrog steps per iteration assumed by :func:`estimate_runtime`: a tree of depth 4, what
+#: these posteriors take on the standardised scale with an adapted mass matrix (the
+#: benchmark's 2 x 2000 iterations in 7 s at 216 us per gradient is about 16)
+STEPS_PER_DRAW = 15
 
 #: engine -> its sample statistics' names that differ from ArviZ's
 STAT_NAMES = {
@@ -101,16 +107,20 @@ def _nutpie_per_chain_starts(compiled: Any, model: Any, starts: list[dict]) -> A
 
 # --------------------------------------------------------------------------- engines
 # engine(model, starts, seed, *, draws, tune, chains, target_accept, progressbar,
-#        dense_mass, engine_kwargs) -> (InferenceData, compile seconds, sampling seconds)
+#        dense_mass, engine_kwargs, time_warning)
+#        -> (InferenceData, compile seconds, sampling seconds)
 
 
 def _numpyro(model: Any, starts: list | None, seed: int, *, draws: int, tune: int,
              chains: int, target_accept: float, progressbar: bool, dense_mass: bool,
-             engine_kwargs: dict) -> tuple[Any, float, float]:
+             engine_kwargs: dict, time_warning: float | None) -> tuple[Any, float, float]:
     import jax
     from pymc.sampling.jax import sample_jax_nuts
 
     t0 = time.perf_counter()
+    if time_warning is not None:
+        _warn_if_slow(_jax_gradient(model), draws=draws, tune=tune, chains=chains,
+                      parallel=jax.local_device_count(), limit=time_warning)
     if jax.local_device_count() >= chains:
         method: Any = "parallel"
     else:
@@ -140,7 +150,7 @@ def _numpyro(model: Any, starts: list | None, seed: int, *, draws: int, tune: in
 
 def _nutpie(model: Any, starts: list | None, seed: int, *, draws: int, tune: int,
             chains: int, target_accept: float, progressbar: bool, dense_mass: bool,
-            engine_kwargs: dict) -> tuple[Any, float, float]:
+            engine_kwargs: dict, time_warning: float | None) -> tuple[Any, float, float]:
     import nutpie
 
     t0 = time.perf_counter()
@@ -150,6 +160,9 @@ def _nutpie(model: Any, starts: list | None, seed: int, *, draws: int, tune: int
     )
     if starts and len(starts) > 1:
         compiled = _nutpie_per_chain_starts(compiled, model, starts)
+    if time_warning is not None:
+        _warn_if_slow(_nutpie_gradient(compiled), draws=draws, tune=tune, chains=chains,
+                      parallel=os.cpu_count() or 1, limit=time_warning)
     t1 = time.perf_counter()
     kw = {"low_rank_modified_mass_matrix": dense_mass, "save_warmup": False, **engine_kwargs}
     idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
@@ -159,9 +172,12 @@ def _nutpie(model: Any, starts: list | None, seed: int, *, draws: int, tune: int
 
 def _pymc(model: Any, starts: list | None, seed: int, *, draws: int, tune: int, chains: int,
           target_accept: float, progressbar: bool, dense_mass: bool,
-          engine_kwargs: dict) -> tuple[Any, float, float]:
+          engine_kwargs: dict, time_warning: float | None) -> tuple[Any, float, float]:
     pm = import_pymc()
     t0 = time.perf_counter()
+    if time_warning is not None:  # timed in JAX: a guide to PyTensor's speed, not a measure
+        _warn_if_slow(_jax_gradient(model), draws=draws, tune=tune, chains=chains,
+                      parallel=os.cpu_count() or 1, limit=time_warning)
     # engine_kwargs={"compile_kwargs": {"mode": ...}} overrides NUMBA (the tests compile
     # the smallest model in FAST_COMPILE mode: seconds, where NUMBA takes minutes)
     compile_kwargs = engine_kwargs.pop("compile_kwargs", {"mode": "NUMBA"})
@@ -200,6 +216,74 @@ def _stats(idata: Any, engine: str) -> Any:
     if "reached_max_treedepth" not in stats and "tree_depth" in stats:
         stats["reached_max_treedepth"] = (stats["tree_depth"] >= MAX_TREEDEPTH).astype(np.int8)
     return stats
+
+
+def _time_gradient(evaluate: Any, n_evals: int = 5) -> float:
+    """Seconds per call of ``evaluate`` (a log density and gradient), after one warm-up
+    call that compiles it."""
+    evaluate()
+    t0 = time.perf_counter()
+    for _ in range(n_evals):
+        evaluate()
+    return (time.perf_counter() - t0) / n_evals
+
+
+def _jax_gradient(model: Any) -> Any:
+    """A call of the model's log density and gradient compiled to JAX, at its start."""
+    import jax
+    from pymc.sampling.jax import get_jaxified_logp
+
+    point = model.initial_point()
+    x = [np.asarray(point[v.name]) for v in model.value_vars]
+    grad = jax.jit(jax.value_and_grad(get_jaxified_logp(model)))
+    return lambda: jax.block_until_ready(grad(x))
+
+
+def _nutpie_gradient(compiled: Any) -> Any:
+    """A call of nutpie's own compiled log density and gradient (the function its sampler
+    runs, so timing it compiles nothing extra), or None where nutpie's model does not expose
+    it (its ``_make_logp_func`` and ``_shared_data`` fields are undocumented)."""
+    make, shared = (getattr(compiled, n, None) for n in ("_make_logp_func", "_shared_data"))
+    if make is None or shared is None:
+        return None
+    logp = make()
+    x = np.zeros(int(compiled.n_dim))
+    return lambda: logp(x, **shared)
+
+
+def estimate_runtime(seconds_per_gradient: float, *, draws: int, tune: int, chains: int,
+                     parallel: int) -> float:
+    r"""Rough sampling time of a NUTS run from the time of one gradient.
+
+    .. math:: T \approx t_{grad} \cdot S \cdot (draws + tune) \cdot chains / P
+
+    with :math:`t_{grad}` the time of one log density and gradient, :math:`S` =
+    :data:`STEPS_PER_DRAW` leapfrog steps per iteration and :math:`P` the chains run at once
+    (nutpie and PyMC: one per CPU core; numpyro: one per JAX device). A guide to within a
+    factor of a few: the tree depth varies with the problem.
+    """
+    return (seconds_per_gradient * STEPS_PER_DRAW * (draws + tune) * chains
+            / max(min(parallel, chains), 1))
+
+
+def _warn_if_slow(evaluate: Any, *, draws: int, tune: int, chains: int, parallel: int,
+                  limit: float | None) -> None:
+    """Time ``evaluate`` and warn, with what to do, when the run should exceed ``limit``."""
+    if limit is None or evaluate is None:
+        return
+    per = _time_gradient(evaluate)
+    seconds = estimate_runtime(per, draws=draws, tune=tune, chains=chains, parallel=parallel)
+    if seconds <= limit:
+        return
+    warnings.warn(
+        f"NUTS is expected to take about {seconds / 60:.1f} minutes here ({per * 1e3:.2g} ms "
+        f"per gradient, about {STEPS_PER_DRAW} per iteration, {draws + tune} iterations x "
+        f"{chains} chains). For a faster answer: backend='advi' (seconds to minutes; "
+        "batch_size= for many rows), NUTS on a subsample of the rows, fewer draws, or a GPU "
+        "(the JAX engines run on one where JAX sees one). time_warning=None skips this "
+        "estimate.",
+        UserWarning, stacklevel=2,
+    )
 
 
 def _engine(engine: str, options: dict[str, Any], model: Any, values: list | None,
@@ -303,6 +387,7 @@ def nuts_backend(
     progressbar: bool | None = None,
     engine_kwargs: dict | None = None,
     standardise: bool = True,
+    time_warning: float | None = 300.0,
 ) -> Fit:
     """Sample the posterior by NUTS and package it in the Fit schema.
 
@@ -352,6 +437,12 @@ def nuts_backend(
         mean and standard deviation, the prior transformed with it) and map the draws back
         exactly: the results do not depend on the units of the data, and the sampler sees
         a posterior of unit scale whatever they are. False runs on the data as given.
+    time_warning : float or None, default 300
+        Before sampling, estimate the sampling time from a few timed gradient evaluations
+        (:func:`estimate_runtime`) and warn, with the estimate and faster alternatives,
+        when it exceeds this many seconds. With nutpie this times the sampler's own
+        compiled gradient (nothing extra to compile); numpyro and PyMC compile one more
+        JAX function for it (seconds). None skips the estimate.
 
     Returns
     -------
@@ -368,12 +459,15 @@ def nuts_backend(
         raise SpecError(f"missing should be one of {list(MISSING)}, but got {missing!r}")
     jitter = check_number("jitter", jitter)
     dense_mass = check_bool("dense_mass", dense_mass)
+    if time_warning is not None:
+        time_warning = check_number("time_warning", time_warning)
     if missing == "latent" and md.observed.all():
         missing = "marginal"
     options = {
         "draws": draws, "tune": tune, "chains": chains, "target_accept": float(target_accept),
         "progressbar": sys.stderr.isatty() if progressbar is None else bool(progressbar),
         "dense_mass": dense_mass, "engine_kwargs": dict(engine_kwargs or {}),
+        "time_warning": time_warning,
     }
     attrs = {"engine": engine, "engine_detail": ENGINES[engine][0], "draws": draws,
              "tune": tune, "chains": chains, "target_accept": float(target_accept)}

@@ -10,6 +10,7 @@ import numbers
 import os
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -133,9 +134,9 @@ class MissingData:
         """The values with missing entries replaced by 0."""
         return np.where(self.observed, self.values, 0.0)
 
-    @property
+    @cached_property
     def layout(self) -> PatternLayout:
-        """The rows sorted by pattern, the layout the numerics read."""
+        """The rows sorted by pattern, the layout the numerics read (built once)."""
         o = self.order
         return PatternLayout(self.zero_filled[o], self.pattern_index[o], self.patterns,
                              self.starts, o)

@@ -98,7 +98,9 @@ def build_idata(
     k = spec.n_components
     miss_coords = {
         "missing_obs": ("missing", obs[rows]),
-        "missing_feature": ("missing", np.asarray(feats, dtype=object)[cols]),
+        # fixed-width text: an object array would be converted by xarray into one new
+        # Python string per missing entry, per group (about 55 bytes each)
+        "missing_feature": ("missing", np.asarray(feats, dtype=str)[cols]),
     }
 
     def cd(a: np.ndarray) -> dict[str, np.ndarray]:

@@ -32,9 +32,9 @@ __all__ = ["fit_em", "initial_params", "em_backend", "EMResult"]
 INITS = ("auto", "kmeans++", "kpod", "random")
 
 #: rows of the subsample on which init="auto" compares its candidate starts
-AUTO_ROWS = 10_000
+AUTO_ROWS = 3_000
 #: candidate starts of init="auto", and the EM iterations each gets on the subsample
-AUTO_CANDIDATES, AUTO_ITER = 5, 10
+AUTO_CANDIDATES, AUTO_ITER = 3, 6
 #: above this many stored numbers (draws x missing entries), imputation_draws=None stores none
 DRAWS_LIMIT = 1_000_000
 

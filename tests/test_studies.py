@@ -158,7 +158,9 @@ def test_cli_study_delegates(tmp_path, capsys):
 def test_tasks_run_on_a_dask_cluster(tmp_path):
     """The --scheduler path: tasks mapped over a running cluster, rows cached as they come."""
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+    # one worker thread: fits running side by side in threads of the test process (which
+    # by then holds JAX's and nutpie's thread pools) crashed once in OpenBLAS
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=":0") as cluster:
         runner.run("cost", quick=True, out=tmp_path, scheduler=cluster.scheduler_address)
     data = pd.read_parquet(tmp_path / "data" / "cost.parquet")

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import xarray as xr
 
-from .data import MissingData, PatternLayout, check_dims, check_dtypes
+from .data import MissingData, PatternLayout, check_dims, check_dtypes, match_features
 from .exceptions import DataError
 from .numerics.em import SuffStats, expected_stats, run_em
 from .numerics.patterns import conditional_draws, e_step
@@ -78,28 +78,6 @@ def _as_dask_array(data: Any) -> tuple[Any, list[str], np.ndarray | None, str]:
             f"{data.shape}; reshape a single feature with x.reshape(-1, 1)."
         )
     return data, [f"x{j}" for j in range(data.shape[1])], None, "dask.array"
-
-
-def _select_features(arr: Any, feats: list[str], kind: str,
-                     feature_names: list[str]) -> Any:
-    """Columns of new data in the fitted order, as :func:`ppgmm.prepare` matches them."""
-    named = kind != "dask.array"
-    if named and set(feature_names) <= set(feats):
-        return arr[:, [feats.index(f) for f in feature_names]]
-    generic = list(feature_names) == [f"x{j}" for j in range(len(feature_names))]
-    if named and not generic:
-        absent = [f for f in feature_names if f not in feats]
-        raise DataError(
-            f"data should have the features {list(feature_names)} the model was fitted "
-            f"on, but {absent} are not among its columns {feats}; rename the columns, "
-            "or pass an array with the features in the fitted order"
-        )
-    if arr.shape[1] != len(feature_names):
-        raise DataError(
-            f"data should have the {len(feature_names)} features {feature_names} the model "
-            f"was fitted on, but got {arr.shape[1]} columns"
-        )
-    return arr
 
 
 def _rows_chunked(arr: Any) -> Any:
@@ -492,7 +470,8 @@ def as_rows(data: Any, feature_names: list[str]) -> tuple[Any, np.ndarray | None
     """New dask data for a fitted model: (rows (n, d) in the fitted column order, row labels
     or None for positions, input kind)."""
     arr, feats, obs, kind = _as_dask_array(data)
-    return _select_features(arr, feats, kind, feature_names), obs, kind
+    cols = match_features(feats, arr.shape[1], kind != "dask.array", feature_names)
+    return (arr if cols is None else arr[:, cols]), obs, kind
 
 
 def wrap(arr: Any, kind: str, feature_names: list[str], obs: np.ndarray | None) -> Any:

@@ -19,7 +19,8 @@ import xarray as xr
 
 from .exceptions import DataError, DataTypeError
 
-__all__ = ["MissingData", "PatternLayout", "prepare", "check_dtypes", "check_dims"]
+__all__ = ["MissingData", "PatternLayout", "prepare", "check_dtypes", "check_dims",
+           "match_features"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -317,6 +318,33 @@ def _frame(data: pd.DataFrame) -> np.ndarray:
     return np.column_stack(cols)
 
 
+def match_features(feats: list[str], n_cols: int, named: bool, feature_names: list[str],
+                   fitted_by: str = "the model") -> list[int] | None:
+    """Columns of new data that hold the fitted ``feature_names``, in the fitted order.
+
+    Named columns (a DataFrame's, a DataArray's) are matched by name, never silently by
+    position, unless the model was fitted on generic names (x0, x1, ...); unnamed columns
+    are taken by position. Returns the column indices, or None to take the columns as
+    they are; a DataError says what does not match.
+    """
+    if named and set(feature_names) <= set(feats):
+        return [feats.index(f) for f in feature_names]
+    generic = list(feature_names) == [f"x{j}" for j in range(len(feature_names))]
+    if named and not generic:
+        absent = [f for f in feature_names if f not in feats]
+        raise DataError(
+            f"data should have the features {list(feature_names)} the model was fitted "
+            f"on, but {absent} are not among its columns {feats}; rename the columns, "
+            "or pass a NumPy array with the features in the fitted order"
+        )
+    if n_cols != len(feature_names):
+        raise DataError(
+            f"X has {n_cols} features, but {fitted_by} is expecting {len(feature_names)} "
+            f"features as input (the features {list(feature_names)} it was fitted on)"
+        )
+    return None
+
+
 def check_dims(data: xr.DataArray) -> None:
     """A DataArray's dims must be ('obs', 'feature') in either order: never guessed."""
     if data.ndim != 2:
@@ -536,26 +564,11 @@ def prepare(
     """
     values, feats, obs, kind, index_name = _to_array(data)
     if feature_names is not None:
-        generic = list(feature_names) == [f"x{j}" for j in range(len(feature_names))]
-        if kind not in ("ndarray",) and set(feature_names) <= set(feats):
-            cols = [feats.index(f) for f in feature_names]
-            values, feats = values[:, cols], list(feature_names)
-        elif kind != "ndarray" and not generic:
-            # named columns are matched by name, never silently by position
-            absent = [f for f in feature_names if f not in feats]
-            raise DataError(
-                f"data should have the features {list(feature_names)} the model was fitted "
-                f"on, but {absent} are not among its columns {feats}; rename the columns, "
-                "or pass a NumPy array with the features in the fitted order"
-            )
-        elif values.shape[1] != len(feature_names):
-            raise DataError(
-                f"X has {values.shape[1]} features, but {fitted_by} is expecting "
-                f"{len(feature_names)} features as input (the features {list(feature_names)} "
-                "it was fitted on)"
-            )
-        else:
-            feats = list(feature_names)
+        cols = match_features(feats, values.shape[1], kind != "ndarray", feature_names,
+                              fitted_by)
+        if cols is not None:
+            values = values[:, cols]
+        feats = list(feature_names)
     if values.shape[1] == 0:
         raise DataError(
             f"data should have at least one feature, but found 0 feature(s) "

@@ -13,6 +13,9 @@ one-component maximum-likelihood fit under MAR (EM with K = 1, V rescaled by N/(
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import numpy as np
 
 from .data import MissingData
@@ -21,6 +24,19 @@ from .numerics.em import fit_single_gaussian
 from .spec import GMM, ResolvedPrior
 
 __all__ = ["resolve_prior", "data_moments"]
+
+#: the one-Gaussian MAR fit behind the default prior, per data object: a Bayesian fit resolves
+#: the prior and then runs EM, which resolves it again, and a dask fit does so once per start
+_SINGLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _single_gaussian(md: Any, chunked: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (N denominator) of :func:`fit_single_gaussian`, computed once per
+    data object (chunked data compute it chunk by chunk)."""
+    if md not in _SINGLE:
+        _SINGLE[md] = md.single_gaussian() if chunked else fit_single_gaussian(md)
+    mean, cov = _SINGLE[md]
+    return mean.copy(), cov.copy()
 
 
 def data_moments(md: MissingData, covariance: str | None = None
@@ -54,7 +70,7 @@ def data_moments(md: MissingData, covariance: str | None = None
         x = md.values
         return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
     try:
-        mean, cov = md.single_gaussian() if chunked else fit_single_gaussian(md)
+        mean, cov = _single_gaussian(md, chunked)
     except (ObjectiveDecreaseError, PpgmmError):
         # the MAR likelihood of one Gaussian is unbounded when a column is observed in too
         # few rows to regress it on the others, or when columns are linearly dependent

@@ -24,7 +24,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import xarray as xr
 
-from .data import MissingData, PatternLayout, check_dims, check_dtypes, match_features
+from .data import (
+    MissingData,
+    PatternLayout,
+    check_array_dtype,
+    check_dims,
+    check_dtypes,
+    match_features,
+)
 from .exceptions import DataError
 from .numerics.em import SuffStats, expected_stats, run_em
 from .numerics.patterns import conditional_draws, e_step
@@ -47,22 +54,13 @@ def is_dask(data: Any) -> bool:
 # --------------------------------------------------------------------------- the input
 
 
-def _check_dtype(dtype: np.dtype) -> None:
-    """The in-memory dtype errors (:func:`ppgmm.prepare`), from the collection's metadata."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "b" or not (np.issubdtype(dtype, np.number) or dtype.kind == "O"):
-        raise DataError(f"data should be numeric, but got dtype {dtype}")
-    if np.issubdtype(dtype, np.complexfloating):
-        raise DataError("data should be real-valued, but got complex numbers")
-
-
 def _as_dask_array(data: Any) -> tuple[Any, list[str], np.ndarray | None, str]:
     """(dask array (n, d), feature names, row labels or None for positions, input kind)."""
     if isinstance(data, xr.DataArray):
         check_dims(data)
         data = data.transpose("obs", "feature")
         obs_dim, feat_dim = data.dims
-        _check_dtype(data.dtype)
+        check_array_dtype(data.dtype, ["x"])
         feats = ([str(f) for f in data[feat_dim].values] if feat_dim in data.coords
                  else [f"x{j}" for j in range(data.shape[1])])
         obs = np.asarray(data[obs_dim].values) if obs_dim in data.coords else None
@@ -71,12 +69,12 @@ def _as_dask_array(data: Any) -> tuple[Any, list[str], np.ndarray | None, str]:
         check_dtypes(data.dtypes.items())
         return (data.to_dask_array(lengths=True), [str(c) for c in data.columns], None,
                 "dask.DataFrame")
-    _check_dtype(data.dtype)
     if data.ndim != 2:
         raise DataError(
             f"data should have the shape (n_samples, n_features), but got an array of shape "
             f"{data.shape}; reshape a single feature with x.reshape(-1, 1)."
         )
+    check_array_dtype(data.dtype, list(range(data.shape[1])))
     return data, [f"x{j}" for j in range(data.shape[1])], None, "dask.array"
 
 

@@ -20,7 +20,7 @@ import xarray as xr
 from .exceptions import DataError, DataTypeError
 
 __all__ = ["MissingData", "PatternLayout", "prepare", "check_dtypes", "check_dims",
-           "match_features"]
+           "check_array_dtype", "match_features"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -451,19 +451,30 @@ def _numeric(arr: np.ndarray, names: list | None) -> np.ndarray:
             f"data should have the shape (n_samples, n_features), but got {got}. {_RESHAPE}."
         )
     names = list(range(arr.shape[1])) if names is None else names
-    if np.iscomplexobj(arr):
+    check_array_dtype(arr.dtype, names)
+    if arr.dtype.kind == "O":
+        return _object_to_float(arr, names)
+    return arr.astype(float)
+
+
+def check_array_dtype(dtype: Any, names: list) -> None:
+    """The errors :func:`prepare` gives for an array of this dtype, from the dtype alone.
+
+    Complex numbers are a DataError; booleans, text and other non-numbers a DataTypeError
+    naming the columns ``names``; object arrays pass here and are read value by value.
+    """
+    dtype = np.dtype(dtype)
+    kind = dtype.kind
+    if kind == "c":
         raise DataError("Complex data not supported: data should be real-valued, but got "
                         "complex numbers")
-    kind = arr.dtype.kind
-    if kind in "iuf":
-        return arr.astype(float)
+    if kind in "iufO":
+        return
     if kind == "b":
         raise _not_numeric(names, "booleans")
     if kind in "USa":
-        raise _not_numeric(names, f"they hold text (dtype {arr.dtype})")
-    if kind == "O":
-        return _object_to_float(arr, names)
-    raise _not_numeric(names, f"dtype {arr.dtype}")
+        raise _not_numeric(names, f"they hold text (dtype {dtype})")
+    raise _not_numeric(names, f"dtype {dtype}")
 
 
 #: data whose squares and products leave float64's range cannot be fitted; beyond these

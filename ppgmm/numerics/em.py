@@ -69,21 +69,30 @@ class SuffStats(NamedTuple):
 
         With :math:`\hat x_{ik} - \mu_k = \Sigma_k v_{ik}`, the scatter is
         :math:`W_k = \Sigma_k \left[\sum_i r_{ik}(v_{ik}-\bar v_k)(v_{ik}-\bar v_k)^T\right]
-        \Sigma_k + \sum_p R_{pk} C_{pk}`, one Gram matrix per component.
+        \Sigma_k + \sum_p R_{pk} C_{pk}`, one Gram matrix per component, formed as
+        :math:`U_k^T U_k - n_k \bar v_k \bar v_k^T` from :math:`U_k = \sqrt{r_{\cdot k}}
+        \odot v_{\cdot k}` (one product per component; :math:`\bar v_k \to 0` as EM
+        converges, so the subtraction loses nothing).
         """
         mu_old, sigma = params.means, params.covariances
         k, d = mu_old.shape
         resp = e.resp
         nk = resp.sum(axis=0)
-        vbar = np.einsum("nk,nkd->kd", resp, e.v) / (nk + EPS)[:, None]
-        ybar = mu_old + np.einsum("kde,ke->kd", sigma, vbar)
+        root = np.sqrt(resp)
+        u = e.v * root[:, :, None]
         gram = np.empty((k, d, d))
+        vsum = np.empty((k, d))
         for j in range(k):
-            dev = e.v[:, j, :] - vbar[j]
-            gram[j] = (resp[:, j, None] * dev).T @ dev
-        w_k = sigma @ gram @ sigma
+            gram[j] = u[:, j, :].T @ u[:, j, :]
+            vsum[j] = root[:, j] @ u[:, j, :]
+        vbar = vsum / (nk + EPS)[:, None]
+        gram -= nk[:, None, None] * vbar[:, :, None] * vbar[:, None, :]
+        ybar = mu_old + np.einsum("kde,ke->kd", sigma, vbar)
+        # sum_p R_pk C_pk = n_k Sigma_k - Sigma_k (sum_p R_pk P_pk) Sigma_k, with P_pk the
+        # embedded Sigma_k,oo^-1 (C_pk = Sigma_k - Sigma_k P_pk Sigma_k): no C_pk is formed
         r_pk = np.add.reduceat(resp, starts[:-1], axis=0)  # (P, K)
-        w_k += np.einsum("pk,pkde->kde", r_pk, e.factors.cond_cov)
+        gram -= np.einsum("pk,pkde->kde", r_pk, e.factors.precisions())
+        w_k = sigma @ gram @ sigma + nk[:, None, None] * sigma
         return cls(nk, ybar, 0.5 * (w_k + np.swapaxes(w_k, -1, -2)), float(e.row_loglik.sum()))
 
     def combine(self, other: SuffStats) -> SuffStats:
@@ -253,18 +262,21 @@ def _squarem(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior |
              max_iter: int, tol: float, reg_covar: float, n: int) -> None:
     """SQUAREM cycles with the monotone safeguard (see :func:`run_em`)."""
     step_max = 1.0
-    while run.n_iter < max_iter:
-        p0 = run.params
+
+    def plain_step() -> bool:
+        """One EM step; whether it met the stopping rule."""
+        p = run.params
         obj, prev = _em_step(run, estep, covariance, prior, reg_covar)
         gain = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n
-        if gain < tol and not _moved(p0, run.params, tol):
-            run.converged = True
-            return
-        if run.n_iter >= max_iter:
+        run.converged = gain < tol and not _moved(p, run.params, tol)
+        return run.converged
+
+    while run.n_iter < max_iter:
+        p0 = run.params
+        if plain_step() or run.n_iter >= max_iter:
             return
         p1 = run.params
-        _em_step(run, estep, covariance, prior, reg_covar)
-        if run.n_iter >= max_iter:
+        if plain_step() or run.n_iter >= max_iter:
             return
         cand, s = squarem_point(p0, p1, run.params, step_max)
         grow = s == step_max  # SQUAREM's adaptive bound on the step length

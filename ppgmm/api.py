@@ -38,9 +38,11 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
         Seed for everything random (initialisation, bootstrap, draws): a non-negative
         integer below 2**63 (it is saved with the fit), or None for fresh entropy.
     **options
-        Backend options. EM: ``n_init`` (1), ``init`` ("kmeans++", "random" or parameters
-        such as ``fit.point()``), ``max_iter`` (1000), ``tol`` (1e-10, on the gain in the
-        objective per row), ``reg_covar`` (1e-6 for MLE, 0 under a prior),
+        Backend options. With ``spec.transform``, every backend fits the transformed
+        columns and the result is mapped back (:mod:`ppgmm.transforms`). EM: ``n_init``
+        (1), ``init`` ("kmeans++", "random" or parameters such as ``fit.point()``),
+        ``max_iter`` (1000), ``tol`` (1e-10, on the gain in the objective per row),
+        ``reg_covar`` (1e-6 for MLE, 0 under a prior),
         ``uncertainty`` (None or "bootstrap"), ``n_bootstrap`` (200),
         ``imputation_draws`` (20), ``stop`` ("gain": stop once a step gains less than
         ``tol``; "sklearn": scikit-learn's rule, one M-step later). See the ADVI and NUTS
@@ -55,6 +57,13 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
     seed = check_seed(seed)
     entry = get(backend)
     dask_data = is_dask(data)
+    if dask_data and spec.transform:
+        raise SpecError(
+            f"transform={dict(spec.transform)} is not supported for data in a dask collection "
+            "(the chunked EM fits the columns as given); transform the columns before fitting "
+            "(e.g. np.log on the dask DataFrame's column, and np.exp on its imputations), or "
+            "pass data.compute()"
+        )
     if dask_data and backend != "em":
         raise SpecError(
             f"backend {backend!r} needs the data in memory, but got a dask collection; use "
@@ -77,7 +86,8 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
 
         result: Fit = em_dask_backend(spec, data, seed=seed, **options)
     else:
-        md = prepare(data, n_components=spec.n_components, covariance=spec.covariance)
+        md = prepare(data, n_components=spec.n_components, covariance=spec.covariance,
+                     transform=spec.transform)
         start = time.perf_counter()
         result = entry.load()(spec, md, seed=seed, **options)
     attrs = result.idata.posterior.attrs

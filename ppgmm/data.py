@@ -6,6 +6,7 @@ This module is the one owner of missingness patterns. Every backend reads a
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 import warnings
@@ -18,6 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from .exceptions import DataError, DataTypeError
+from .transforms import ColumnTransforms
 
 __all__ = ["MissingData", "PatternLayout", "prepare", "check_dtypes", "check_dims",
            "check_array_dtype", "match_features"]
@@ -101,6 +103,11 @@ class MissingData:
         The DataFrame index's name (a Dataset's row dim), kept for imputations.
     dropped : tuple of int
         Positions, in the input, of the rows dropped for having no observed entry.
+    transform : ColumnTransforms, optional
+        Set on data put on a model's transformed scale (:meth:`transformed`): ``values``
+        then hold :math:`f_j(x_{ij})`, and ``given`` the values as given.
+    given : ndarray of shape (n, d), optional
+        The values before the transform (None when there is none).
     """
 
     values: np.ndarray
@@ -114,11 +121,40 @@ class MissingData:
     input_kind: str = "ndarray"
     index_name: str | None = None
     dropped: tuple[int, ...] = ()
+    transform: ColumnTransforms | None = None
+    given: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         """Number of rows."""
         return self.values.shape[0]
+
+    @property
+    def original(self) -> np.ndarray:
+        """The values on the scale they were given in (``values`` when not transformed)."""
+        return self.values if self.given is None else self.given
+
+    def transformed(self, transform: ColumnTransforms | None) -> MissingData:
+        """The same rows and patterns on a transformed scale: values :math:`f_j(x_{ij})`.
+
+        Raises a DataError for observed values outside a transform's support. ``None``
+        returns the data unchanged.
+        """
+        if transform is None:
+            return self
+        if self.transform is not None:
+            raise ValueError("the data are already on a transformed scale")
+        transform.check_support(self.values)
+        return dataclasses.replace(self, values=transform.forward(self.values),
+                                   transform=transform, given=self.values)
+
+    @property
+    def log_jacobian(self) -> np.ndarray:
+        r""":math:`\sum_{j \in o_i}\log|f_j'(x_{ij})|` per row (zeros when not transformed):
+        a row's log-likelihood on the original scale is the transformed scale's plus this."""
+        if self.transform is None:
+            return np.zeros(self.n)
+        return self.transform.log_jacobian(self.original)
 
     @property
     def d(self) -> int:
@@ -540,6 +576,7 @@ def prepare(
     drop_empty: bool = True,
     covariance: str | None = None,
     fitted_by: str = "the model",
+    transform: Any = None,
 ) -> MissingData:
     """Validate ``data`` and group its rows by missingness pattern.
 
@@ -565,13 +602,19 @@ def prepare(
         The model's covariance type, for the distinct-rows warning.
     fitted_by : str, default "the model"
         Named in the error for new data with the wrong number of features.
+    transform : dict or ColumnTransforms, optional
+        A spec's ``transform`` (column name or position -> transform name): the data are
+        returned on the transformed scale (:meth:`MissingData.transformed`).
 
     Raises
     ------
     DataError
         For non-numeric columns (a :class:`~ppgmm.exceptions.DataTypeError`), infinite
         values, values beyond float64's comfortable range, a column with no observed value,
-        fewer usable rows than components, or data that is not 2-D.
+        fewer usable rows than components, data that is not 2-D, or observed values outside
+        a transform's support.
+    SpecError
+        For a transform of a column the data do not have.
     """
     values, feats, obs, kind, index_name = _to_array(data)
     if feature_names is not None:
@@ -624,4 +667,7 @@ def prepare(
         )
     if n_components is not None:
         _check_support(values, feats, n_components, covariance)
-    return MissingData.from_arrays(values, feats, obs, kind, index_name, dropped)
+    md = MissingData.from_arrays(values, feats, obs, kind, index_name, dropped)
+    if not isinstance(transform, ColumnTransforms):
+        transform = ColumnTransforms.resolve(transform, feats)
+    return md.transformed(transform)

@@ -20,6 +20,16 @@ The ``missing`` dim carries coordinates ``missing_obs`` and ``missing_feature``.
 estimate is stored twice over when there is no bootstrap (posterior chain=1, draw=1 and
 the ``estimate`` group); with ``uncertainty="bootstrap"`` the posterior holds the B
 refits and ``estimate`` the fit itself. Run attributes live in ``posterior.attrs``.
+
+A spec with ``transform=`` (:mod:`ppgmm.transforms`) is fitted on the transformed scale,
+where the parameters (``weights``, ``means``, ``covariances``, ``estimate``) stay;
+``posterior.attrs["transform"]`` records {feature: transform name}. Everything else is on
+the data's original scale: ``observed_data`` as given, ``imputed_mean`` the conditional
+mean :math:`E[x_{mis} \\mid x_{obs}, \\theta]` of the back-transformed variable,
+``x_missing`` the back-transformed draws, ``log_likelihood`` with each row's Jacobian
+:math:`\\sum_{j \\in o_i}\\log|f_j'(x_{ij})|` added, and the ``objective`` and ``elbo``
+traces (and ``elbo_final``) shifted by the data's total Jacobian, a constant in the
+parameters.
 """
 
 from __future__ import annotations
@@ -38,8 +48,15 @@ from .checks import check_seed
 from .chunked import is_dask
 from .data import MissingData, prepare
 from .exceptions import DataError, PpgmmError
-from .numerics.patterns import conditional_draws, e_step, responsibilities, row_loglik
+from .numerics.patterns import (
+    conditional_draws,
+    e_step,
+    missing_marginals,
+    responsibilities,
+    row_loglik,
+)
 from .spec import GMM, PARAM_NAMES, Draws, Params, as_params
+from .transforms import ColumnTransforms
 
 __all__ = ["Fit", "build_idata", "build_chunked_idata", "load", "params_dataset"]
 
@@ -96,6 +113,11 @@ def build_idata(
     feats = md.feature_names
     obs = md.obs_names
     k = spec.n_components
+    imputed_mean = imputed_mean[:, :, rows, cols]
+    x_missing = x_missing[:, :, rows, cols]
+    if md.transform is not None:
+        imputed_mean, x_missing, loglik, sample_stats, attrs = _original_scale(
+            md, draws, imputed_mean, x_missing, loglik, sample_stats, attrs)
     miss_coords = {
         "missing_obs": ("missing", obs[rows]),
         # fixed-width text: an object array would be converted by xarray into one new
@@ -116,7 +138,7 @@ def build_idata(
                 ("chain", "draw", "component", "feature", "feature_"),
                 covariances,
             ),
-            "imputed_mean": (("chain", "draw", "missing"), imputed_mean[:, :, rows, cols]),
+            "imputed_mean": (("chain", "draw", "missing"), imputed_mean),
         },
         coords={**cd(weights), **comp, **miss_coords},
     )
@@ -134,14 +156,14 @@ def build_idata(
     groups: dict[str, xr.Dataset] = {
         "posterior": posterior,
         "posterior_predictive": xr.Dataset(
-            {"x_missing": (("chain", "draw", "missing"), x_missing[:, :, rows, cols])},
+            {"x_missing": (("chain", "draw", "missing"), x_missing)},
             coords={**cd(x_missing), **miss_coords},
         ),
         "log_likelihood": xr.Dataset(
             {"x": (("chain", "draw", "obs"), loglik)}, coords={**cd(loglik), "obs": obs}
         ),
         "observed_data": xr.Dataset(
-            {"x": (("obs", "feature"), md.values)}, coords={"obs": obs, "feature": feats}
+            {"x": (("obs", "feature"), md.original)}, coords={"obs": obs, "feature": feats}
         ),
     }
     if sample_stats is not None:
@@ -150,6 +172,36 @@ def build_idata(
         groups["estimate"] = params_dataset(estimate, feats)
     groups.update(extra or {})
     return az.InferenceData(**groups)
+
+
+def _original_scale(md: MissingData, draws: Draws, imputed: np.ndarray, x_missing: np.ndarray,
+                    loglik: np.ndarray, stats: xr.Dataset | None, attrs: dict[str, Any]):
+    """Derived quantities of a fit on a transformed scale, mapped to the data's scale.
+
+    ``imputed`` (C, S, M) and ``x_missing`` (C, S', M) hold the missing entries on the
+    transformed scale, ``loglik`` (C, S, N) the rows' log-likelihoods there.
+    """
+    ct = md.transform
+    assert ct is not None
+    rows, cols = md.missing_index
+    imputed = imputed.copy()
+    if np.isin(cols, [j for j, t in enumerate(ct.by_column) if t is not None]).any():
+        c, s = draws.shape
+        for i in range(c):
+            for j in range(s):
+                w, mu, var = missing_marginals(draws.params(i, j), md)
+                imputed[i, j] = ct.inverse_mean(imputed[i, j], cols, w, mu, var)
+    jac = md.log_jacobian
+    total = float(jac.sum())
+    attrs = {**attrs, "transform": ct.to_json(), "log_jacobian": total}
+    if "elbo_final" in attrs:
+        attrs["elbo_final"] = float(attrs["elbo_final"]) + total
+    if stats is not None:
+        stats = stats.copy()
+        for name in ("objective", "elbo"):
+            if name in stats:
+                stats[name] = stats[name] + total
+    return (imputed, ct.inverse_entries(x_missing, cols), loglik + jac, stats, attrs)
 
 
 def build_chunked_idata(
@@ -249,8 +301,20 @@ class Fit:
         return [str(f) for f in self.idata.observed_data["feature"].values]
 
     @cached_property
+    def transform(self) -> ColumnTransforms | None:
+        """The per-column transforms the mixture was fitted under (``spec.transform``
+        matched to the features), or None."""
+        text = self.attrs.get("transform")
+        return None if text is None else ColumnTransforms.from_json(text, self.feature_names)
+
+    @cached_property
+    def _model_data(self) -> MissingData:
+        """The fitted data on the scale the mixture was fitted on."""
+        return self.data.transformed(self.transform)
+
+    @cached_property
     def data(self) -> MissingData:
-        """The fitted data (rows with no observed entry were dropped at fit time)."""
+        """The fitted data as given (rows with no observed entry were dropped at fit time)."""
         x = self.idata.observed_data["x"]
         return MissingData.from_arrays(
             np.asarray(x.values, dtype=float),
@@ -286,16 +350,19 @@ class Fit:
         return float(self.score_samples().sum())
 
     def score_samples(self, data: Any = None) -> np.ndarray:
-        """Observed-data log-likelihood of each row at :meth:`point` (NaN allowed).
+        r"""Observed-data log-likelihood of each row at :meth:`point` (NaN allowed).
 
-        Lazy (a dask array, computed chunk by chunk) for dask data and chunked fits.
+        On the data's original scale: with a transform, :math:`\log p_Y(f(x_{i,o})) +
+        \sum_{j \in o_i}\log|f_j'(x_{ij})|`. Lazy (a dask array, computed chunk by chunk)
+        for dask data and chunked fits.
         """
         lazy = self._chunked_rows(data)
         if lazy is not None:
             from .chunked import row_map
 
             return row_map(self.params, lazy[0], "loglik")
-        return row_loglik(self.params, self._data_or(data))
+        md = self._data_or(data)
+        return row_loglik(self.params, md) + md.log_jacobian
 
     def bic(self) -> float:
         """Bayesian information criterion, -2 loglik + p log n (smaller is better).
@@ -384,6 +451,7 @@ class Fit:
             raise ValueError(f"draws should be a positive integer, but got {draws!r}")
         rng = np.random.default_rng(check_seed(seed))
         md = self.data
+        ct = self.transform
         post = Draws.from_dataset(self.idata.posterior[list(PARAM_NAMES)]).flat()
         pick = np.linspace(0, len(post.weights) - 1, draws).round().astype(int)
         reps = np.empty((draws, md.n, md.d))
@@ -393,6 +461,8 @@ class Fit:
             chol = np.linalg.cholesky(cov)
             eps = rng.standard_normal((md.n, md.d))
             reps[s] = mu[z] + np.einsum("nij,nj->ni", chol[z], eps)
+        if ct is not None:
+            reps = ct.inverse(reps)
         obs_vars, pp_vars = {}, {}
         for j, f in enumerate(md.feature_names):
             keep = md.observed[:, j]
@@ -414,14 +484,21 @@ class Fit:
         if data is not None and is_dask(data):
             from .chunked import as_rows
 
+            if self.transform is not None:
+                raise DataError(
+                    f"this fit has transform={self.transform.mapping()}, which dask data "
+                    "do not support; pass data.compute()"
+                )
+
             return as_rows(data, self.feature_names)
         return None
 
     def _data_or(self, data: Any) -> MissingData:
+        """The fitted data or new ``data``, on the scale the mixture was fitted on."""
         if data is None:
-            return self.data
+            return self._model_data
         return prepare(data, feature_names=self.feature_names, drop_empty=False,
-                       fitted_by=self._fitted_by)
+                       fitted_by=self._fitted_by, transform=self.transform)
 
     def predict_proba(self, data: Any = None) -> np.ndarray:
         """Component membership probabilities given each row's observed entries.
@@ -448,7 +525,9 @@ class Fit:
             New data; default the fitted data.
         draws : int, optional
             None gives one completed data set with :math:`E[x_{mis} \\mid x_{obs}]`
-            (responsibility-weighted conditional means). An integer m gives a list of m
+            (responsibility-weighted conditional means; with a transform, the conditional
+            mean on the original scale, :math:`\\sum_k r_k E[f^{-1}(Y_k)]`, see
+            :mod:`ppgmm.transforms`). An integer m gives a list of m
             completed data sets for multiple imputation: for the fitted data, m of the
             stored predictive draws ``x_missing`` (spread evenly over chains and draws,
             so a Bayesian or bootstrap fit carries parameter uncertainty); for new data,
@@ -488,6 +567,8 @@ class Fit:
         n_draws = 0 if draws is None else int(draws)
         mean, sims = conditional_draws(self.params, e_step(self.params, layout), layout,
                                        np.random.default_rng(seed), n_draws)
+        if md.transform is not None:
+            mean, sims = self._back_transform(md, mean, sims)
         if draws is None:
             return md.wrap(mean)
         return [md.wrap(x) for x in sims]
@@ -504,9 +585,22 @@ class Fit:
         sims = row_map(self.params, rows, "draws", seed=seed, draws=draws)
         return [wrap(sims[i], kind, feats, obs) for i in range(draws)]
 
+    def _back_transform(self, md: MissingData, mean: np.ndarray,
+                        sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Completed data sets of transformed ``md`` (values on the model scale) on the
+        original scale: conditional means and draws of the missing entries mapped back."""
+        ct = md.transform
+        assert ct is not None
+        rows, cols = md.missing_index
+        w, mu, var = missing_marginals(self.params, md)
+        mean = self._fill(md, ct.inverse_mean(mean[rows, cols], cols, w, mu, var))
+        out = np.repeat(md.original[None], len(sims), axis=0)
+        out[:, rows, cols] = ct.inverse_entries(sims[:, rows, cols], cols)
+        return mean, out
+
     @staticmethod
     def _fill(md: MissingData, missing_values: np.ndarray) -> np.ndarray:
-        out = md.values.copy()
+        out = md.original.copy()
         out[md.missing_index] = missing_values
         return out
 

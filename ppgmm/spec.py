@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .exceptions import SpecError
+from .transforms import normalise_mapping
 
 __all__ = ["GMM", "Prior", "Params", "ResolvedPrior", "Draws", "as_params", "COVARIANCE_TYPES"]
 
@@ -189,7 +190,7 @@ class Prior:
 
 @dataclass(frozen=True)
 class GMM:
-    """A Gaussian mixture model specification, the one input every backend reads.
+    r"""A Gaussian mixture model specification, the one input every backend reads.
 
     Parameters
     ----------
@@ -201,17 +202,31 @@ class GMM:
         ``"default"`` is the Fraley & Raftery (2007) conjugate prior with mclust's
         defaults; ``None`` means maximum likelihood for EM (the PyMC backends then use
         the default prior and say so in the result's attrs).
+    transform : dict, optional
+        Columns on a bounded support and their transform (:mod:`ppgmm.transforms`), e.g.
+        ``{"Ozone": "log"}`` (x > 0) or ``{"share": "logit"}`` (0 < x < 1); keys are column
+        names, or positions (0, 1, ...) for arrays. The mixture and its prior are fitted to
+        :math:`y = f(x)`: parameters are reported on that scale, while imputations and
+        predictive draws are mapped back exactly (:math:`x = f^{-1}(y)`, inside the
+        support), point imputations are conditional means on the original scale, and
+        log-likelihoods (``score_samples``, BIC, LOO) include the Jacobian
+        :math:`\sum_{j \in o_i}\log|f_j'(x_{ij})|`, so they compare with untransformed fits
+        of the same data. Stored as (column, name) pairs; ``dict(spec.transform)`` gives
+        the mapping.
 
     Examples
     --------
     >>> import ppgmm
     >>> ppgmm.GMM(3, covariance="diag")
     GMM(n_components=3, covariance='diag', prior='default')
+    >>> ppgmm.GMM(2, transform={"Ozone": "log"})
+    GMM(n_components=2, covariance='full', prior='default', transform={'Ozone': 'log'})
     """
 
     n_components: int
     covariance: str = "full"
     prior: Prior | str | None = field(default="default")
+    transform: Any = ()
 
     def __post_init__(self) -> None:
         k = self.n_components
@@ -233,12 +248,15 @@ class GMM:
             raise SpecError(
                 f"prior should be 'default', None or a ppgmm.Prior, but got {type(self.prior)}"
             )
+        object.__setattr__(self, "transform", normalise_mapping(self.transform or None))
 
     def __repr__(self) -> str:
         prior = self.prior
         p = "None" if prior is None else "'default'" if prior == Prior() else repr(prior)
+        t = f", transform={dict(self.transform)!r}" if self.transform else ""
         return (
-            f"GMM(n_components={self.n_components}, covariance={self.covariance!r}, prior={p})"
+            f"GMM(n_components={self.n_components}, covariance={self.covariance!r}, prior={p}"
+            f"{t})"
         )
 
     def n_parameters(self, d: int) -> int:
@@ -255,13 +273,14 @@ class GMM:
     def to_json(self) -> str:
         """Serialise (for attrs and files)."""
         prior = None if self.prior is None else self.prior.to_dict()  # type: ignore[union-attr]
-        return json.dumps(
-            {"n_components": self.n_components, "covariance": self.covariance, "prior": prior}
-        )
+        out = {"n_components": self.n_components, "covariance": self.covariance, "prior": prior}
+        if self.transform:  # pairs, not a dict: JSON would turn column positions into text
+            out["transform"] = [list(p) for p in self.transform]
+        return json.dumps(out)
 
     @classmethod
     def from_json(cls, text: str) -> GMM:
         """Inverse of :meth:`to_json`."""
         d = json.loads(text)
         prior = None if d["prior"] is None else Prior(**d["prior"])
-        return cls(d["n_components"], d["covariance"], prior)
+        return cls(d["n_components"], d["covariance"], prior, d.get("transform", ()))

@@ -89,7 +89,7 @@ def resolve_bayes_prior(spec: GMM, md: MissingData) -> tuple[GMM, ResolvedPrior,
     """
     note = "the spec's prior"
     if spec.prior is None:
-        spec = GMM(spec.n_components, spec.covariance, Prior())
+        spec = dataclasses.replace(spec, prior=Prior())
         note = (
             "the spec had prior=None (maximum likelihood); the Bayesian backends need a proper "
             "prior and used the default prior (ppgmm.Prior())"

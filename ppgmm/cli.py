@@ -96,6 +96,30 @@ def _option(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def _transform(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in (t.strip() for t in text.split(",")):
+        col, sep, name = item.rpartition("=")
+        if not item or not sep or not col.strip() or not name.strip():
+            raise argparse.ArgumentTypeError(
+                f"transforms should read COLUMN=NAME (comma-separated or repeated), e.g. "
+                f"--transform Ozone=log, but got {text!r}"
+            )
+        pairs.append((col.strip(), name.strip()))
+    return pairs
+
+
+def _transforms(args) -> dict[str, str]:
+    """--transform given (repeatable, comma-separated) as one {column: name} dict."""
+    out: dict[str, str] = {}
+    for pairs in args.transform or []:
+        for col, name in pairs:
+            if col in out:
+                raise UsageError(f"--transform names column {col!r} twice")
+            out[col] = name
+    return out
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -213,6 +237,9 @@ def _summary(f) -> str:
     p = f.point()
     lines = [repr(f), f"log-likelihood {f.loglik:.4f}   BIC {f.bic():.4f}   "
              f"wall time {float(f.attrs.get('wall_time', float('nan'))):.2f} s"]
+    if f.transform is not None:
+        scaled = ", ".join(f"{c} ({t})" for c, t in f.transform.mapping().items())
+        lines.append(f"transformed columns: {scaled}; means below are on that scale")
     lines.append("weights: " + ", ".join(f"{w:.3f}" for w in p["weights"].values))
     for k, mu in enumerate(p["means"].values):
         pairs = ", ".join(f"{n}={v:.4g}" for n, v in zip(f.feature_names, mu, strict=True))
@@ -282,7 +309,8 @@ def _cmd_fit(args) -> int:
 
     _check_out(args.out)
     df = _read_csv(args.data, args.columns, args.na_values, args.decimal)
-    spec = ppgmm.GMM(args.k, covariance=args.covariance, prior=_prior(args))
+    spec = ppgmm.GMM(args.k, covariance=args.covariance, prior=_prior(args),
+                     transform=_transforms(args))
     f = _fit(spec, df, args.backend, args.seed, dict(args.option or []))
     f.to_netcdf(args.out)
     print(_summary(f))
@@ -310,7 +338,8 @@ def _cmd_compare(args) -> int:
         truth = _read_csv(args.truth, args.columns, args.na_values, args.decimal)
     fits = []
     for k in args.k:
-        spec = ppgmm.GMM(k, covariance=args.covariance, prior=_prior(args))
+        spec = ppgmm.GMM(k, covariance=args.covariance, prior=_prior(args),
+                         transform=_transforms(args))
         first = None
         for b in backends:
             fits.append(_fit(spec, df, b, args.seed, options[b], reference=first))
@@ -404,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--prior", default="default", choices=["default", "none"],
                        help="default: Fraley & Raftery's conjugate prior (MAP for EM); none: "
                             "maximum likelihood for EM (ADVI and NUTS then use the default)")
+        q.add_argument("--transform", type=_transform, action="append", metavar="COLUMN=NAME",
+                       help="fit a column on a transformed scale, e.g. --transform Ozone=log "
+                            "(log: values > 0; logit: values in (0, 1)); imputations and "
+                            "draws are mapped back inside the support (repeatable, or "
+                            "comma-separated)")
         q.add_argument("--seed", type=_seed, default=0)
         csv_args(q)
         strict_arg(q)

@@ -34,6 +34,7 @@ from .numerics.scores import (
     normal_mixture_quantile,
 )
 from .spec import PARAM_NAMES, Draws, Params, as_params
+from .transforms import suggest_transform
 
 __all__ = ["Comparison", "compare"]
 
@@ -189,7 +190,8 @@ class Comparison:
 
 
 def _labels(fits: Any) -> dict[str, Fit]:
-    """Fits by label: the backend name, made unique with K, covariance, then a counter."""
+    """Fits by label: the backend name, made unique with K, transforms, covariance, then a
+    counter."""
     if isinstance(fits, Fit):
         fits = [fits]
     if isinstance(fits, Mapping):
@@ -211,6 +213,8 @@ def _labels(fits: Any) -> dict[str, Fit]:
     out: dict[str, Fit] = {}
     for f, b in zip(given, backends, strict=True):
         label = b if backends.count(b) == 1 else f"{b} K={f.spec.n_components}"
+        if label in out and f.transform is not None:
+            label += " " + ", ".join(f"{t}({c})" for c, t in f.transform.mapping().items())
         if label in out:
             label = f"{label} ({f.spec.covariance})"
         base, i = label, 2
@@ -401,8 +405,9 @@ def _agreement(fits: dict[str, Fit], ref: str, compared: list[str], rel: xr.Data
     return pd.DataFrame(rows, columns=cols), t
 
 
-def _out_of_range(imp: xr.Dataset, md: Any) -> pd.DataFrame | None:
-    """Imputed means outside the observed range of their column, per backend and feature."""
+def _out_of_range(imp: xr.Dataset, md: Any, fits: dict[str, Fit]) -> pd.DataFrame | None:
+    """Imputed means outside the observed range of their column, per backend and feature
+    (columns a fit transformed onto their support are left out: they cannot leave it)."""
     if imp.sizes.get("missing", 0) == 0:
         return None
     lo, hi = np.nanmin(md.values, axis=0), np.nanmax(md.values, axis=0)
@@ -413,16 +418,38 @@ def _out_of_range(imp: xr.Dataset, md: Any) -> pd.DataFrame | None:
     for b in imp["backend"].values:
         m = imp["mean"].sel(backend=b).values
         outside = (m < lo[j]) | (m > hi[j])
+        ct = fits[str(b)].transform if str(b) in fits else None
+        done = set() if ct is None else set(ct.mapping())
         for f in dict.fromkeys(feat):
             sel = feat == f
-            if outside[sel].any():
+            if outside[sel].any() and f not in done:
                 rows.append({"backend": str(b), "feature": f, "n_missing": int(sel.sum()),
                              "n_outside": int(outside[sel].sum()),
                              "observed_min": float(lo[pos[f]]),
                              "observed_max": float(hi[pos[f]]),
                              "imputed_min": float(m[sel].min()),
-                             "imputed_max": float(m[sel].max())})
+                             "imputed_max": float(m[sel].max()),
+                             "suggest": suggest_transform(md.values[:, pos[f]]) or ""})
     return pd.DataFrame(rows) if rows else None
+
+
+def _scale_notes(fits: dict[str, Fit], out_of_range: pd.DataFrame | None) -> list[str]:
+    """Warnings about scales: fits under different transforms, imputations out of range."""
+    notes = []
+    scales = {json.dumps(f.transform.mapping() if f.transform else {}) for f in fits.values()}
+    if len(scales) > 1:
+        notes.append("fits with different transforms: their parameters are on different "
+                     "scales, so the parameter tables, L2 distances and agreement verdicts "
+                     "compare unlike things; compare imputations and log-likelihoods (BIC, "
+                     "LOO, which include the Jacobian) instead.")
+    for r in [] if out_of_range is None else out_of_range.itertuples():
+        fix = (f"fit it on the {r.suggest} scale, transform={{{r.feature!r}: {r.suggest!r}}}"
+               if r.suggest else "a bounded variable may need a transform (transform=)")
+        notes.append(f"{r.backend}: {r.n_outside} of {r.n_missing} imputed {r.feature} "
+                     f"values fall outside its observed range [{r.observed_min:.4g}, "
+                     f"{r.observed_max:.4g}] (imputed from {r.imputed_min:.4g} to "
+                     f"{r.imputed_max:.4g}); {fix}.")
+    return notes
 
 
 def _distance(fits: dict[str, Fit], labels: list[str], relative: bool) -> xr.DataArray:
@@ -455,7 +482,7 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
     means, lows, highs, draws, exact = {}, {}, {}, {}, {}
     for label in labels:
         f = fits[label]
-        if _n_draws(f.idata.posterior) == 1 and n_mis:
+        if _n_draws(f.idata.posterior) == 1 and n_mis and f.transform is None:
             # a point estimate (EM): its predictive is a known normal mixture per entry, so
             # the mean, intervals and CRPS are exact rather than from a few stored draws
             exact[label] = w, mu, var = missing_marginals(f.params, md)
@@ -770,12 +797,8 @@ def compare(
     rel = _distance(fits, list(fits), relative=True)
     boot = _bootstrap_distances(fits, ref)
     agreement, threshold = _agreement(fits, ref, compared, rel, boot, include_unconverged)
-    out_of_range = _out_of_range(imputations, md)
-    if out_of_range is not None:
-        for r in out_of_range.itertuples():
-            notes.append(f"{r.backend}: {r.n_outside} of {r.n_missing} imputed {r.feature} "
-                         f"values fall outside its observed range [{r.observed_min:.4g}, "
-                         f"{r.observed_max:.4g}]; a bounded variable may need a transform.")
+    out_of_range = _out_of_range(imputations, md, fits)
+    notes += _scale_notes(fits, out_of_range)
     # unconverged fits' own warnings first: they are what a reader must see before any table
     notes.sort(key=lambda w: not any(w.startswith(f"{b}:") for b in fits
                                      if not fits[b].converged))

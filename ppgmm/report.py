@@ -496,11 +496,17 @@ def _header(cmp: Comparison, title: str) -> list[str]:
         f'<span class="badge bad">{_esc(b)}: NOT converged</span>'
         for b, f in cmp.fits.items()
     )
+    transformed = {b: f.transform.mapping() for b, f in cmp.fits.items() if f.transform}
+    scale = ("" if not transformed else " Transforms: " + "; ".join(
+        f"{b}: " + ", ".join(f"{c} ({t})" for c, t in m.items()) for b, m in transformed.items())
+        + ". Those fits' parameters (means, covariances, ellipses) are on the transformed "
+        "scale; their imputations, predictive draws and log-likelihoods (with the Jacobian) "
+        "are on the data's scale.")
     return [
         f"<h1>{_esc(title)}</h1>",
         f'<p class="note">Made by ppgmm on {_esc(now)}. Reference labelling: '
         f"<b>{_esc(cmp.reference)}</b>. {md.n} rows, {md.d} features, "
-        f"{int((~md.observed).sum())} missing entries.</p>",
+        f"{int((~md.observed).sum())} missing entries.{_esc(scale)}</p>",
         f'<p class="badges">{badges}</p>',
         "<nav>" + "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in SECTIONS) + "</nav>",
         _table(fits_df, grey=_bad(cmp, fits_df["label"])),
@@ -595,12 +601,22 @@ def _imputations_section(cmp: Comparison) -> str:
     if cmp.out_of_range is not None:
         scores += ('<h3>Imputations outside the observed range</h3><p class="warn">Imputed '
                    "means beyond the smallest or largest observed value of their column: a "
-                   "bounded variable (a count, a concentration) may need a transform such as "
-                   "a log before fitting.</p>"
+                   "bounded variable (a count, a concentration) is better fitted on a "
+                   "transformed scale, where imputations and draws cannot leave its support"
+                   f"{_suggestion(cmp.out_of_range)}.</p>"
                    + _table(cmp.out_of_range, grey=_bad(cmp, cmp.out_of_range["backend"])))
     return (scores + _figure(_fig_imputations, cmp)
             + "<details><summary>E[x_mis | x_obs] per missing entry</summary>"
             + _table(wide.reset_index()) + "</details>")
+
+
+def _suggestion(out_of_range: pd.DataFrame) -> str:
+    """``: ppgmm.GMM(..., transform={...})`` for the columns with a suggested transform."""
+    pairs = dict(zip(out_of_range["feature"], out_of_range["suggest"], strict=True))
+    pairs = {f: t for f, t in pairs.items() if t}
+    return (f": <code>ppgmm.GMM(..., transform={_esc(repr(pairs))})</code>, or "
+            f"<code>{_esc(' '.join(f'--transform {f}={t}' for f, t in pairs.items()))}"
+            "</code> on the command line" if pairs else "")
 
 
 def _convergence_section(cmp: Comparison) -> str:

@@ -110,7 +110,11 @@ class Comparison:
         The relative L2 distances :math:`t` is the 95th percentile of.
     out_of_range : pandas.DataFrame or None
         Per backend and feature, how many imputed means fall outside the observed range of
-        their column (a sign that the normal model does not suit a bounded variable).
+        their column (a sign that the normal model does not suit a bounded variable), how
+        far (``imputed_min``, ``imputed_max``), the same for the stored predictive draws
+        (``n_draws_outside`` of ``n_draws``, ``draws_min``, ``draws_max``), and the
+        transform to try (``suggest``: "log" for a positive column, else empty). Columns a
+        fit transformed (``GMM(transform=...)``) are left out for that fit.
     include_unconverged : bool
         Whether unconverged fits were kept in the agreement checks.
     """
@@ -213,7 +217,7 @@ def _labels(fits: Any) -> dict[str, Fit]:
     out: dict[str, Fit] = {}
     for f, b in zip(given, backends, strict=True):
         label = b if backends.count(b) == 1 else f"{b} K={f.spec.n_components}"
-        if label in out and f.transform is not None:
+        if backends.count(b) > 1 and f.transform is not None:
             label += " " + ", ".join(f"{t}({c})" for c, t in f.transform.mapping().items())
         if label in out:
             label = f"{label} ({f.spec.covariance})"
@@ -418,17 +422,27 @@ def _out_of_range(imp: xr.Dataset, md: Any, fits: dict[str, Fit]) -> pd.DataFram
     for b in imp["backend"].values:
         m = imp["mean"].sel(backend=b).values
         outside = (m < lo[j]) | (m > hi[j])
-        ct = fits[str(b)].transform if str(b) in fits else None
-        done = set() if ct is None else set(ct.mapping())
+        fit = fits.get(str(b))
+        done = set() if fit is None or fit.transform is None else set(fit.transform.mapping())
+        sims = np.empty((0, len(feat)))
+        if fit is not None and "posterior_predictive" in fit.idata.groups():
+            x = fit.idata.posterior_predictive["x_missing"].transpose("chain", "draw", "missing")
+            sims = x.values.reshape(-1, x.sizes["missing"])
         for f in dict.fromkeys(feat):
             sel = feat == f
             if outside[sel].any() and f not in done:
+                d = sims[:, sel].ravel()
+                lo_f, hi_f = lo[pos[f]], hi[pos[f]]
                 rows.append({"backend": str(b), "feature": f, "n_missing": int(sel.sum()),
                              "n_outside": int(outside[sel].sum()),
                              "observed_min": float(lo[pos[f]]),
                              "observed_max": float(hi[pos[f]]),
                              "imputed_min": float(m[sel].min()),
                              "imputed_max": float(m[sel].max()),
+                             "n_draws": int(d.size),
+                             "n_draws_outside": int(((d < lo_f) | (d > hi_f)).sum()),
+                             "draws_min": float(d.min()) if d.size else np.nan,
+                             "draws_max": float(d.max()) if d.size else np.nan,
                              "suggest": suggest_transform(md.values[:, pos[f]]) or ""})
     return pd.DataFrame(rows) if rows else None
 
@@ -445,10 +459,12 @@ def _scale_notes(fits: dict[str, Fit], out_of_range: pd.DataFrame | None) -> lis
     for r in [] if out_of_range is None else out_of_range.itertuples():
         fix = (f"fit it on the {r.suggest} scale, transform={{{r.feature!r}: {r.suggest!r}}}"
                if r.suggest else "a bounded variable may need a transform (transform=)")
+        draws = (f", and {r.n_draws_outside} of its {r.n_draws} predictive draws (from "
+                 f"{r.draws_min:.4g} to {r.draws_max:.4g})" if r.n_draws else "")
         notes.append(f"{r.backend}: {r.n_outside} of {r.n_missing} imputed {r.feature} "
-                     f"values fall outside its observed range [{r.observed_min:.4g}, "
-                     f"{r.observed_max:.4g}] (imputed from {r.imputed_min:.4g} to "
-                     f"{r.imputed_max:.4g}); {fix}.")
+                     f"values (from {r.imputed_min:.4g} to {r.imputed_max:.4g}){draws} fall "
+                     f"outside its observed range [{r.observed_min:.4g}, {r.observed_max:.4g}]; "
+                     f"{fix}.")
     return notes
 
 
@@ -482,7 +498,15 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
     means, lows, highs, draws, exact = {}, {}, {}, {}, {}
     for label in labels:
         f = fits[label]
-        if _n_draws(f.idata.posterior) == 1 and n_mis and f.transform is None:
+        ct = f.transform
+        if _n_draws(f.idata.posterior) == 1 and n_mis and ct is not None:
+            # a point estimate on a transformed scale: its predictive is a normal mixture
+            # there, whose quantiles map back through the increasing inverse exactly; the
+            # CRPS (no closed form on the original scale) comes from the stored draws below
+            w, mu, var = missing_marginals(f.params, md.transformed(ct))
+            lows[label], highs[label] = (
+                ct.inverse_entries(normal_mixture_quantile(w, mu, var, p), cols) for p in q)
+        elif _n_draws(f.idata.posterior) == 1 and n_mis:
             # a point estimate (EM): its predictive is a known normal mixture per entry, so
             # the mean, intervals and CRPS are exact rather than from a few stored draws
             exact[label] = w, mu, var = missing_marginals(f.params, md)
@@ -493,6 +517,8 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
         pp = f.idata.posterior_predictive["x_missing"].transpose("missing", "chain", "draw")
         x = pp.values.reshape(n_mis, pp.sizes["chain"] * pp.sizes["draw"])
         draws[label] = x
+        if label in lows:  # exact, above
+            continue
         if x.shape[1] >= 2:
             lows[label], highs[label] = np.quantile(x, q, axis=1)
         else:

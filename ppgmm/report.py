@@ -285,13 +285,20 @@ def _fig_ellipses(cmp: Comparison, max_features: int = 6) -> str:
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.8 * nrow), squeeze=False)
     colors = _colors(cmp.compared)
     styles = ("-", "--", ":", "-.")
+    # the reference's scale: a transformed fit's ellipses live on its transformed columns,
+    # and fits under other transforms (other scales) are left out
+    ct = cmp.fits[cmp.reference].transform
+    scale = {} if ct is None else ct.mapping()
+    shown = [b for b in cmp.compared if scale == (
+        {} if cmp.fits[b].transform is None else cmp.fits[b].transform.mapping())]
+    x = md.values if ct is None else ct.forward(md.values)
+    names = [f"{scale[f]}({f})" if f in scale else f for f in md.feature_names]
     for ax, (i, j) in zip(axes.flat, pairs, strict=False):
-        x = md.values
         if i == j:  # one feature: histogram and component densities
             v = x[:, i][~np.isnan(x[:, i])]
             ax.hist(v, bins=30, density=True, color="0.8")
             grid = np.linspace(v.min(), v.max(), 200)
-            for n, b in enumerate(cmp.compared):
+            for n, b in enumerate(shown):
                 p = cmp.parameters.sel(backend=b, stat="point")
                 dens = sum(
                     float(w) * np.exp(-0.5 * (grid - m) ** 2 / s) / np.sqrt(2 * np.pi * s)
@@ -299,18 +306,18 @@ def _fig_ellipses(cmp: Comparison, max_features: int = 6) -> str:
                                        p["covariances"].values[:, 0, 0], strict=True)
                 )
                 ax.plot(grid, dens, color=colors[b], ls=styles[n % 4], label=_mark(cmp, b))
-            ax.set_xlabel(md.feature_names[i])
+            ax.set_xlabel(names[i])
             continue
         both = ~np.isnan(x[:, i]) & ~np.isnan(x[:, j])
         ax.scatter(x[both, i], x[both, j], s=6, color="0.6", label="observed pairs")
-        for n, b in enumerate(cmp.compared):
+        for n, b in enumerate(shown):
             p = cmp.parameters.sel(backend=b, stat="point")
             mu, cov = p["means"].values, p["covariances"].values
             for k in range(mu.shape[0]):
                 _ellipse(ax, mu[k, [i, j]], cov[k][np.ix_([i, j], [i, j])], colors[b],
                          styles[n % 4], _mark(cmp, b) if k == 0 else None)
-        ax.set_xlabel(md.feature_names[i])
-        ax.set_ylabel(md.feature_names[j])
+        ax.set_xlabel(names[i])
+        ax.set_ylabel(names[j])
         ax.autoscale_view()
     for ax in list(axes.flat)[len(pairs):]:
         ax.axis("off")

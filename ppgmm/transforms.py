@@ -18,7 +18,9 @@ the spec (``ppgmm.GMM(2, transform={"Ozone": "log"})``) the mixture is fitted to
   so a fit on the log scale and a fit on the raw scale of the same data are compared on one
   footing (BIC, ``score``, LOO).
 
-Parameters (weights, means, covariances) and the prior stay on the transformed scale.
+Parameters (weights, means, covariances) and the prior stay on the transformed scale. Every
+:math:`f` here is increasing, so quantiles map back too: the p-quantile of :math:`x` is
+:math:`f^{-1}` of the p-quantile of :math:`y`.
 
 ============  ===========  =====================  ==================  ======================
 name          support      :math:`f(x)`           :math:`f^{-1}(y)`   :math:`\log|f'(x)|`

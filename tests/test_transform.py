@@ -295,10 +295,18 @@ def test_spec_positions_and_repr():
 
 def test_report_notes_imputations_out_of_range(tmp_path, air_fits):
     raw, log, _ = air_fits
-    notes = ppgmm.compare([raw]).warnings
-    ozone = [w for w in notes if "imputed Ozone values fall outside" in w]
+    cmp = ppgmm.compare([raw])
+    ozone = [w for w in cmp.warnings if "imputed Ozone values" in w]
     assert len(ozone) == 1
-    assert "transform={'Ozone': 'log'}" in ozone[0] and "imputed from -" in ozone[0]
+    assert "transform={'Ozone': 'log'}" in ozone[0] and "(from -2.292 to" in ozone[0]
+    # the stored draws outside [1, 168], counted here directly
+    x = raw.idata.posterior_predictive["x_missing"]
+    oz = x.where(x["missing_feature"] == "Ozone", drop=True).values.ravel()
+    n_out = int(((oz < 1) | (oz > 168)).sum())
+    assert n_out > 0 and f"{n_out} of its {oz.size} predictive draws (from {oz.min():.4g}" in \
+        ozone[0]
+    row = cmp.out_of_range.set_index("feature").loc["Ozone"]
+    assert row["suggest"] == "log" and row["n_draws_outside"] == n_out
     assert not any("outside" in w for w in ppgmm.compare([log]).warnings)
     both = ppgmm.compare([raw, log])
     assert any("different transforms" in w for w in both.warnings)
@@ -357,3 +365,21 @@ def test_advi_draws_and_log_likelihood_on_the_original_scale():
         np.testing.assert_allclose(post["imputed_mean"].values[0, s],
                                    np.exp(m + v / 2), rtol=1e-10)
     assert f.attrs["transform"] == json.dumps({"x0": "log"})
+
+
+def test_compare_interval_of_a_transformed_point_fit():
+    """compare's 94% interval of an EM fit on the log scale: the log-normal quantiles of the
+    conditional distribution, computed here from the parameters with scipy."""
+    rng = np.random.default_rng(5)
+    z = rng.multivariate_normal([1.0, 0.0], [[0.5, 0.3], [0.3, 1.0]], size=80)
+    x = np.column_stack([np.exp(z[:, 0]), z[:, 1]])
+    x[[2, 9], 0] = np.nan
+    f = ppgmm.fit(GMM(1, transform={0: "log"}), x, seed=0)
+    imp = ppgmm.compare([f]).imputations.sel(backend="em")
+    _, mu, cov = f.params
+    m = mu[0, 0] + cov[0, 0, 1] / cov[0, 1, 1] * (x[[2, 9], 1] - mu[0, 1])
+    sd = np.sqrt(cov[0, 0, 0] - cov[0, 0, 1] ** 2 / cov[0, 1, 1])
+    for name, p in (("lower", 0.03), ("upper", 0.97)):
+        np.testing.assert_allclose(imp[name].values,
+                                   stats.lognorm.ppf(p, s=sd, scale=np.exp(m)), rtol=1e-8)
+    np.testing.assert_allclose(imp["mean"].values, np.exp(m + sd**2 / 2), rtol=1e-10)

@@ -185,12 +185,20 @@ def _original_scale(md: MissingData, draws: Draws, imputed: np.ndarray, x_missin
     assert ct is not None
     rows, cols = md.missing_index
     imputed = imputed.copy()
-    if np.isin(cols, [j for j, t in enumerate(ct.by_column) if t is not None]).any():
+    need = np.isin(cols, [j for j, t in enumerate(ct.by_column) if t is not None])
+    if need.any():
+        # only the rows with a missing entry in a transformed column: their missing entries,
+        # row-major, are those of ``in_sub`` in the same order
+        sub_rows = np.unique(rows[need])
+        sub = MissingData.from_arrays(md.values[sub_rows], md.feature_names,
+                                      md.obs_names[sub_rows])
+        in_sub = np.isin(rows, sub_rows)
         c, s = draws.shape
         for i in range(c):
             for j in range(s):
-                w, mu, var = missing_marginals(draws.params(i, j), md)
-                imputed[i, j] = ct.inverse_mean(imputed[i, j], cols, w, mu, var)
+                w, mu, var = missing_marginals(draws.params(i, j), sub)
+                imputed[i, j, in_sub] = ct.inverse_mean(imputed[i, j, in_sub], cols[in_sub],
+                                                        w, mu, var)
     jac = md.log_jacobian
     total = float(jac.sum())
     attrs = {**attrs, "transform": ct.to_json(), "log_jacobian": total}
@@ -334,7 +342,11 @@ class Fit:
 
     # ------------------------------------------------------------------ parameters
     def point(self) -> xr.Dataset:
-        """Point estimate: the EM estimate, or the (aligned) posterior mean."""
+        """Point estimate: the EM estimate, or the (aligned) posterior mean.
+
+        With ``spec.transform``, on the transformed scale of the transformed columns
+        (:attr:`transform`).
+        """
         if "estimate" in self.idata.groups():
             return self.idata["estimate"][list(PARAM_NAMES)]
         return self.idata.posterior[list(PARAM_NAMES)].mean(("chain", "draw"))

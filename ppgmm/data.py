@@ -538,6 +538,21 @@ def _check_scale(values: np.ndarray, feats: list[str], *, fitting: bool) -> None
                         f"in float64: {fix}")
 
 
+def _distinct_rows(values: np.ndarray, need: int) -> int:
+    """The number of distinct rows (NaN a value of its own), or some count >= ``need``.
+
+    Rows are counted in growing leading blocks, so data with enough distinct rows early on
+    (nearly all data) cost a few small ``unique`` calls, not a sort of every row.
+    """
+    rows = 4 * need
+    while True:
+        head = values[:rows]
+        distinct = len(np.unique(np.where(np.isnan(head), np.inf, head), axis=0))
+        if distinct >= need or rows >= len(values):
+            return distinct
+        rows *= 16
+
+
 def _check_support(values: np.ndarray, feats: list[str], n_components: int,
                    covariance: str | None) -> None:
     """Warnings for fits the data cannot support: sparse columns, too few distinct rows."""
@@ -554,10 +569,9 @@ def _check_support(values: np.ndarray, feats: list[str], n_components: int,
         )
     if n_components < 2 and covariance is None:
         return
-    # rows are compared with NaN as a value of its own
-    distinct = len(np.unique(np.where(np.isnan(values), np.inf, values), axis=0))
     per = {"full": d + 1, "tied": 1, "diag": 2, "spherical": 2}.get(covariance or "", 2)
     need = n_components * per + (d if covariance == "tied" else 0)
+    distinct = _distinct_rows(values, need)
     if n_components >= 2 and distinct < need:
         warnings.warn(
             f"the data have {distinct} distinct rows, fewer than the {need} that "

@@ -38,7 +38,7 @@ import json
 import os
 import platform
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ from .transforms import ColumnTransforms
 __all__ = ["Fit", "build_idata", "build_chunked_idata", "load", "params_dataset"]
 
 
+@cache
 def _versions() -> str:
     import importlib.metadata as md
 

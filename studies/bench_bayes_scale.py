@@ -30,9 +30,9 @@ ADVI method) starts with a short untimed fit (3000 iterations) whose time is rec
 compiles on every fit (``compile s``, included in the wall time).
 
 Raw results are appended to ``docs/data/bench_bayes_scale.parquet`` as they arrive (a rerun
-skips the runs cached there); the Markdown table for ``docs/bayesian.md`` is written to
-``docs/data/bench_bayes_scale.md`` from the cache only (``--table`` rewrites it without
-fitting).
+skips the runs cached there); the Markdown tables are written from the cache only, to
+``docs/data/bench_bayes_scale.md`` and into ``docs/bayesian.md`` between its two
+``<!-- bench_bayes_scale: ... -->`` lines (``--table`` rewrites them without fitting).
 
 Usage::
 
@@ -66,6 +66,9 @@ KS = (2, 3)
 METHODS = ("nuts", "advi", "fullrank_advi")
 SCALES = ("raw", "standardised")
 SEED = 20261202
+#: the page whose table this script writes, between these two lines
+DOC = OUT.parent / "bayesian.md"
+MARKS = (f"<!-- {NAME}: start -->", f"<!-- {NAME}: end -->")
 
 
 def load(name: str) -> pd.DataFrame:
@@ -239,7 +242,18 @@ def write_table(meta: dict) -> str:
             "means to the MAP-EM fit, in column standard deviations.")
     text = f"{head}\n\n{nuts_table(df)}\n\n{advi_table(df)}\n"
     _path("md").write_text(text)
+    splice(DOC, text)
     return text
+
+
+def splice(doc: Path, text: str) -> None:
+    """Put ``text`` between the page's two :data:`MARKS` (left alone when they are absent)."""
+    page = doc.read_text() if doc.exists() else ""
+    start, end = MARKS
+    if start not in page or end not in page:
+        return
+    head, rest = page.split(start, 1)
+    doc.write_text(f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}")
 
 
 # --------------------------------------------------------------------------- main

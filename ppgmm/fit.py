@@ -104,9 +104,11 @@ def build_idata(
 ) -> Any:
     """Assemble the InferenceData of the schema from parameter draws and (chain, draw, ...) arrays.
 
-    ``imputed_mean`` and ``x_missing`` are (chain, draw, N, D) arrays over all entries; only
-    the missing entries are stored. ``attrs`` are added to ``posterior.attrs`` after the
-    common ones (backend, spec, versions, input kind); values must be str, int or float.
+    ``imputed_mean`` and ``x_missing`` are (chain, draw, M) arrays over the M missing
+    entries, in ``md.missing_index`` order (what
+    :func:`~ppgmm.numerics.patterns.derived_quantities` returns). ``attrs`` are added to
+    ``posterior.attrs`` after the common ones (backend, spec, versions, input kind); values
+    must be str, int or float.
     """
     import arviz as az
 
@@ -114,8 +116,6 @@ def build_idata(
     feats = md.feature_names
     obs = md.obs_names
     k = spec.n_components
-    imputed_mean = imputed_mean[:, :, rows, cols]
-    x_missing = x_missing[:, :, rows, cols]
     if md.transform is not None:
         imputed_mean, x_missing, loglik, sample_stats, attrs = _original_scale(
             md, draws, imputed_mean, x_missing, loglik, sample_stats, attrs)

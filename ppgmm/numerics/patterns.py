@@ -296,20 +296,24 @@ def derived_quantities(md: MissingData, draws: Draws, rng: np.random.Generator,
                        n_predictive: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Imputed means, predictive draws and per-row log-likelihood for every parameter draw.
 
-    Returns arrays of shapes (C, S, N, D), (C, S * n_predictive, N, D) and (C, S, N), rows
-    in the original order: for each draw :math:`\\theta^{(s)}`,
-    :math:`E[x_{mis} \\mid x_{obs}, \\theta^{(s)}]`, ``n_predictive`` draws of
-    :math:`x_{mis} \\sim p(x_{mis} \\mid x_{obs}, \\theta^{(s)})` and the observed-data
-    log-likelihood of each row.
+    Returns arrays of shapes (C, S, M), (C, S * n_predictive, M) and (C, S, N): for each
+    draw :math:`\\theta^{(s)}`, :math:`E[x_{mis} \\mid x_{obs}, \\theta^{(s)}]` and
+    ``n_predictive`` draws of :math:`x_{mis} \\sim p(x_{mis} \\mid x_{obs}, \\theta^{(s)})` at
+    the M missing entries (``md.missing_index`` order), and the observed-data
+    log-likelihood of each row (original order). Only one draw's (N, D) work arrays exist
+    at a time, so memory grows with the missing entries, not with every entry.
     """
     layout = md.layout
+    rows, cols = md.missing_index
     c, s = draws.shape
     n, d = md.n, md.d
-    imputed = np.empty((c, s, n, d))
-    predictive_ = np.empty((c, s, n_predictive, n, d))
+    imputed = np.empty((c, s, len(rows)))
+    predictive_ = np.empty((c, s, n_predictive, len(rows)))
     loglik = np.empty((c, s, n))
+    mean, sims = np.empty((n, d)), np.empty((n_predictive, n, d))
     for i in range(c):
         for j in range(s):
-            predictive(draws.params(i, j), layout, rng, n_predictive, imputed[i, j],
-                       predictive_[i, j], loglik[i, j])
-    return imputed, predictive_.reshape(c, s * n_predictive, n, d), loglik
+            predictive(draws.params(i, j), layout, rng, n_predictive, mean, sims, loglik[i, j])
+            imputed[i, j] = mean[rows, cols]
+            predictive_[i, j] = sims[:, rows, cols]
+    return imputed, predictive_.reshape(c, s * n_predictive, len(rows)), loglik

@@ -158,7 +158,9 @@ class ColumnTransforms:
     def resolve(cls, transform: Any, feature_names: list[str]) -> ColumnTransforms | None:
         """Match a spec's ``transform`` to the columns; None when nothing is transformed.
 
-        A str key is a feature name, an int key a column position (counting from 0).
+        A str key is a feature name, an int key a column position (counting from 0). An
+        int key that is also the label of a column at another position (a DataFrame with
+        integer column labels in another order) is refused as ambiguous.
 
         Raises
         ------
@@ -175,6 +177,13 @@ class ColumnTransforms:
                 if key >= len(feats):
                     raise SpecError(f"transform names column position {key}, but the data "
                                     f"have {len(feats)} columns {feats}")
+                if str(key) in feats and feats.index(str(key)) != key:
+                    raise SpecError(
+                        f"transform key {key} is ambiguous: it is a column position (column "
+                        f"{feats[key]!r}), but a column is also labelled {key} (at position "
+                        f"{feats.index(str(key))}); give the column's label as text, "
+                        f"{{'{key}': ...}}, or rename the columns"
+                    )
                 j = key
             elif key in feats:
                 j = feats.index(key)

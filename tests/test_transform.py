@@ -3,6 +3,7 @@ transformed scale against EM on transformed data, back-transformed imputations a
 the Jacobian in every reported log-likelihood, errors, saving, the report and the CLI."""
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -383,3 +384,145 @@ def test_compare_interval_of_a_transformed_point_fit():
         np.testing.assert_allclose(imp[name].values,
                                    stats.lognorm.ppf(p, s=sd, scale=np.exp(m)), rtol=1e-8)
     np.testing.assert_allclose(imp["mean"].values, np.exp(m + sd**2 / 2), rtol=1e-10)
+
+
+# --------------------------------------------------------------------------- several columns
+
+
+@pytest.fixture(scope="module")
+def log_logit():
+    """Three columns (log, as is, logit), entries missing in each, rows missing both
+    transformed entries or all but one, and the EM fit of K=2 with both transforms."""
+    rng = np.random.default_rng(11)
+    z = np.concatenate([
+        rng.multivariate_normal([0, 0, 0], [[1, .6, .3], [.6, 1, .4], [.3, .4, 1]], 100),
+        rng.multivariate_normal([1.5, 2, -1], [[.5, .1, 0], [.1, .7, .2], [0, .2, .6]], 100)])
+    x = np.column_stack([np.exp(z[:, 0]), z[:, 1], expit(z[:, 2])])
+    mask = rng.random(x.shape) < 0.25
+    mask[mask.all(1), 1] = False
+    x[mask] = np.nan
+    x[0] = [np.nan, 0.3, np.nan]
+    x[1] = [2.0, np.nan, np.nan]
+    x[2] = [np.nan, np.nan, 0.4]
+    return x, ppgmm.fit(GMM(2, transform={0: "log", 2: "logit"}), x, seed=0)
+
+
+_FORWARD = (np.log, lambda v: v, lambda v: np.log(v / (1 - v)))
+_LOG_DERIV = (lambda v: -np.log(v), lambda v: 0.0, lambda v: -np.log(v) - np.log(1 - v))
+
+
+def _original_scale_density(row, params):
+    """The mixture density of a row's observed entries on the original scale: the normal
+    mixture of f(x_o) (scipy) times |f'(x_j)| of each observed entry, missing ones not."""
+    w, mu, cov = params
+    o = ~np.isnan(row)
+    y = np.array([_FORWARD[j](row[j]) if o[j] else 0.0 for j in range(3)])
+    dens = sum(w[k] * stats.multivariate_normal(mu[k][o], cov[k][np.ix_(o, o)]).pdf(y[o])
+               for k in range(len(w)))
+    return dens * np.exp(sum(_LOG_DERIV[j](row[j]) for j in range(3) if o[j]))
+
+
+def test_log_likelihood_has_the_jacobian_of_observed_entries_only(log_logit):
+    x, f = log_logit
+    expect = np.log([_original_scale_density(r, f.params) for r in x])
+    np.testing.assert_allclose(f.score_samples(), expect, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(f.idata.log_likelihood["x"].values[0, 0], expect, atol=1e-10)
+    p = f.spec.n_parameters(3)
+    assert f.loglik == pytest.approx(expect.sum(), abs=1e-9)
+    assert f.bic() == pytest.approx(-2 * expect.sum() + p * np.log(len(x)), abs=1e-8)
+    assert f.aic() == pytest.approx(-2 * expect.sum() + 2 * p, abs=1e-8)
+
+
+def test_point_imputations_are_conditional_means_by_quadrature(log_logit):
+    """E[x_j | x_obs] of rows missing one or two transformed entries: the ratio of
+    integrals of x_j p(x_j, x_obs) and p(x_j, x_obs) over the support (scipy.quad), each
+    other missing entry marginalised out."""
+    x, f = log_logit
+    imp = f.impute()
+    support = ((0, np.inf), (-np.inf, np.inf), (0, 1))
+    for i in (0, 1, 2):
+        for j in np.flatnonzero(np.isnan(x[i])):
+            def joint(v, i=i, j=j):
+                row = x[i].copy()
+                row[j] = v
+                return _original_scale_density(row, f.params)
+
+            opts = dict(epsabs=0, epsrel=1e-12, limit=500)
+            num = integrate.quad(lambda v, joint=joint: v * joint(v), *support[j], **opts)[0]
+            den = integrate.quad(joint, *support[j], **opts)[0]
+            assert imp[i, j] == pytest.approx(num / den, rel=1e-9)
+    rows, cols = np.nonzero(np.isnan(x))
+    np.testing.assert_allclose(f.idata.posterior["imputed_mean"].values[0, 0],
+                               imp[rows, cols], rtol=1e-12)
+
+
+def test_transform_on_a_fully_observed_column():
+    """No missing value in the transformed column: EM on the hand-logged column, the
+    untransformed column's imputations and draws, the column returned as given."""
+    rng = np.random.default_rng(3)
+    z = rng.multivariate_normal([0, 1], [[1, .5], [.5, 1]], 100)
+    x = np.column_stack([np.exp(z[:, 0]), z[:, 1]])
+    x[rng.random(100) < .3, 1] = np.nan
+    f = ppgmm.fit(GMM(1, transform={0: "log"}), x, seed=0)
+    by_hand = ppgmm.fit(GMM(1), np.column_stack([z[:, 0], x[:, 1]]), seed=0)
+    np.testing.assert_allclose(f.impute()[:, 1], by_hand.impute()[:, 1], rtol=1e-10)
+    np.testing.assert_array_equal(f.impute()[:, 0], x[:, 0])
+    for d in f.impute(draws=3):
+        np.testing.assert_array_equal(d[:, 0], x[:, 0])
+    np.testing.assert_allclose(f.idata.posterior["imputed_mean"].values,
+                               by_hand.idata.posterior["imputed_mean"].values, rtol=1e-10)
+
+
+def test_integer_column_labels_and_positions():
+    """An int key is a position; one that is also another column's label is refused."""
+    rng = np.random.default_rng(0)
+    x = np.exp(rng.normal(size=(30, 3)))
+    assert ppgmm.fit(GMM(1, transform={2: "log"}), x).transform.mapping() == {"x2": "log"}
+    ranged = pd.DataFrame(x)  # labels 0, 1, 2 at positions 0, 1, 2: no ambiguity
+    assert ppgmm.fit(GMM(1, transform={0: "log"}), ranged).transform.mapping() == {"0": "log"}
+    shuffled = pd.DataFrame(x, columns=[2, 0, 1])
+    with pytest.raises(SpecError, match=r"transform key 0 is ambiguous: it is a column "
+                       r"position \(column '2'\), but a column is also labelled 0"):
+        ppgmm.fit(GMM(1, transform={0: "log"}), shuffled)
+    assert ppgmm.fit(GMM(1, transform={"0": "log"}), shuffled).transform.mapping() == {
+        "0": "log"}
+
+
+def test_simulate_maps_a_transformed_spec_back():
+    """simulate() of a spec with transforms: the same draws as without, mapped back
+    (np.exp, expit), the same missing entries, and data the spec can fit."""
+    spec = GMM(2, transform={0: "log", "x1": "logit"})
+    a, truth = ppgmm.simulate(spec, n=200, n_features=3, seed=0, mechanism="MNAR")
+    b, plain = ppgmm.simulate(GMM(2), n=200, n_features=3, seed=0, mechanism="MNAR")
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(truth.values, np.column_stack(
+        [np.exp(plain.values[:, 0]), expit(plain.values[:, 1]), plain.values[:, 2]]),
+        rtol=1e-14)
+    np.testing.assert_array_equal(np.where(truth.mask, np.nan, truth.values), a)
+    for p, q in zip(truth.params, plain.params, strict=True):
+        np.testing.assert_array_equal(p, q)
+    assert ppgmm.fit(spec, a, seed=0).transform.mapping() == {"x0": "log", "x1": "logit"}
+
+
+def test_nuts_log_likelihood_includes_the_jacobian():
+    """NUTS (2 chains of 100 + 100 draws on 30 rows): each stored draw's per-row
+    log-likelihood, which LOO reads, is the original scale's (scipy plus the Jacobian of
+    the observed entries)."""
+    rng = np.random.default_rng(4)
+    z = rng.multivariate_normal([1.0, 0.0], [[0.5, 0.2], [0.2, 1.0]], size=30)
+    x = np.column_stack([np.exp(z[:, 0]), z[:, 1]])
+    x[rng.random(30) < 0.3, 0] = np.nan
+    with warnings.catch_warnings():  # so short a run may not pass the R-hat check
+        warnings.simplefilter("ignore", ppgmm.ConvergenceWarning)
+        f = ppgmm.fit(GMM(1, transform={0: "log"}), x, backend="nuts", seed=0, chains=2,
+                      draws=100, tune=100, progressbar=False)
+    post = f.idata.posterior
+    obs = ~np.isnan(x[:, 0])
+    y = np.column_stack([np.log(np.where(obs, x[:, 0], 1.0)), x[:, 1]])
+    for c, s in ((0, 0), (1, 99)):
+        mu, cov = post["means"].values[c, s, 0], post["covariances"].values[c, s, 0]
+        expect = np.where(obs, stats.multivariate_normal.logpdf(y, mu, cov) - y[:, 0],
+                          stats.norm.logpdf(y[:, 1], mu[1], np.sqrt(cov[1, 1])))
+        np.testing.assert_allclose(f.idata.log_likelihood["x"].values[c, s], expect,
+                                   atol=1e-9)
+    assert (f.idata.posterior_predictive["x_missing"].values > 0).all()

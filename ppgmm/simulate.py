@@ -15,6 +15,13 @@ probabilities are calibrated for that, so that the expected fraction of missing 
 after it is :math:`\rho` (for MAR, where the first feature is always observed, the
 intercept is solved for :math:`\rho` directly). At most :math:`(D - 1)/D` of the entries
 can be missing with no row left empty.
+
+A spec with ``transform=`` (:mod:`ppgmm.transforms`) draws the mixture on the transformed
+scale, as a fit of that spec models it, and returns the data (and ``Truth.values``) mapped
+back, :math:`x = f^{-1}(y)` column by column, so that they lie inside each column's support;
+``Truth.params`` stay on the transformed scale, like a fit's parameters. Which entries are
+missing is decided on the transformed scale, so a spec with and without the transform gives
+the same mask for the same seed.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from .checks import check_seed
 from .exceptions import SpecError
 from .numerics.em import constrain_covariance
 from .spec import GMM, Params, as_params
+from .transforms import ColumnTransforms
 
 __all__ = ["simulate", "Truth", "random_params"]
 
@@ -119,8 +127,9 @@ def simulate(
     Parameters
     ----------
     spec_or_params : GMM, Params, xarray.Dataset or mapping
-        A spec (parameters drawn by :func:`random_params`) or explicit parameters with
-        weights (K,), means (K, D) and covariances (K, D, D), such as ``fit.point()``.
+        A spec (parameters drawn by :func:`random_params`; a ``transform`` maps the data
+        back, see above) or explicit parameters with weights (K,), means (K, D) and
+        covariances (K, D, D), such as ``fit.point()``.
     n : int, default 500
     n_features : int, default 2
         Dimension D when a spec is given.
@@ -186,5 +195,8 @@ def simulate(
         mask = rng.random((n, d)) < p
     empty = np.flatnonzero(mask.all(axis=1))
     mask[empty, rng.integers(0, d, len(empty))] = False
+    if isinstance(spec_or_params, GMM) and spec_or_params.transform:
+        ct = ColumnTransforms.resolve(spec_or_params.transform, [f"x{j}" for j in range(d)])
+        x = x if ct is None else ct.inverse(x)
     data = np.where(mask, np.nan, x)
     return data, Truth(params, x, mask, labels, mechanism)

@@ -213,3 +213,23 @@ def test_em_objective_never_decreases_in_degenerate_layouts(covariance, prior, s
         trace = fit.idata.sample_stats["objective"].values
         assert len(trace) > 3 and np.isfinite(trace).all()
         assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e5])
+def test_expected_stats_at_parameters_far_from_the_rows(offset):
+    """Means ``offset`` standard deviations away from the rows (a poor start, an
+    extrapolated point): the scatter is still the rows' own, centred (scipy row loop;
+    NumPy's centred covariance for K=1), to 1e-10. Forming it as U^T U - n vbar vbar^T
+    lost it to cancellation (1e-5 at 1e5 standard deviations)."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(300, 3))
+    one = ppgmm.Params(np.ones(1), np.full((1, 3), offset), np.eye(3)[None])
+    got = expected_stats(one, ppgmm.prepare(x).layout)
+    assert_allclose(got.scatter[0], 300 * np.cov(x.T, bias=True), rtol=1e-10, atol=1e-10)
+    # as far from every row, so each takes the rows on its side
+    two = ppgmm.Params(np.array([0.3, 0.7]), np.array([[offset, 0, 0], [0, offset, 0]]),
+                       np.stack([np.eye(3), np.eye(3)]))
+    got = expected_stats(two, ppgmm.prepare(x).layout)
+    nk, ybar, w, _ = _direct_stats(x, two)
+    sd = np.sqrt(np.diagonal(w, axis1=1, axis2=2))
+    assert np.abs((got.scatter - w) / (sd[:, :, None] * sd[:, None, :])).max() <= 1e-10

@@ -27,6 +27,9 @@ __all__ = ["constrain_covariance", "SuffStats", "expected_stats", "m_step", "EMR
            "fit_single_gaussian", "mean_imputed", "params_from_resp", "kmeans_labels"]
 
 EPS = 10 * np.finfo(float).eps
+#: n_k |vbar_k|^2 over the centred Gram matrix's smallest diagonal entry beyond which
+#: SuffStats.of centres before the product (the one-pass form then loses above ~1e-13)
+CANCELLATION = 1e3
 
 
 def constrain_covariance(cov: np.ndarray, covariance: str,
@@ -72,7 +75,10 @@ class SuffStats(NamedTuple):
         \Sigma_k + \sum_p R_{pk} C_{pk}`, one Gram matrix per component, formed as
         :math:`U_k^T U_k - n_k \bar v_k \bar v_k^T` from :math:`U_k = \sqrt{r_{\cdot k}}
         \odot v_{\cdot k}` (one product per component; :math:`\bar v_k \to 0` as EM
-        converges, so the subtraction loses nothing).
+        converges, so the subtraction loses nothing). A component whose :math:`n_k |\bar
+        v_k|^2` exceeds :data:`CANCELLATION` times the smallest diagonal entry of its centred
+        Gram matrix (parameters far from the component's rows) is formed from
+        :math:`\sqrt{r_{\cdot k}} \odot (v_{\cdot k} - \bar v_k)` instead.
         """
         mu_old, sigma = params.means, params.covariances
         k, d = mu_old.shape
@@ -87,6 +93,13 @@ class SuffStats(NamedTuple):
             vsum[j] = root[:, j] @ u[:, j, :]
         vbar = vsum / (nk + EPS)[:, None]
         gram -= nk[:, None, None] * vbar[:, :, None] * vbar[:, None, :]
+        # the subtraction loses about eps * n_k |vbar|^2 / spread of the centred scatter:
+        # nothing near convergence, but parameters far from their rows (a poor start, an
+        # extrapolated point) would lose the scatter, so such components are centred first
+        spread = np.diagonal(gram, axis1=1, axis2=2).min(axis=1)
+        for j in np.flatnonzero(nk * (vbar**2).sum(1) > CANCELLATION * np.maximum(spread, 0)):
+            c = (e.v[:, j, :] - vbar[j]) * root[:, j, None]
+            gram[j] = c.T @ c
         ybar = mu_old + np.einsum("kde,ke->kd", sigma, vbar)
         # sum_p R_pk C_pk = n_k Sigma_k - Sigma_k (sum_p R_pk P_pk) Sigma_k, with P_pk the
         # embedded Sigma_k,oo^-1 (C_pk = Sigma_k - Sigma_k P_pk Sigma_k): no C_pk is formed

@@ -3,8 +3,10 @@ r"""Data that stay where they live: a dask collection, read chunk by chunk.
 A dask array, a dask-backed ``xarray.DataArray`` or a dask DataFrame is never gathered
 into one array. Its rows are cut into chunks (all columns in each); each chunk is
 validated and sorted by missingness pattern once (:class:`~ppgmm.data.PatternLayout`),
-kept on the workers when it fits in their memory (persisted) or rebuilt from storage at
-every pass when it does not. An E-step maps :func:`~ppgmm.numerics.em.expected_stats`
+kept on the workers when it fits in their memory (persisted). When it does not, only its
+:class:`ChunkPlan` (each row's pattern as a small integer) stays on the workers, and every
+pass reads the chunk from storage again and sorts it by a stable sort of those integers,
+without validating again or comparing rows. An E-step maps :func:`~ppgmm.numerics.em.expected_stats`
 over the chunks and tree-reduces the per-chunk :class:`~ppgmm.numerics.em.SuffStats`
 with their exact pairwise :meth:`~ppgmm.numerics.em.SuffStats.combine`, so
 :func:`~ppgmm.numerics.em.run_em` iterates on a cluster exactly as in memory. Per-row
@@ -110,6 +112,21 @@ class ChunkPart(NamedTuple):
     summary: ChunkSummary
 
 
+class ChunkPlan(NamedTuple):
+    """How one validated chunk's rows group by missingness pattern: what a streamed pass
+    keeps between reads (about 1-2 bytes a row, a few % of the chunk's values).
+
+    ``code[i]`` is the pattern of row ``i`` of the chunk as read, ``len(patterns)`` for a
+    row dropped (no observed entry); a stable sort of ``code`` gives the pattern order,
+    so no whole row is compared or sorted again. ``code`` is None when no row is usable.
+    """
+
+    code: np.ndarray | None  # (n_in,) smallest unsigned integer type that holds P + 1
+    patterns: np.ndarray  # (P, d) observed-masks
+    starts: np.ndarray  # (P + 1,) segment boundaries in the sorted usable rows
+    summary: ChunkSummary
+
+
 def _float(block: np.ndarray) -> np.ndarray | None:
     try:
         return np.asarray(block, dtype=float)
@@ -134,23 +151,48 @@ def _summarise(x: np.ndarray, n_in: int, empty: np.ndarray) -> ChunkSummary:
     return ChunkSummary(n_in, True, n_inf, first, empty, count, mean, m2, low, high)
 
 
-def chunk_part(block: np.ndarray, drop_empty: bool = True) -> ChunkPart:
-    """Validate one chunk and sort its usable rows by missingness pattern."""
+def chunk_plan(block: np.ndarray, drop_empty: bool = True) -> ChunkPlan:
+    """Validate one chunk (the first pass) and find each row's missingness pattern."""
     x = _float(block)
+    d = block.shape[1]
     if x is None:
-        z = np.zeros(block.shape[1])
-        return ChunkPart(None, ChunkSummary(len(block), False, 0, (-1, -1), np.zeros(0, int),
-                                            z, z, z, z, z))
+        z = np.zeros(d)
+        summary = ChunkSummary(len(block), False, 0, (-1, -1), np.zeros(0, int), z, z, z, z, z)
+        return ChunkPlan(None, np.zeros((0, d), bool), np.zeros(1, int), summary)
     empty = np.flatnonzero(np.isnan(x).all(axis=1)) if drop_empty else np.zeros(0, int)
     summary = _summarise(x, len(x), empty)
-    keep = np.delete(x, empty, axis=0)
-    if summary.n_inf or not len(keep):
-        return ChunkPart(None, summary)
-    md = MissingData.from_arrays(keep, [f"x{j}" for j in range(x.shape[1])], np.arange(len(keep)))
-    return ChunkPart(md.layout, summary)
+    kept = np.ones(len(x), bool)
+    kept[empty] = False
+    if summary.n_inf or not kept.any():
+        return ChunkPlan(None, np.zeros((0, d), bool), np.zeros(1, int), summary)
+    md = MissingData.from_arrays(x[kept], [f"x{j}" for j in range(d)], np.flatnonzero(kept))
+    code = np.full(len(x), md.n_patterns, dtype=np.min_scalar_type(md.n_patterns))
+    code[kept] = md.pattern_index
+    return ChunkPlan(code, md.patterns, md.starts, summary)
 
 
-def _summary(part: ChunkPart) -> ChunkSummary:
+def plan_part(block: np.ndarray, plan: ChunkPlan) -> ChunkPart:
+    """The chunk's usable rows sorted by pattern, from its :class:`ChunkPlan`: a stable
+    sort of small integer codes and one gather, no validation (the first pass made it).
+
+    The layout's ``order`` holds each sorted row's position in the chunk as read.
+    """
+    if plan.code is None:
+        return ChunkPart(None, plan.summary)
+    counts = np.diff(plan.starts)
+    order = np.argsort(plan.code, kind="stable")[:plan.starts[-1]]
+    xs = np.take(np.asarray(block, dtype=float), order, axis=0)
+    np.copyto(xs, 0.0, where=np.isnan(xs))
+    pat = np.repeat(np.arange(len(counts)), counts)
+    return ChunkPart(PatternLayout(xs, pat, plan.patterns, plan.starts, order), plan.summary)
+
+
+def chunk_part(block: np.ndarray, drop_empty: bool = True) -> ChunkPart:
+    """Validate one chunk and sort its usable rows by missingness pattern."""
+    return plan_part(block, chunk_plan(block, drop_empty))
+
+
+def _summary(part: ChunkPart | ChunkPlan) -> ChunkSummary:
     return part.summary
 
 
@@ -209,8 +251,9 @@ class ChunkedData:
         The input's rows (all columns per chunk), before rows with no observed entry
         were dropped.
     parts : list of dask.delayed.Delayed
-        One :class:`ChunkPart` per chunk: persisted on the workers, or rebuilt from
-        storage at each pass.
+        One :class:`ChunkPart` per chunk: persisted on the workers, or rebuilt at each
+        pass from the chunk read again from storage and its :class:`ChunkPlan` (persisted
+        on the workers: the first pass's validation and pattern grouping are not redone).
     """
 
     x: Any
@@ -369,8 +412,9 @@ def prepare_chunked(data: Any, *, n_components: int | None = None, persist: Any 
     n_components : int, optional
     persist : {"auto", True, False}, default "auto"
         Keep the pattern-sorted chunks in the workers' memory between passes (True), or
-        rebuild them from storage at every pass (False). "auto" persists when they take
-        at most half the cluster's memory.
+        read them from storage again at every pass, keeping only each chunk's
+        :class:`ChunkPlan` (1-4 bytes a row) on the workers (False). "auto" persists when
+        they take at most half the cluster's memory.
     drop_empty : bool, default True
     """
     import dask
@@ -387,10 +431,19 @@ def prepare_chunked(data: Any, *, n_components: int | None = None, persist: Any 
     n_in, d = arr.shape
     if persist == "auto":
         persist = persist_fits(n_in * (8.0 * d + 16.0))
-    parts = [delayed(chunk_part, pure=True)(b, drop_empty) for b in arr.to_delayed().ravel()]
+    blocks = arr.to_delayed().ravel()
     if persist:
-        parts = list(dask.persist(*parts))
-    summaries = list(dask.compute(*[delayed(_summary, pure=True)(p) for p in parts]))
+        # the pattern-sorted chunks stay on the workers
+        parts = list(dask.persist(*[delayed(chunk_part, pure=True)(b, drop_empty)
+                                    for b in blocks]))
+        kept_on_workers = parts
+    else:
+        # only each chunk's plan stays; every pass reads the chunk again and applies it
+        kept_on_workers = list(dask.persist(*[delayed(chunk_plan, pure=True)(b, drop_empty)
+                                              for b in blocks]))
+        parts = [delayed(plan_part, pure=True)(b, plan)
+                 for b, plan in zip(blocks, kept_on_workers, strict=True)]
+    summaries = list(dask.compute(*[delayed(_summary, pure=True)(p) for p in kept_on_workers]))
     offsets = np.concatenate([[0], np.cumsum(arr.chunks[0])])
     _raise_invalid(arr, summaries, offsets, feats, obs)
     dropped_local = [s.empty for s in summaries]

@@ -149,6 +149,63 @@ def test_streams_from_storage(client, data, tmp_path):
     _same(_fit(spec, data, init=p0), dsk)
 
 
+def _stored(client) -> dict[str, int]:
+    """Bytes held in the workers' memory per task name (dask's own size estimate), once
+    the scheduler's asynchronous releases have settled (up to 10 s)."""
+    def held(dask_worker):
+        from dask.sizeof import sizeof
+
+        return [(str(k).rsplit("-", 1)[0], sizeof(v)) for k, v in dask_worker.data.items()]
+
+    deadline = time.monotonic() + 10.0
+    while True:
+        out: dict[str, int] = {}
+        for pairs in client.run(held).values():
+            for name, size in pairs:
+                out[name] = out.get(name, 0) + size
+        if set(out) <= {"chunk_plan"} or time.monotonic() > deadline:
+            return out
+        time.sleep(0.05)
+
+
+def test_streamed_passes_read_each_chunk_once(client, tmp_path):
+    """persist=False: validation reads each chunk once and every E-step reads each chunk
+    once more, holding on the workers only each chunk's plan (under 5% of the values'
+    bytes; the values are 32 bytes a row here, the plan 1); persist=True reads each chunk
+    once in all. Both give the same statistics."""
+    x = mcar(mixture(seed=3, n=20_000, d=4, k=3)[0], 0.25, seed=1)
+    x[[5, 6_000, 19_999]] = np.nan
+    store = str(tmp_path / "x.zarr")
+    da.from_array(x, chunks=(5_000, 4)).to_zarr(store)
+    p0 = _start(x, "full")
+    starts = [p0, p0._replace(means=p0.means + 0.5)]  # two passes, two different E-steps
+    stats = {}
+    for persist in (False, True):
+        log = tmp_path / f"reads-{persist}.txt"
+
+        def logged(block, block_info=None, path=str(log)):
+            with open(path, "a") as f:
+                f.write(f"{block_info[0]['chunk-location'][0]}\n")
+            return block
+
+        def reads(path=log) -> list[int]:
+            return np.bincount(np.loadtxt(path, dtype=int, ndmin=1), minlength=4).tolist()
+
+        with pytest.warns(UserWarning, match="dropped 3 of 20000 rows"):
+            cd = prepare_chunked(da.from_zarr(store).map_blocks(logged, dtype=float),
+                                 n_components=3, persist=persist)
+        assert reads() == [1] * 4
+        stats[persist] = [cd.expected_stats(p) for p in starts]
+        assert reads() == ([3] * 4 if not persist else [1] * 4)
+        if not persist:
+            held = _stored(client)
+            assert set(held) == {"chunk_plan"} and held["chunk_plan"] < 0.05 * x.nbytes
+        del cd
+    for a, b in zip(stats[False], stats[True], strict=True):
+        for u, v in zip(a, b, strict=True):
+            assert_allclose(u, v, rtol=1e-12, atol=0)
+
+
 def test_other_dask_inputs(client, data):
     """A dask-backed DataArray and a dask DataFrame: names kept, same fit, same-type output."""
     spec = ppgmm.GMM(3, covariance="tied")

@@ -270,6 +270,18 @@ def test_per_row_outputs_lazy_and_equal(client, data, tmp_path):
     assert_allclose(read["x"].values, mem.idata.observed_data["x"].values)
 
 
+def test_compare_says_what_to_do_with_dask_fits(client, data):
+    """compare() needs data in memory: a dask fit gets an error that names it and says
+    what to do, alone or beside an in-memory fit."""
+    spec = ppgmm.GMM(3, covariance="diag")
+    p0 = _start(data, "diag")
+    mem = _fit(spec, data, init=p0)
+    dsk = _fit(spec, da.from_array(data, chunks=200), init=p0)
+    for fits in ([dsk], {"in memory": mem, "dask": dsk}):
+        with pytest.raises(ppgmm.DataError, match=r"fitted on dask data.*in-memory sample"):
+            ppgmm.compare(fits)
+
+
 def _message(call) -> str:
     with pytest.raises(ppgmm.DataError) as info:
         call()

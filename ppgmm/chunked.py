@@ -6,12 +6,12 @@ validated and sorted by missingness pattern once (:class:`~ppgmm.data.PatternLay
 kept on the workers when it fits in their memory (persisted). When it does not, only its
 :class:`ChunkPlan` (each row's pattern as a small integer) stays on the workers, and every
 pass reads the chunk from storage again and sorts it by a stable sort of those integers,
-without validating again or comparing rows. An E-step maps :func:`~ppgmm.numerics.em.expected_stats`
-over the chunks and tree-reduces the per-chunk :class:`~ppgmm.numerics.em.SuffStats`
-with their exact pairwise :meth:`~ppgmm.numerics.em.SuffStats.combine`, so
-:func:`~ppgmm.numerics.em.run_em` iterates on a cluster exactly as in memory. Per-row
-quantities (log-likelihoods, responsibilities, imputations) are lazy dask arrays,
-computed chunk by chunk.
+without validating again or comparing rows. An E-step maps
+:func:`~ppgmm.numerics.em.expected_stats` over the chunks and tree-reduces the per-chunk
+:class:`~ppgmm.numerics.em.SuffStats` with their exact pairwise
+:meth:`~ppgmm.numerics.em.SuffStats.combine`, so :func:`~ppgmm.numerics.em.run_em`
+iterates on a cluster exactly as in memory. Per-row quantities (log-likelihoods,
+responsibilities, imputations) are lazy dask arrays, computed chunk by chunk.
 
 Dask is optional: it is imported only when a dask collection is given
 (:func:`is_dask` tests for one by duck typing).

@@ -228,6 +228,19 @@ def _labels(fits: Any) -> dict[str, Fit]:
     return out
 
 
+def _refuse_chunked(fits: dict[str, Fit]) -> None:
+    """A clear error for fits of dask data: their per-row results are lazy and not kept."""
+    chunked = [label for label, f in fits.items() if f.chunked]
+    if chunked:
+        raise DataError(
+            f"compare() reads each fit's data, imputations and draws in memory, but "
+            f"{chunked} {'was' if len(chunked) == 1 else 'were'} fitted on dask data (lazy "
+            "per-row results); compare fits of an in-memory sample instead (e.g. xs = "
+            "x[:100_000].compute(), then ppgmm.fit(spec, xs, backend=...) for each backend), "
+            "and read a dask fit's estimate with fit.point() and its criteria with fit.bic()"
+        )
+
+
 def _check_same_data(fits: dict[str, Fit]) -> None:
     """Fits compared side by side must come from one data set (values, NaN, row labels)."""
     (first, f0), *rest = fits.items()
@@ -782,15 +795,7 @@ def compare(
         if not (isinstance(p, float | int) and 0 < p < 1):
             raise PpgmmError(f"{name} should be a probability in (0, 1), but got {p!r}")
     fits = _labels(fits)
-    chunked = [label for label, f in fits.items() if f.chunked]
-    if chunked:
-        raise DataError(
-            f"compare() reads each fit's data, imputations and draws in memory, but "
-            f"{chunked} {'was' if len(chunked) == 1 else 'were'} fitted on dask data (lazy "
-            "per-row results); compare fits of an in-memory sample instead (e.g. xs = "
-            "x[:100_000].compute(), then ppgmm.fit(spec, xs, backend=...) for each backend), "
-            "and read a dask fit's estimate with fit.point() and its criteria with fit.bic()"
-        )
+    _refuse_chunked(fits)
     _check_same_data(fits)
     if reference is None:
         ems = [b for b, f in fits.items() if kind(f.backend) == "optimum"]

@@ -18,7 +18,8 @@ posterior standard deviations, over every weight, mean and covariance entry (med
 largest). Mean-field ADVI underestimates posterior standard deviations, so these
 distances are, if anything, inflated.
 
-    nice -n 10 python studies/bench_minibatch.py --n 50000 --batch 1000
+    nice -n 10 python studies/bench_minibatch.py --n 5000 --batch 500
+    nice -n 10 python studies/bench_minibatch.py --n 100000 --batch 1000 --skip-full --draws 50
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--method", default="advi", choices=["advi", "fullrank_advi"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-full", action="store_true", help="no full-batch ADVI (large N)")
+    ap.add_argument("--draws", type=int, default=1000,
+                    help="draws kept per ADVI fit (each holds draws x N x D imputations)")
     args = ap.parse_args()
 
     import ppgmm
@@ -82,12 +85,14 @@ def main() -> None:
     x = make_data(args.n, args.d, args.k, args.seed)
     spec = ppgmm.GMM(args.k, covariance="full", prior="default")
     print(f"N={args.n:,} x D={args.d}, K={args.k} full, {np.isnan(x).mean():.0%} missing "
-          f"(block patterns), {args.method}, batch {args.batch:,}; load average "
+          f"(block patterns), {args.method}, batch {args.batch:,}, {args.draws} draws; load "
+          "average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
     em, t_em = _timed("MAP-EM", lambda: ppgmm.fit(spec, x, backend="em", seed=args.seed))
     fits = {"MAP-EM": (em, t_em)}
     # init="em" (the default) starts ADVI from this same EM fit (same seed and prior)
-    opts = {"backend": "advi", "seed": args.seed, "method": args.method, "reference": em}
+    opts = {"backend": "advi", "seed": args.seed, "method": args.method, "reference": em,
+            "draws": args.draws}
     if not args.skip_full:
         fits["ADVI, full batch"] = _timed("ADVI, full batch",
                                           lambda: ppgmm.fit(spec, x, **opts))

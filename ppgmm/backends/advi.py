@@ -220,6 +220,24 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
         lp, ll = dens_batch(*unravel(theta), *sub)
         return lp + (n_rows / batch - 1.0) * ll
 
+    def logp_blocked(theta, data, _key):
+        # the full-data density with the likelihood summed over blocks of `batch` rows by
+        # the minibatch density: the memory of one minibatch at any n_rows. Padding rows
+        # observe nothing, so each adds log sum_k w_k = 0
+        n_blocks = -(-n_rows // batch)
+        pad = [(0, n_blocks * batch - n_rows)]
+        blocked = [jnp.pad(d, pad + [(0, 0)] * (d.ndim - 1)).reshape(n_blocks, batch,
+                                                                     *d.shape[1:])
+                   if i in rows else d for i, d in enumerate(data)]
+
+        def body(total, j):
+            lp, ll = dens_batch(*unravel(theta), *[b[j] if i in rows else b
+                                                   for i, b in enumerate(blocked)])
+            return total + ll, lp - ll
+
+        total, prior = jax.lax.scan(body, 0.0, jnp.arange(n_blocks))
+        return prior[0] + total
+
     family = Gaussian(int(cuts[-1]), method == "fullrank_advi")
     optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
     step = advi_kernel(logp_full if batch is None else logp_batch, family, optimizer, n_mc)
@@ -238,7 +256,10 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
     def elbo(params, key, data):
         m, rho, off = params
         theta = m + jax.random.normal(key, (n_eval, family.dim)) @ family.scale(rho, off).T
-        return jax.vmap(lambda th: logp_full(th, data, key))(theta) + family.entropy(rho)
+        if batch is None:
+            return jax.vmap(lambda th: logp_full(th, data, key))(theta) + family.entropy(rho)
+        # minibatches are for many rows: one draw at a time, rows in blocks
+        return jax.lax.map(lambda th: logp_blocked(th, data, key), theta) + family.entropy(rho)
 
     @jax.jit
     def draw(theta, data):

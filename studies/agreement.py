@@ -41,6 +41,9 @@ def tasks(quick: bool = False, reps: int | None = None,
             for r, n in itertools.product(range(reps or 20), SIZES)]
 
 
+DESIGN = common.Design(tasks, FULL_SIZE, (), {"N": lambda t: t["N"]})
+
+
 def _sd(fit: ppgmm.Fit) -> ppgmm.Params:
     post = fit.idata.posterior
     return ppgmm.Params(*(post[v].std(("chain", "draw")).values for v in TYPES))
@@ -127,8 +130,7 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     lines = ["# Agreement of MAP-EM and NUTS as N grows", "",
              "*Written by `studies/agreement.py` from `data/agreement.parquet`; do not edit by "
              "hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, FULL_SIZE, "ppgmm study agreement [--reps R]",
-                       n_tasks=df["task"].nunique() if len(df) else 0)]
+             common.run_section(meta, df, DESIGN, "ppgmm study agreement [--reps R]")]
     if df.empty:
         return "\n".join(lines)
     lines += ["## Results", "",

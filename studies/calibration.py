@@ -59,6 +59,9 @@ def tasks(quick: bool = False, reps: int | None = None,
     return out
 
 
+DESIGN = common.Design(tasks, FULL_SIZE, ("kind", "method"))
+
+
 def prior_draw(rng: np.random.Generator) -> ppgmm.Params:
     """Parameters from the study's prior (scipy.stats, independent of ppgmm)."""
     w = rng.dirichlet(np.ones(K))
@@ -286,8 +289,7 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     lines = ["# Calibration: SBC and interval coverage", "",
              "*Written by `studies/calibration.py` from `data/calibration.parquet`; do not "
              "edit by hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, FULL_SIZE, "ppgmm study calibration [--reps R]",
-                       n_tasks=df["task"].nunique() if len(df) else 0)]
+             common.run_section(meta, df, DESIGN, "ppgmm study calibration [--reps R]")]
     if df.empty:
         return "\n".join(lines)
     tests = sbc_tests(df)

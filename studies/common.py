@@ -25,8 +25,10 @@ import platform
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from ppgmm.numerics.alignment import align_to
 __all__ = [
     "METHODS", "PEERS", "seed_of", "run_study", "fit_method", "param_errors", "heldout_lpd",
     "imputation_scores", "draws_of", "md_table", "mcse", "load_results", "merge_cache",
+    "Design", "design_table", "design_summary", "design_brief", "run_section",
 ]
 
 #: ppgmm methods: label -> (prior, backend, options). Short runs: studies measure the
@@ -370,18 +373,140 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
     return "\n".join([head, rule, *body])
 
 
-def run_section(meta: dict, full_size: str, rerun: str, n_tasks: int = 0) -> str:
-    """The 'published run' section: what was run, its size next to the full design."""
+@dataclass(frozen=True)
+class Design:
+    """A study's full design, for stating what part of it the cache holds.
+
+    Parameters
+    ----------
+    tasks : callable
+        ``() -> list[dict]``: the full design's tasks (the study's ``tasks()``).
+    text : str
+        The full design in words.
+    group : tuple of str, default ()
+        Task keys a page reports separately (e.g. ``("method",)``).
+    dims : dict, default {}
+        Cell dimensions: display name -> ``task -> level`` (``None``: not a level of it).
+        Tasks with equal levels in every dimension are replications of one cell.
+    """
+
+    tasks: Callable[[], list[dict]]
+    text: str
+    group: tuple[str, ...] = ()
+    dims: dict[str, Callable[[dict], Any]] = field(default_factory=dict)
+
+
+def _level(v: Any) -> str:
+    if isinstance(v, tuple | list):
+        return "(" + ", ".join(map(str, v)) + ")"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _levels(values: Any) -> str:
+    vals = sorted({v for v in values if v is not None}, key=lambda v: (str(type(v)), v))
+    return ", ".join(_level(v) for v in vals)
+
+
+def _reps_text(counts: Counter, full: int) -> str:
+    """Replications per cell run, e.g. '3 (18 cells), 2 (36 cells) of 20'."""
+    if not counts:
+        return f"0 of {full}"
+    per = Counter(counts.values())
+    if len(per) == 1:
+        return f"{next(iter(per))} of {full}"
+    parts = [f"{r} ({n} cell{'s' * (n > 1)})" for r, n in sorted(per.items(), reverse=True)]
+    return ", ".join(parts) + f" of {full}"
+
+
+def _design_row(design: Design, full: list[dict], run: list[dict]) -> dict:
+    """What of one group's part of the full design ran."""
+    def cell(t: dict) -> tuple:
+        return tuple(fn(t) for fn in design.dims.values())
+
+    f_cells, r_cells = Counter(map(cell, full)), Counter(map(cell, run))
+    n_reps = max(f_cells.values())
+    row: dict[str, Any] = {"tasks": f"{len(run):,} of {len(full):,}",
+                           "cells": f"{len(r_cells)} of {len(f_cells)}",
+                           "replications": _reps_text(r_cells, n_reps)}
+    missing = []
+    for name, fn in design.dims.items():
+        levels, have = {fn(t) for t in full}, {fn(t) for t in run}
+        if len(levels - {None}) > 1:
+            row[name] = _levels(have)
+        if run and levels - have - {None}:
+            missing.append(f"{name} {_levels(levels - have)}")
+    if not run:
+        missing = ["all"]
+    elif len(run) < len(full):
+        short = sum(n_reps - r_cells.get(c, 0) for c in f_cells if c in r_cells)
+        if short:
+            missing.append(f"{short:,} replication(s) short in the cells run")
+    row["not run"] = "; ".join(missing) or "nothing: full design"
+    return row
+
+
+def design_table(df: pd.DataFrame, design: Design) -> tuple[pd.DataFrame, dict]:
+    """Per group, the part of the full design in the cache, derived from the cached task
+    keys; and the totals (``full``, ``run``, ``outside``: cached tasks not in the design)."""
+    full = {_key(t): json.loads(_key(t)) for t in design.tasks()}
+    cached = [json.loads(k) for k in (df["task"].unique() if len(df) else [])]
+    run = [t for t in cached if _key(t) in full]
+    outside = len(cached) - len(run)
+
+    def group(t: dict) -> tuple:
+        return tuple(t.get(g) for g in design.group)
+
+    rows = []
+    for g in dict.fromkeys(map(group, full.values())):
+        row = _design_row(design, [t for t in full.values() if group(t) == g],
+                          [t for t in run if group(t) == g])
+        rows.append({**dict(zip(design.group, g, strict=True)), **row})
+    return pd.DataFrame(rows), {"full": len(full), "run": len(run), "outside": outside}
+
+
+def design_summary(df: pd.DataFrame, design: Design) -> str:
+    """One sentence: which part of the full design the cache holds."""
+    table, n = design_table(df, design)
+    if n["run"] == n["full"]:
+        text = f"**The full design ran** ({n['full']:,} tasks: {design.text})."
+    elif n["run"] == 0:
+        text = (f"**None of the full design ran** ({design.text}; {n['full']:,} tasks).")
+    else:
+        done = [" ".join(map(str, r[list(design.group)])) for _, r in table.iterrows()
+                if r["not run"].startswith("nothing")] if design.group else []
+        text = (f"**Part of the full design ran: {n['run']:,} of {n['full']:,} tasks "
+                f"({n['run'] / n['full']:.0%})**; full design: {design.text}."
+                + (f" Complete for: {', '.join(done)}." if done else ""))
+    if n["outside"]:
+        text += (f" The cache also holds {n['outside']} task(s) outside the full design "
+                 "(quick mode or changed settings), included in the results.")
+    return text
+
+
+def design_brief(df: pd.DataFrame, design: Design) -> str:
+    """The per-group part of :func:`design_table` in one line (for the index)."""
+    table, _ = design_table(df, design)
+    parts = []
+    for _, r in table.iterrows():
+        name = " ".join(map(str, r[list(design.group)])) if design.group else "all"
+        cells = "" if r["cells"] == "1 of 1" else f"{r['cells']} cells, "
+        parts.append(f"{name}: {cells}{r['replications']} replications")
+    return "; ".join(parts)
+
+
+def run_section(meta: dict, df: pd.DataFrame, design: Design, rerun: str) -> str:
+    """The 'published run' section: which part of the full design the cache holds (derived
+    from the cached tasks), and the record of each run."""
     runs = meta.get("runs", [])
+    n_tasks = df["task"].nunique() if len(df) else 0
     lines = ["## Published run", ""]
-    if not runs:
-        text = (f"Partial run: {n_tasks} task(s) cached by a run stopped before its record "
-                "was kept." if n_tasks else "No run cached yet.")
-        return "\n".join(lines + [text, f"Rerun: `{rerun}`", ""])
-    quick = any(r["quick"] for r in runs)
-    total = sum(r["wall_s"] for r in runs)
-    lines.append(f"- Mode: {'quick (smoke test size)' if quick else 'reduced run'}; "
-                 f"full design: {full_size}.")
+    if not n_tasks:
+        return "\n".join(lines + ["No run cached yet.", f"Rerun: `{rerun}`", ""])
+    quick = " Quick mode (smoke-test size)." if any(r["quick"] for r in runs) else ""
+    table, _ = design_table(df, design)
+    lines += [design_summary(df, design) + quick, "",
+              "What the cache holds, per " + (" and ".join(design.group) or "design") + ":",
+              "", md_table(table), "", "Runs:", ""]
     for r in runs:
         done = r.get("done", r["tasks"])
         state = ("" if r.get("status", "complete") == "complete" else
@@ -391,10 +516,11 @@ def run_section(meta: dict, full_size: str, rerun: str, n_tasks: int = 0) -> str
                      f"wall on "
                      f"{r['scheduler']} ({r['workers']} worker(s), {r['machine']}); "
                      f"settings {json.dumps(r['settings'])}")
-    unrecorded = n_tasks - sum(r.get("done", r["tasks"]) for r in runs) if n_tasks else 0
+    unrecorded = n_tasks - sum(r.get("done", r["tasks"]) for r in runs)
     if unrecorded > 0:
         lines.append(f"- {unrecorded} task(s) in the cache come from runs stopped before "
                      "their record was kept (their wall time is not counted below).")
+    total = sum(r["wall_s"] for r in runs)
     lines += [f"- Total wall time of the recorded runs: {total / 60:.1f} min.",
               f"- Rerun: `{rerun}`", ""]
     return "\n".join(lines)

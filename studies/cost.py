@@ -45,6 +45,10 @@ def tasks(quick: bool = False, reps: int | None = None,
     return out
 
 
+DESIGN = common.Design(tasks, FULL_SIZE, ("method",), {
+    ("missing fraction" if f == "missing" else f): (lambda t, f=f: t[f] if t["factor"] == f
+                                                    else None) for f in FACTORS})
+
 _WARM: set[str] = set()
 
 
@@ -126,8 +130,7 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     lines = ["# Cost: time, iterations, ESS/s and memory", "",
              "*Written by `studies/cost.py` from `data/cost.parquet`; do not edit by hand.*", "",
              (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, FULL_SIZE, "ppgmm study cost [--reps R]",
-                       n_tasks=df["task"].nunique() if len(df) else 0)]
+             common.run_section(meta, df, DESIGN, "ppgmm study cost [--reps R]")]
     if df.empty:
         return "\n".join(lines)
     ok = df[df["note"].fillna("") == ""]

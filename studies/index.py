@@ -10,7 +10,7 @@ import importlib
 import json
 from pathlib import Path
 
-from studies.common import load_results
+from studies.common import design_brief, design_summary, design_table, load_results
 
 __all__ = ["write_index", "ORDER"]
 
@@ -40,33 +40,50 @@ running cluster with `--scheduler`. Raw results are cached in `data/NAME.parquet
 `ppgmm study NAME --render` rewrites a page without refitting; `--reps`, `--only KEY=V1,V2`,
 `--methods` and `--set KEY=VALUE` run part of a design (recorded on the page). The studies
 live in the source tree, not in the installed wheel: from a wheel, `ppgmm study` says so in
-one line. **The published runs below are reduced runs (sizes stated on each page), not the
-full designs**, which need a cluster.
+one line. Each entry below says which part of the study's full design its cached results
+cover, counted from the cache itself.
 """
+
+
+def _status(name: str, module, df, meta: dict) -> tuple[str, str]:
+    """(short status for the intro, the entry's closing line) from the cache."""
+    table, n = design_table(df, module.DESIGN)
+    runs = meta["runs"]
+    wall = sum(r["wall_s"] for r in runs)
+    timing = f"{wall / 60:.1f} min wall recorded" if runs else "no run record kept"
+    if any(r["quick"] for r in runs):
+        short = "quick mode"
+    elif n["run"] == n["full"]:
+        short = "full design"
+    else:
+        short = f"{n['run']:,} of {n['full']:,} tasks of the full design"
+    line = (f"\n*{design_summary(df, module.DESIGN)} Per "
+            f"{' and '.join(module.DESIGN.group) or 'design'}: "
+            f"{design_brief(df, module.DESIGN)}. {timing}; see the page. "
+            f"Rerun: `ppgmm study {name}`.*\n")
+    return short, line
 
 
 def write_index(out: Path) -> Path:
     """Rewrite ``out/index.md`` from the cached results of every study there."""
     out = Path(out)
-    parts = [INTRO]
+    parts, status = [], []
     for name, (module_name, title) in ORDER.items():
         parts.append(f"## [{title}]({name}.md)\n")
         data = out / "data" / f"{name}.parquet"
         meta_path = out / "data" / f"{name}.json"
         if not data.exists():
             parts.append(f"Not run yet. Run: `ppgmm study {name}`\n")
+            status.append(f"{name}: not run")
             continue
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": []}
         module = importlib.import_module(module_name)
-        wall = sum(r["wall_s"] for r in meta["runs"])
-        quick = any(r["quick"] for r in meta["runs"])
-        parts.append(module.headline(load_results(data), meta))
-        runs = meta["runs"]
-        stopped = not runs or any(r.get("status", "complete") != "complete" for r in runs)
-        size = ("Quick" if quick else "Partial, stopped" if stopped else "Reduced") + " run"
-        timing = f"{wall / 60:.1f} min wall recorded" if runs else "no run record kept"
-        parts.append(f"\n*{size}, {timing} (see the page); full design: {module.FULL_SIZE}. "
-                     f"Rerun: `ppgmm study {name}`.*\n")
+        df = load_results(data)
+        parts.append(module.headline(df, meta))
+        short, line = _status(name, module, df, meta)
+        parts.append(line)
+        status.append(f"{name}: {short}")
+    intro = INTRO + "\nPublished runs: " + "; ".join(status) + ".\n"
     path = out / "index.md"
-    path.write_text("\n".join(parts))
+    path.write_text("\n".join([intro, *parts]))
     return path

@@ -81,6 +81,9 @@ def tasks(quick: bool = False, reps: int | None = None,
     return [{"dataset": d, "k_max": K_MAX, "quick": False} for d in DATASETS]
 
 
+DESIGN = common.Design(tasks, FULL_SIZE, ("dataset",))
+
+
 def _fits(task: dict, data: pd.DataFrame) -> tuple[list[dict], dict]:
     rows, fits = [], {}
     ks = range(1, task["k_max"] + 1)
@@ -188,8 +191,7 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     lines = ["# Real data: K by BIC and LOO, imputations of masked entries", "",
              "*Written by `studies/realdata.py` from `data/realdata.parquet`; do not edit by "
              "hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, FULL_SIZE, "ppgmm study realdata",
-                       n_tasks=df["task"].nunique() if len(df) else 0)]
+             common.run_section(meta, df, DESIGN, "ppgmm study realdata")]
     if df.empty:
         return "\n".join(lines)
     missing = [d for d in DATASETS if d not in set(df["dataset"])]

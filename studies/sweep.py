@@ -51,6 +51,11 @@ def tasks(quick: bool = False, reps: int | None = None, methods: list[str] | Non
             for rep, (m, r, k, d, n), meth in itertools.product(range(reps), grid, methods)]
 
 
+DESIGN = common.Design(tasks, FULL_SIZE, ("method",), {
+    "mechanism": lambda t: t["mechanism"], "missing": lambda t: t["rate"],
+    "(K, D)": lambda t: (t["K"], t["D"]), "N": lambda t: t["N"]})
+
+
 def draw(task: dict) -> tuple[np.ndarray, ppgmm.Truth, np.ndarray]:
     """The replication's data, its truth and 1000 held-out complete rows."""
     seed = common.seed_of(task["mechanism"], task["rate"], task["K"], task["D"], task["N"],
@@ -175,9 +180,8 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     lines = ["# Missingness sweep: exact EM, VI and NUTS against impute-then-fit", "",
              "*Written by `studies/sweep.py` from the cached results in `data/sweep.parquet`;"
              " do not edit by hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), ""]
-    lines.append(common.run_section(meta, FULL_SIZE,
-                                    "ppgmm study sweep [--reps R] [--scheduler ADDRESS]",
-                       n_tasks=df["task"].nunique() if len(df) else 0))
+    lines.append(common.run_section(meta, df, DESIGN,
+                                    "ppgmm study sweep [--reps R] [--scheduler ADDRESS]"))
     if df.empty:
         return "\n".join(lines)
     notes = df[df["note"].fillna("") != ""]

@@ -122,6 +122,48 @@ def test_realdata_mask_hides_observed_entries_only_and_keeps_rows():
     np.testing.assert_array_equal(data.isna().to_numpy(), full.isna().to_numpy() | hide)
 
 
+def _design() -> common.Design:
+    def full() -> list[dict]:
+        return [{"method": m, "N": n, "rep": r, "quick": False}
+                for r in range(3) for m in ("a", "b") for n in (10, 20)]
+
+    return common.Design(full, "2 methods x 2 N x 3 replications", ("method",),
+                         {"N": lambda t: t["N"]})
+
+
+def _cache(tasks: list[dict], rows_per_task: int = 2) -> pd.DataFrame:
+    keys = [json.dumps(dict(sorted(t.items()))) for t in tasks]
+    return pd.DataFrame({"task": [k for k in keys for _ in range(rows_per_task)]})
+
+
+def test_design_table_counts_what_the_cache_holds():
+    """Counted by hand: method a has 3 of its 6 tasks (N=10 twice, N=20 once), b none, and
+    one cached task (method x) is outside the design."""
+    df = _cache([{"method": "a", "N": 10, "rep": 0}, {"method": "a", "N": 10, "rep": 1},
+                 {"method": "a", "N": 20, "rep": 0}, {"method": "x", "N": 10, "rep": 0}])
+    table, n = common.design_table(df, _design())
+    assert n == {"full": 12, "run": 3, "outside": 1}
+    a, b = (table[table["method"] == m].iloc[0] for m in ("a", "b"))
+    assert (a["tasks"], a["cells"], a["N"]) == ("3 of 6", "2 of 2", "10, 20")
+    assert a["replications"] == "2 (1 cell), 1 (1 cell) of 3"
+    assert a["not run"] == "3 replication(s) short in the cells run"
+    assert (b["tasks"], b["cells"], b["replications"], b["not run"]) == (
+        "0 of 6", "0 of 2", "0 of 3", "all")
+    text = common.design_summary(df, _design())
+    assert "Part of the full design ran: 3 of 12 tasks (25%)" in text
+    assert "1 task(s) outside the full design" in text
+
+
+def test_design_summary_says_full_only_when_every_task_is_cached():
+    full = _design().tasks()
+    assert "The full design ran" in common.design_summary(_cache(full), _design())
+    assert "The full design ran" not in common.design_summary(_cache(full[1:]), _design())
+    no_a10 = [t for t in full if (t["method"], t["N"]) != ("a", 10)]
+    table, _ = common.design_table(_cache(no_a10), _design())
+    assert table.set_index("method").loc["a", "not run"] == "N 10"
+    assert table.set_index("method").loc["b", "not run"] == "nothing: full design"
+
+
 # --------------------------------------------------------------------------- quick modes
 
 

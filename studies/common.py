@@ -278,13 +278,18 @@ def run_study(name: str, tasks: list[dict], run_task: Callable[[dict], list[dict
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
         })
         record = meta["runs"][-1]
-        for rows in _map(run_task, todo, scheduler, quick, workers):
-            done = _append(path, pd.DataFrame(rows))
-            record.update(done=record["done"] + 1,
-                          wall_s=round(time.perf_counter() - start, 1))
+        try:
+            for rows in _map(run_task, todo, scheduler, quick, workers):
+                done = _append(path, pd.DataFrame(rows))
+                record.update(done=record["done"] + 1,
+                              wall_s=round(time.perf_counter() - start, 1))
+                meta_path.write_text(json.dumps(meta, indent=1))
+            record["status"] = "complete"
+        except BaseException as err:  # stopped (interrupted, cluster lost): say so, keep rows
+            record["status"] = f"stopped: {type(err).__name__}"
+            raise
+        finally:
             meta_path.write_text(json.dumps(meta, indent=1))
-        record["status"] = "complete"
-        meta_path.write_text(json.dumps(meta, indent=1))
     page = render(done, meta, out)
     (out / f"{name}.md").write_text(page)
     return out / f"{name}.md"
@@ -335,7 +340,11 @@ def _map(run_task: Callable, todo: list[dict], scheduler: str | None, quick: boo
          workers: int | None):
     """Rows of each task, as they complete (tagged with the task's key)."""
     def tagged(task: dict) -> list[dict]:
-        rows = run_task(task)
+        try:
+            rows = run_task(task)
+        except Exception as err:  # one task's error is recorded; the run goes on
+            fields = {k: v for k, v in task.items() if k not in ("quick", "out")}
+            rows = [{**fields, "note": f"failed: {type(err).__name__}: {err}"[:300]}]
         return [{**r, "task": _key(task)} for r in rows]
 
     with _cluster(scheduler, quick, workers) as client:

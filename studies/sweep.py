@@ -79,6 +79,8 @@ def run_task(task: dict) -> list[dict]:
         return [{**row, "note": f"failed: {type(err).__name__}: {err}"[:300]}]
     fit, filled = (out, None) if isinstance(out, ppgmm.Fit) else out
     converged = bool(fit.converged) if isinstance(fit, ppgmm.Fit) else True
+    if not all(np.isfinite(a).all() for a in common.point_params(fit)):
+        return [{**row, "wall_s": wall, "note": "failed: non-finite parameter estimates"}]
     return [{
         **row, "wall_s": wall, "converged": converged, "note": "",
         "missing_fraction": float(np.isnan(data).mean()),

@@ -218,3 +218,17 @@ def test_merge_cache_adds_new_tasks_once(tmp_path):
     assert common.merge_cache("cost", a, b) == 0
     assert len(pd.read_parquet(b / "data" / "cost.parquet")) == 2
     assert len(json.loads((b / "data" / "cost.json").read_text())["runs"]) == 1
+
+
+def test_a_task_that_raises_is_recorded_and_the_run_goes_on(tmp_path):
+    def run_task(task: dict) -> list[dict]:
+        if task["rep"] == 1:
+            raise RuntimeError("boom")
+        return [{"rep": task["rep"], "note": ""}]
+
+    common.run_study("x", [{"rep": r, "quick": True} for r in range(3)], run_task,
+                     lambda df, meta, out: "# x\n", tmp_path, quick=True)
+    rows = pd.read_parquet(tmp_path / "data" / "x.parquet").set_index("rep")["note"]
+    assert rows.to_dict() == {0: "", 1: "failed: RuntimeError: boom", 2: ""}
+    meta = json.loads((tmp_path / "data" / "x.json").read_text())
+    assert meta["runs"][0]["status"] == "complete" and meta["runs"][0]["done"] == 3

@@ -436,7 +436,9 @@ def _design_row(design: Design, full: list[dict], run: list[dict]) -> dict:
     n_reps = max(f_cells.values())
     row: dict[str, Any] = {"tasks": f"{len(run):,} of {len(full):,}",
                            "cells": f"{len(r_cells)} of {len(f_cells)}",
-                           "replications": _reps_text(r_cells, n_reps)}
+                           "replications": _reps_text(r_cells, n_reps),
+                           "_reps": (min(r_cells.values(), default=0),
+                                     max(r_cells.values(), default=0), n_reps)}
     missing = []
     for name, fn in design.dims.items():
         levels, have = {fn(t) for t in full}, {fn(t) for t in run}
@@ -493,14 +495,16 @@ def design_summary(df: pd.DataFrame, design: Design) -> str:
 
 
 def design_brief(df: pd.DataFrame, design: Design) -> str:
-    """The per-group part of :func:`design_table` in one line (for the index)."""
+    """The per-group part of :func:`design_table` in one line (for the index); groups that
+    ran the same part share an entry."""
     table, _ = design_table(df, design)
-    parts = []
+    same: dict[str, list[str]] = {}
     for _, r in table.iterrows():
-        name = " ".join(map(str, r[list(design.group)])) if design.group else "all"
-        cells = "" if r["cells"] == "1 of 1" else f"{r['cells']} cells, "
-        parts.append(f"{name}: {cells}{r['replications']} replications")
-    return "; ".join(parts)
+        lo, hi, full = r["_reps"]
+        cells = "" if r["cells"] == "1 of 1" else f"{r['cells']} cells x "
+        text = f"{cells}{lo if lo == hi else f'{lo}-{hi}'} of {full} replications"
+        same.setdefault(text, []).append(" ".join(map(str, r[list(design.group)])))
+    return "; ".join(f"{', '.join(n)}: {t}" if any(n) else t for t, n in same.items())
 
 
 def run_section(meta: dict, df: pd.DataFrame, design: Design, rerun: str) -> str:
@@ -515,7 +519,7 @@ def run_section(meta: dict, df: pd.DataFrame, design: Design, rerun: str) -> str
     table, _ = design_table(df, design)
     lines += [design_summary(df, design) + quick, "",
               "What the cache holds, per " + (" and ".join(design.group) or "design") + ":",
-              "", md_table(table), "", "Runs:", ""]
+              "", md_table(table.drop(columns="_reps")), "", "Runs:", ""]
     for r in runs:
         done = r.get("done", r["tasks"])
         state = ("" if r.get("status", "complete") == "complete" else

@@ -47,7 +47,7 @@ cover, counted from the cache itself.
 
 def _status(name: str, module, df, meta: dict) -> tuple[str, str]:
     """(short status for the intro, the entry's closing line) from the cache."""
-    table, n = design_table(df, module.DESIGN)
+    _, n = design_table(df, module.DESIGN)
     runs = meta["runs"]
     wall = sum(r["wall_s"] for r in runs)
     timing = f"{wall / 60:.1f} min wall recorded" if runs else "no run record kept"
@@ -57,10 +57,9 @@ def _status(name: str, module, df, meta: dict) -> tuple[str, str]:
         short = "full design"
     else:
         short = f"{n['run']:,} of {n['full']:,} tasks of the full design"
-    line = (f"\n*{design_summary(df, module.DESIGN)} Per "
-            f"{' and '.join(module.DESIGN.group) or 'design'}: "
-            f"{design_brief(df, module.DESIGN)}. {timing}; see the page. "
-            f"Rerun: `ppgmm study {name}`.*\n")
+    brief = "" if short == "full design" else f" Ran: {design_brief(df, module.DESIGN)}."
+    line = (f"\nDesign: {design_summary(df, module.DESIGN)}{brief} {timing}; see the page. "
+            f"Rerun: `ppgmm study {name}`.\n")
     return short, line
 
 

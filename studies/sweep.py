@@ -155,6 +155,10 @@ def _figure(ok: pd.DataFrame, out: Path, metric: str, ylabel: str, fname: str,
 
 def _mnar_sentence(ok: pd.DataFrame) -> str:
     """Where MNAR breaks the methods, in numbers from the cache."""
+    # the same (rate, K, D, N, replication) under both mechanisms, per method
+    key = ["method", "rate", "K", "D", "N", "rep"]
+    both = ok[ok["mechanism"] == "MNAR"][key].merge(ok[ok["mechanism"] == "MCAR"][key])
+    ok = ok.merge(both)
     cov = ok.groupby(["mechanism", "method"])["coverage"].mean().dropna()
     err = ok.groupby(["mechanism", "method"])["err_means"].mean()
     parts = []
@@ -169,7 +173,8 @@ def _mnar_sentence(ok: pd.DataFrame) -> str:
                "**MNAR, measured:**")
     text = (f"{verdict} No method here models the missingness, so under MNAR (an entry is "
             "more likely missing the larger it is) each is fitted to a biased sample. Mean "
-            "error of the means, MNAR / MCAR over the same cells: " + ", ".join(parts) + ".")
+            "error of the means, MNAR / MCAR over the same cells and replications: "
+            + ", ".join(parts) + ".")
     if covs:
         text += (" Coverage of the nominal 90% intervals of the missing entries under MNAR: "
                  + ", ".join(covs) + ".")

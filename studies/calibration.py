@@ -13,9 +13,11 @@ approximation shows as a U-shaped histogram.
 
 **Coverage.** Fixed true parameters (K = 2, D = 2, well separated), N = 200 rows, 20% MCAR;
 per replication, central 50/90/95% intervals of the same quantities from NUTS, both ADVIs and
-EM with 100 bootstrap refits, and of every missing entry; error bars are binomial
-(parameters) or standard errors across replications (missing entries, a fraction per data
-set).
+EM with 100 bootstrap refits, and of every missing entry. Error bars come from the number of
+replications in the cache: binomial for each parameter quantity (one 0/1 outcome per
+replication), and the standard error across replications of the per-data-set fraction for
+the pooled groups (parameters, missing entries), whose outcomes within a data set are
+correlated.
 """
 
 from __future__ import annotations

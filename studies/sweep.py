@@ -193,12 +193,6 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
         return "\n".join(lines)
     notes = df[df["note"].fillna("") != ""]
     ok = df[df["note"].fillna("") == ""]
-    cells = ok.groupby("method").apply(lambda g: pd.Series({
-        "cells": len(g.groupby(["mechanism", "rate", "K", "D", "N"])),
-        "replications": int(g["rep"].nunique()), "fits": len(g),
-        "(K, D)": " ".join(sorted({f"({k},{d})" for k, d in zip(g["K"], g["D"], strict=True)})),
-        "N": " ".join(map(str, sorted(set(g["N"]))))}), include_groups=False).reset_index()
-    lines += ["What was run (fits per method):", "", common.md_table(cells), ""]
     ratios = ratio_table(ok)
     if not ratios.empty:
         lines += ["## Headline: error of the means, method / exact EM (MLE)", "",
@@ -206,7 +200,8 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
                   "(max abs error of the means, after label alignment) ± its Monte Carlo "
                   "standard error, (number of pairs). Above 1: worse than exact-likelihood EM "
                   "on the same data. Each method's pairs are the cells where it ran (table "
-                  "above): methods run on fewer cells are compared with EM on those cells only.",
+                  "under Published run): methods run on fewer cells are compared with EM on those "
+                  "cells only.",
                   "", common.md_table(_headline(ratios)), "",
                   "Covariances, same construction:", "",
                   common.md_table(_headline(ratio_table(ok, "err_covariances"))), ""]

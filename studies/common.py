@@ -532,7 +532,7 @@ def run_section(meta: dict, df: pd.DataFrame, design: Design, rerun: str) -> str
     unrecorded = n_tasks - sum(r.get("done", r["tasks"]) for r in runs)
     if unrecorded > 0:
         lines.append(f"- {unrecorded} task(s) in the cache come from runs stopped before "
-                     "their record was kept (their wall time is not counted below).")
+                     "their record was kept (their wall time is not in the total).")
     total = sum(r["wall_s"] for r in runs)
     lines += [f"- Total wall time of the recorded runs: {total / 60:.1f} min.",
               f"- Rerun: `{rerun}`", ""]

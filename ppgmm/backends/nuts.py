@@ -335,12 +335,14 @@ def diagnose(raw: Draws, aligned: Draws, *, n_div: int, n_hits: int,
         pairs = ", ".join(f"{a} and {b}" for a, b in split)
         msgs.warn(f"chains {pairs} settled in different modes (not just different labels); "
                   "the posterior is multimodal or some chains are stuck. Compare per-chain "
-                  "results, start every chain from one fit (init='em') and run longer.",
+                  "results; run longer, try another seed, or engine='numpyro' (a dense mass "
+                  "matrix: it mixed where nutpie's chains stuck), or use fewer components.",
                   stacklevel=stacklevel)
     bad_rhat = bool(np.isfinite(rhat) and rhat > 1.01)
     if bad_rhat:
         msgs.warn(f"max R-hat is {rhat:.3f} > 1.01 after label alignment (before: "
-                  f"{rhat_raw:.3f}); chains have not mixed. Run more tune and draws.",
+                  f"{rhat_raw:.3f}); chains have not mixed. Run more tune and draws, try "
+                  "another seed or engine='numpyro'.",
                   stacklevel=stacklevel)
     low_ess = bool(np.isfinite(ess) and ess < 100 * chains)
     if low_ess:

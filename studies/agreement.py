@@ -108,10 +108,7 @@ def _figure(df: pd.DataFrame, out: Path) -> str:
         ax.set_xlabel("N")
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "img" / "agreement.png", dpi=110)
-    plt.close(fig)
-    return "img/agreement.png"
+    return common.save_figure(fig, out, "agreement.png")
 
 
 def table(df: pd.DataFrame) -> pd.DataFrame:
@@ -127,10 +124,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
 def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     """The study page from the cached rows."""
     out = Path(out)
-    lines = ["# Agreement of MAP-EM and NUTS as N grows", "",
-             "*Written by `studies/agreement.py` from `data/agreement.parquet`; do not edit by "
-             "hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, df, DESIGN, "ppgmm study agreement [--reps R]")]
+    lines = common.page_head("Agreement of MAP-EM and NUTS as N grows", "agreement", __doc__,
+                             meta, df, DESIGN, "ppgmm study agreement [--reps R]")
     if df.empty:
         return "\n".join(lines)
     lines += ["## Results", "",

@@ -230,10 +230,7 @@ def _rank_figure(df: pd.DataFrame, out: Path) -> str | None:
                 ax.set_title(qn, fontsize=7)
             if j == 0:
                 ax.set_ylabel(m, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "img" / "calibration_ranks.png", dpi=100)
-    plt.close(fig)
-    return "img/calibration_ranks.png"
+    return common.save_figure(fig, out, "calibration_ranks.png", dpi=100)
 
 
 def _flags(table: pd.DataFrame) -> str:
@@ -279,19 +276,14 @@ def _coverage_figure(table: pd.DataFrame, out: Path) -> str | None:
         ax.set_xlabel("nominal level")
     axes[0].set_ylabel("coverage (± 2 se)")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "img" / "calibration_coverage.png", dpi=110)
-    plt.close(fig)
-    return "img/calibration_coverage.png"
+    return common.save_figure(fig, out, "calibration_coverage.png")
 
 
 def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     """The study page from the cached rows."""
     out = Path(out)
-    lines = ["# Calibration: SBC and interval coverage", "",
-             "*Written by `studies/calibration.py` from `data/calibration.parquet`; do not "
-             "edit by hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, df, DESIGN, "ppgmm study calibration [--reps R]")]
+    lines = common.page_head("Calibration: SBC and interval coverage", "calibration", __doc__,
+                             meta, df, DESIGN, "ppgmm study calibration [--reps R]")
     if df.empty:
         return "\n".join(lines)
     tests = sbc_tests(df)

@@ -507,6 +507,26 @@ def design_brief(df: pd.DataFrame, design: Design) -> str:
     return "; ".join(f"{', '.join(n)}: {t}" if any(n) else t for t, n in same.items())
 
 
+def page_head(title: str, name: str, doc: str | None, meta: dict, df: pd.DataFrame,
+              design: Design, rerun: str) -> list[str]:
+    """The opening lines of a study page: title, provenance, the module docstring's body
+    (after its first paragraph) and the :func:`run_section`."""
+    return [f"# {title}", "",
+            f"*Written by `studies/{name}.py` from `data/{name}.parquet`; do not edit by hand.*",
+            "", (doc or "").split("\n\n", 1)[1].strip(), "",
+            run_section(meta, df, design, rerun)]
+
+
+def save_figure(fig: Any, out: Path, fname: str, dpi: int = 110) -> str:
+    """Lay out, write to ``out/img/fname`` and close ``fig``; the path the page links."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(Path(out) / "img" / fname, dpi=dpi)
+    plt.close(fig)
+    return f"img/{fname}"
+
+
 def run_section(meta: dict, df: pd.DataFrame, design: Design, rerun: str) -> str:
     """The 'published run' section: which part of the full design the cache holds (derived
     from the cached tasks), and the record of each run."""

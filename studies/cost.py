@@ -118,19 +118,14 @@ def _figure(df: pd.DataFrame, out: Path) -> str:
             ax.set_xscale("log")
     axes[0][0].set_ylabel("wall seconds (median)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "img" / "cost.png", dpi=110)
-    plt.close(fig)
-    return "img/cost.png"
+    return common.save_figure(fig, out, "cost.png")
 
 
 def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     """The study page from the cached rows."""
     out = Path(out)
-    lines = ["# Cost: time, iterations, ESS/s and memory", "",
-             "*Written by `studies/cost.py` from `data/cost.parquet`; do not edit by hand.*", "",
-             (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, df, DESIGN, "ppgmm study cost [--reps R]")]
+    lines = common.page_head("Cost: time, iterations, ESS/s and memory", "cost", __doc__, meta,
+                             df, DESIGN, "ppgmm study cost [--reps R]")
     if df.empty:
         return "\n".join(lines)
     ok = df[df["note"].fillna("") == ""]

@@ -188,10 +188,8 @@ def _choice(df: pd.DataFrame) -> pd.DataFrame:
 
 def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     """The study page from the cached rows."""
-    lines = ["# Real data: K by BIC and LOO, imputations of masked entries", "",
-             "*Written by `studies/realdata.py` from `data/realdata.parquet`; do not edit by "
-             "hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), "",
-             common.run_section(meta, df, DESIGN, "ppgmm study realdata")]
+    lines = common.page_head("Real data: K by BIC and LOO, imputations of masked entries",
+                             "realdata", __doc__, meta, df, DESIGN, "ppgmm study realdata")
     if df.empty:
         return "\n".join(lines)
     missing = [d for d in DATASETS if d not in set(df["dataset"])]

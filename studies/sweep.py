@@ -147,10 +147,7 @@ def _figure(ok: pd.DataFrame, out: Path, metric: str, ylabel: str, fname: str,
             ax.set_yscale("log")
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "img" / fname, dpi=110)
-    plt.close(fig)
-    return f"img/{fname}"
+    return common.save_figure(fig, out, fname)
 
 
 def _mnar_sentence(ok: pd.DataFrame) -> str:
@@ -184,11 +181,9 @@ def _mnar_sentence(ok: pd.DataFrame) -> str:
 def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     """The study page from the cached rows."""
     out = Path(out)
-    lines = ["# Missingness sweep: exact EM, VI and NUTS against impute-then-fit", "",
-             "*Written by `studies/sweep.py` from the cached results in `data/sweep.parquet`;"
-             " do not edit by hand.*", "", (__doc__ or "").split("\n\n", 1)[1].strip(), ""]
-    lines.append(common.run_section(meta, df, DESIGN,
-                                    "ppgmm study sweep [--reps R] [--scheduler ADDRESS]"))
+    lines = common.page_head("Missingness sweep: exact EM, VI and NUTS against impute-then-fit",
+                             "sweep", __doc__, meta, df, DESIGN,
+                             "ppgmm study sweep [--reps R] [--scheduler ADDRESS]")
     if df.empty:
         return "\n".join(lines)
     notes = df[df["note"].fillna("") != ""]

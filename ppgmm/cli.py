@@ -238,7 +238,7 @@ def _summary(f) -> str:
     lines = [repr(f), f"log-likelihood {f.loglik:.4f}   BIC {f.bic():.4f}   "
              f"wall time {float(f.attrs.get('wall_time', float('nan'))):.2f} s"]
     if f.transform is not None:
-        scaled = ", ".join(f"{c} ({t})" for c, t in f.transform.mapping().items())
+        scaled = ", ".join(f"{c} ({t})" for c, t in f.transformed_columns.items())
         lines.append(f"transformed columns: {scaled}; means below are on that scale")
     lines.append("weights: " + ", ".join(f"{w:.3f}" for w in p["weights"].values))
     for k, mu in enumerate(p["means"].values):

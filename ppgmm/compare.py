@@ -217,8 +217,8 @@ def _labels(fits: Any) -> dict[str, Fit]:
     out: dict[str, Fit] = {}
     for f, b in zip(given, backends, strict=True):
         label = b if backends.count(b) == 1 else f"{b} K={f.spec.n_components}"
-        if backends.count(b) > 1 and f.transform is not None:
-            label += " " + ", ".join(f"{t}({c})" for c, t in f.transform.mapping().items())
+        if backends.count(b) > 1 and f.transformed_columns:
+            label += " " + ", ".join(f"{t}({c})" for c, t in f.transformed_columns.items())
         if label in out:
             label = f"{label} ({f.spec.covariance})"
         base, i = label, 2
@@ -436,7 +436,7 @@ def _out_of_range(imp: xr.Dataset, md: Any, fits: dict[str, Fit]) -> pd.DataFram
         m = imp["mean"].sel(backend=b).values
         outside = (m < lo[j]) | (m > hi[j])
         fit = fits.get(str(b))
-        done = set() if fit is None or fit.transform is None else set(fit.transform.mapping())
+        done = set() if fit is None else set(fit.transformed_columns)
         sims = np.empty((0, len(feat)))
         if fit is not None and "posterior_predictive" in fit.idata.groups():
             x = fit.idata.posterior_predictive["x_missing"].transpose("chain", "draw", "missing")
@@ -463,7 +463,7 @@ def _out_of_range(imp: xr.Dataset, md: Any, fits: dict[str, Fit]) -> pd.DataFram
 def _scale_notes(fits: dict[str, Fit], out_of_range: pd.DataFrame | None) -> list[str]:
     """Warnings about scales: fits under different transforms, imputations out of range."""
     notes = []
-    scales = {json.dumps(f.transform.mapping() if f.transform else {}) for f in fits.values()}
+    scales = {json.dumps(f.transformed_columns) for f in fits.values()}
     if len(scales) > 1:
         notes.append("fits with different transforms: their parameters are on different "
                      "scales, so the parameter tables, L2 distances and agreement verdicts "

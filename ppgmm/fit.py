@@ -316,6 +316,12 @@ class Fit:
         text = self.attrs.get("transform")
         return None if text is None else ColumnTransforms.from_json(text, self.feature_names)
 
+    @property
+    def transformed_columns(self) -> dict[str, str]:
+        """{feature: transform name} of the columns fitted on a transformed scale ({} when
+        none)."""
+        return {} if self.transform is None else self.transform.mapping()
+
     @cached_property
     def _model_data(self) -> MissingData:
         """The fitted data on the scale the mixture was fitted on."""

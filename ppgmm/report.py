@@ -288,9 +288,8 @@ def _fig_ellipses(cmp: Comparison, max_features: int = 6) -> str:
     # the reference's scale: a transformed fit's ellipses live on its transformed columns,
     # and fits under other transforms (other scales) are left out
     ct = cmp.fits[cmp.reference].transform
-    scale = {} if ct is None else ct.mapping()
-    shown = [b for b in cmp.compared if scale == (
-        {} if cmp.fits[b].transform is None else cmp.fits[b].transform.mapping())]
+    scale = cmp.fits[cmp.reference].transformed_columns
+    shown = [b for b in cmp.compared if cmp.fits[b].transformed_columns == scale]
     x = md.values if ct is None else ct.forward(md.values)
     names = [f"{scale[f]}({f})" if f in scale else f for f in md.feature_names]
     for ax, (i, j) in zip(axes.flat, pairs, strict=False):
@@ -503,7 +502,7 @@ def _header(cmp: Comparison, title: str) -> list[str]:
         f'<span class="badge bad">{_esc(b)}: NOT converged</span>'
         for b, f in cmp.fits.items()
     )
-    transformed = {b: f.transform.mapping() for b, f in cmp.fits.items() if f.transform}
+    transformed = {b: f.transformed_columns for b, f in cmp.fits.items() if f.transform}
     scale = ("" if not transformed else " Transforms: " + "; ".join(
         f"{b}: " + ", ".join(f"{c} ({t})" for c, t in m.items()) for b, m in transformed.items())
         + ". Those fits' parameters (means, covariances, ellipses) are on the transformed "

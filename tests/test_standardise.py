@@ -183,9 +183,12 @@ def test_nuts_on_raw_units_mixes_and_agrees(data):
             warnings.simplefilter("always")
             fits.append(ppgmm.fit(spec, x, backend="nuts", seed=2, draws=500, tune=500))
     fx, fy = fits
-    # the max over ~20 entries of a 2 x 500 run: 1.011 here on either scale (the same run)
-    assert fy.attrs["rhat_max"] <= 1.02 and fy.attrs["treedepth_hits"] == 0
-    assert fy.attrs["rhat_max"] == pytest.approx(fx.attrs["rhat_max"], abs=0.01)
+    # the max over ~20 entries of a 2 x 500 run, on each scale: the two runs start from
+    # standardised data equal only to rounding, which NUTS amplifies, so their R-hats are two
+    # draws of the same statistic (1.007 and 1.018 in one fresh-clone run), each held to
+    # the bound rather than to the other
+    for f in (fx, fy):
+        assert f.attrs["rhat_max"] <= 1.02 and f.attrs["treedepth_hits"] == 0
     a = affine.Affine(SHIFT, SCALE)
     mx = affine.draws_from_z(_draws(fx), a)
     for name in ("means", "covariances"):

@@ -51,7 +51,6 @@ from .exceptions import DataError, PpgmmError
 from .numerics.patterns import (
     conditional_draws,
     e_step,
-    missing_marginals,
     responsibilities,
     row_loglik,
 )
@@ -105,7 +104,8 @@ def build_idata(
     """Assemble the InferenceData of the schema from parameter draws and (chain, draw, ...) arrays.
 
     ``imputed_mean`` and ``x_missing`` are (chain, draw, M) arrays over the M missing
-    entries, in ``md.missing_index`` order (what
+    entries, in ``md.missing_index`` order and on the data's original scale, and ``loglik``
+    (chain, draw, N) the rows' log-likelihoods on the model's scale (what
     :func:`~ppgmm.numerics.patterns.derived_quantities` returns). ``attrs`` are added to
     ``posterior.attrs`` after the common ones (backend, spec, versions, input kind); values
     must be str, int or float.
@@ -117,8 +117,7 @@ def build_idata(
     obs = md.obs_names
     k = spec.n_components
     if md.transform is not None:
-        imputed_mean, x_missing, loglik, sample_stats, attrs = _original_scale(
-            md, draws, imputed_mean, x_missing, loglik, sample_stats, attrs)
+        loglik, sample_stats, attrs = _original_scale(md, loglik, sample_stats, attrs)
     miss_coords = {
         "missing_obs": ("missing", obs[rows]),
         # fixed-width text: an object array would be converted by xarray into one new
@@ -175,31 +174,12 @@ def build_idata(
     return az.InferenceData(**groups)
 
 
-def _original_scale(md: MissingData, draws: Draws, imputed: np.ndarray, x_missing: np.ndarray,
-                    loglik: np.ndarray, stats: xr.Dataset | None, attrs: dict[str, Any]):
-    """Derived quantities of a fit on a transformed scale, mapped to the data's scale.
-
-    ``imputed`` (C, S, M) and ``x_missing`` (C, S', M) hold the missing entries on the
-    transformed scale, ``loglik`` (C, S, N) the rows' log-likelihoods there.
-    """
+def _original_scale(md: MissingData, loglik: np.ndarray, stats: xr.Dataset | None,
+                    attrs: dict[str, Any]):
+    """Log-likelihoods (C, S, N), traces and attrs of a fit on a transformed scale, moved
+    to the data's scale by the Jacobian (imputations come back-transformed already)."""
     ct = md.transform
     assert ct is not None
-    rows, cols = md.missing_index
-    imputed = imputed.copy()
-    need = np.isin(cols, [j for j, t in enumerate(ct.by_column) if t is not None])
-    if need.any():
-        # only the rows with a missing entry in a transformed column: their missing entries,
-        # row-major, are those of ``in_sub`` in the same order
-        sub_rows = np.unique(rows[need])
-        sub = MissingData.from_arrays(md.values[sub_rows], md.feature_names,
-                                      md.obs_names[sub_rows])
-        in_sub = np.isin(rows, sub_rows)
-        c, s = draws.shape
-        for i in range(c):
-            for j in range(s):
-                w, mu, var = missing_marginals(draws.params(i, j), sub)
-                imputed[i, j, in_sub] = ct.inverse_mean(imputed[i, j, in_sub], cols[in_sub],
-                                                        w, mu, var)
     jac = md.log_jacobian
     total = float(jac.sum())
     attrs = {**attrs, "transform": ct.to_json(), "log_jacobian": total}
@@ -210,7 +190,7 @@ def _original_scale(md: MissingData, draws: Draws, imputed: np.ndarray, x_missin
         for name in ("objective", "elbo"):
             if name in stats:
                 stats[name] = stats[name] + total
-    return (imputed, ct.inverse_entries(x_missing, cols), loglik + jac, stats, attrs)
+    return loglik + jac, stats, attrs
 
 
 def build_chunked_idata(
@@ -585,9 +565,13 @@ class Fit:
         layout = md.layout
         n_draws = 0 if draws is None else int(draws)
         mean, sims = conditional_draws(self.params, e_step(self.params, layout), layout,
-                                       np.random.default_rng(seed), n_draws)
+                                       np.random.default_rng(seed), n_draws, md.transform)
         if md.transform is not None:
-            mean, sims = self._back_transform(md, mean, sims)
+            # the missing entries came back on the original scale; observed ones as given
+            rows, cols = md.missing_index
+            out = np.repeat(md.original[None], len(sims), axis=0)
+            out[:, rows, cols] = sims[:, rows, cols]
+            mean, sims = self._fill(md, mean[rows, cols]), out
         if draws is None:
             return md.wrap(mean)
         return [md.wrap(x) for x in sims]
@@ -603,19 +587,6 @@ class Fit:
             raise ValueError(f"draws should be a positive integer, but got {draws!r}")
         sims = row_map(self.params, rows, "draws", seed=seed, draws=draws)
         return [wrap(sims[i], kind, feats, obs) for i in range(draws)]
-
-    def _back_transform(self, md: MissingData, mean: np.ndarray,
-                        sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Completed data sets of transformed ``md`` (values on the model scale) on the
-        original scale: conditional means and draws of the missing entries mapped back."""
-        ct = md.transform
-        assert ct is not None
-        rows, cols = md.missing_index
-        w, mu, var = missing_marginals(self.params, md)
-        mean = self._fill(md, ct.inverse_mean(mean[rows, cols], cols, w, mu, var))
-        out = np.repeat(md.original[None], len(sims), axis=0)
-        out[:, rows, cols] = ct.inverse_entries(sims[:, rows, cols], cols)
-        return mean, out
 
     @staticmethod
     def _fill(md: MissingData, missing_values: np.ndarray) -> np.ndarray:

@@ -235,6 +235,11 @@ class ColumnTransforms:
         return {f: t.name for f, t in zip(self.feature_names, self.by_column, strict=True)
                 if t is not None}
 
+    @property
+    def is_transformed(self) -> np.ndarray:
+        """Whether each column has a transform, (D,) bool."""
+        return np.array([t is not None for t in self.by_column])
+
     def _apply(self, a: Any, method: str) -> np.ndarray:
         out = np.array(a, dtype=float, copy=True)
         for j, t in enumerate(self.by_column):

@@ -28,6 +28,7 @@ import numpy as np
 from ..data import MissingData, PatternLayout
 from ..exceptions import PpgmmError
 from ..spec import Draws, Params
+from ..transforms import ColumnTransforms
 from .densities import LOG_2PI
 
 __all__ = ["embedded_covariance", "PatternFactors", "pattern_factors", "EStep", "e_step",
@@ -192,9 +193,10 @@ def responsibilities(params: Params, md: MissingData) -> np.ndarray:
 
 
 def _completions(params: Params, e: EStep, layout: PatternLayout, rng: np.random.Generator,
-                 n_draws: int) -> tuple[np.ndarray, np.ndarray]:
+                 n_draws: int, transform: ColumnTransforms | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`conditional_draws` of one block, rows in the layout's (sorted) order."""
-    n, k, d = e.v.shape
+    n, _, d = e.v.shape
     cond_mean = params.means[None] + e.deviations(params)  # (n, K, D)
     o, xs = layout.observed, layout.xs
     mean = np.where(o, xs, np.einsum("nk,nkd->nd", e.resp, cond_mean))
@@ -202,20 +204,38 @@ def _completions(params: Params, e: EStep, layout: PatternLayout, rng: np.random
     out[:] = xs
     has_missing = ~o.all(axis=1)
     rows = np.flatnonzero(has_missing)
-    if not (n_draws and len(rows)):
+    if not (len(rows) and (n_draws or transform is not None)):
         return mean, out
+    cond = e.factors.conditional_covariances(params.covariances, layout.patterns)
+    if n_draws:
+        _draw_missing(params, e, layout, rng, cond_mean, cond, rows, out)
+    if transform is not None:
+        _back_transform(transform, e, layout, cond_mean, cond, mean, out)
+    return mean, out
+
+
+def _draw_missing(params: Params, e: EStep, layout: PatternLayout, rng: np.random.Generator,
+                  cond_mean: np.ndarray, cond: np.ndarray, rows: np.ndarray,
+                  out: np.ndarray) -> None:
+    r"""Fill the missing entries of ``out`` (S, n, D) with draws from the rows' predictives.
+
+    Each draw picks a component from the row's responsibilities and draws the missing
+    entries from :math:`N(\hat x_{ik,m}, C_{pk})` (``cond_mean``, ``cond``); ``rows`` are
+    the rows with a missing entry.
+    """
+    n_draws = len(out)
+    k, d = params.means.shape
     # Cholesky of C_pk with the identity on the observed block, transposed and laid side
     # by side per pattern so that one product gives every component's noise
-    c = (e.factors.conditional_covariances(params.covariances, layout.patterns)
-         + layout.patterns.astype(float)[:, None, :, None] * np.eye(d))
+    c = cond + layout.patterns.astype(float)[:, None, :, None] * np.eye(d)
     chol_t = np.swapaxes(np.linalg.cholesky(c), -1, -2)  # (P, K, D, D)
     chol_t = np.ascontiguousarray(np.moveaxis(chol_t, 1, 2)).reshape(len(c), d, k * d)
     cum = np.cumsum(e.resp[rows], axis=1)
     u = rng.random((n_draws, len(rows)))
     comp = np.minimum((u[:, :, None] > cum).sum(-1), k - 1)  # (S, rows)
     eps = rng.standard_normal((n_draws, len(rows), d))
-    pos = np.cumsum(has_missing) - 1  # row -> its place in ``rows``
-    starts = layout.starts
+    pos = np.cumsum(~layout.observed.all(axis=1)) - 1  # row -> its place in ``rows``
+    starts, xs = layout.starts, layout.xs
     for p in range(len(starts) - 1):
         a, b = starts[p], starts[p + 1]
         if b == a or layout.patterns[p].all():
@@ -225,19 +245,42 @@ def _completions(params: Params, e: EStep, layout: PatternLayout, rng: np.random
         z += cond_mean[a:b]
         pick = np.take_along_axis(z, comp[:, i:i + b - a, None, None], axis=2)[:, :, 0]
         out[:, a:b] = np.where(layout.patterns[p], xs[a:b], pick)
-    return mean, out
+
+
+def _back_transform(transform: ColumnTransforms, e: EStep, layout: PatternLayout,
+                    cond_mean: np.ndarray, cond: np.ndarray, mean: np.ndarray,
+                    out: np.ndarray) -> None:
+    r"""Put the missing entries of transformed columns of ``mean`` (n, D) and ``out``
+    (S, n, D) on the data's original scale, in place.
+
+    Such an entry :math:`x_{ij} = f_j^{-1}(y_{ij})` has conditional mean
+    :math:`\sum_k r_{ik} E[f_j^{-1}(Y_k)]`, :math:`Y_k \sim N(\hat y_{ik,j}, (C_{pk})_{jj})`
+    (:meth:`~ppgmm.transforms.ColumnTransforms.inverse_mean`, from this E-step's
+    responsibilities ``e.resp`` and conditional moments ``cond_mean``, ``cond``), and its
+    draws are :math:`f_j^{-1}` of the draws of :math:`y_{ij}`.
+    """
+    rows, cols = np.nonzero(~layout.observed & transform.is_transformed)
+    var = np.diagonal(cond, axis1=2, axis2=3)  # (P, K, D)
+    mean[rows, cols] = transform.inverse_mean(mean[rows, cols], cols, e.resp[rows],
+                                              cond_mean[rows, :, cols],
+                                              var[layout.pat[rows], :, cols])
+    out[:, rows, cols] = transform.inverse_entries(out[:, rows, cols], cols)
 
 
 def conditional_draws(params: Params, e: EStep, layout: PatternLayout,
-                      rng: np.random.Generator, n_draws: int) -> tuple[np.ndarray, np.ndarray]:
+                      rng: np.random.Generator, n_draws: int,
+                      transform: ColumnTransforms | None = None) -> tuple[np.ndarray, np.ndarray]:
     r"""E[x | x_obs] (N, D) and ``n_draws`` predictive draws (S, N, D), in the original row order.
 
     Each draw picks a component from the row's responsibilities and draws the missing
     entries from their conditional normal :math:`N(\hat x_{ik,m}, C_{pk})`.
     ``e`` is the E-step of all of ``layout``'s rows; :func:`predictive` does the same in
-    row blocks of bounded memory.
+    row blocks of bounded memory. With ``transform`` (``layout`` holding the transformed
+    values :math:`y = f(x)`), the missing entries are returned on the data's original
+    scale, from this same E-step: means :math:`E[f^{-1}(y_{ij}) \mid x_{i,o}]` and draws
+    :math:`f^{-1}(y_{ij})`; observed entries keep the layout's values.
     """
-    mean, out = _completions(params, e, layout, rng, n_draws)
+    mean, out = _completions(params, e, layout, rng, n_draws, transform)
     return layout.unsort(mean), layout.unsort(out, axis=1)
 
 
@@ -263,13 +306,18 @@ def row_blocks(params: Params, layout: PatternLayout, block_entries: int = BLOCK
 
 
 def predictive(params: Params, layout: PatternLayout, rng: np.random.Generator, n_draws: int,
-               out_mean: np.ndarray, out_draws: np.ndarray, out_loglik: np.ndarray) -> None:
+               out_mean: np.ndarray, out_draws: np.ndarray, out_loglik: np.ndarray,
+               transform: ColumnTransforms | None = None) -> None:
     """Fill E[x | x_obs] (N, D), ``n_draws`` predictive draws (S, N, D) and the row
-    log-likelihoods (N,), rows in the original order, working in row blocks."""
+    log-likelihoods (N,), rows in the original order, working in row blocks.
+
+    ``transform`` maps the missing entries back as in :func:`conditional_draws`; the
+    log-likelihoods stay those of the layout's values.
+    """
     d = layout.xs.shape[1]
     for block, factors in row_blocks(params, layout, extra=d * d):
         e = e_step(params, block, factors)
-        mean, draws = _completions(params, e, block, rng, n_draws)
+        mean, draws = _completions(params, e, block, rng, n_draws, transform)
         out_mean[block.order] = mean
         out_draws[:, block.order] = draws
         out_loglik[block.order] = e.row_loglik
@@ -302,6 +350,11 @@ def derived_quantities(md: MissingData, draws: Draws, rng: np.random.Generator,
     the M missing entries (``md.missing_index`` order), and the observed-data
     log-likelihood of each row (original order). Only one draw's (N, D) work arrays exist
     at a time, so memory grows with the missing entries, not with every entry.
+
+    For data on a transformed scale (``md.transform``) the imputed means and draws are of
+    the back-transformed variable :math:`x = f^{-1}(y)`, computed from each draw's one
+    E-step (:func:`conditional_draws`); the log-likelihoods stay those of the transformed
+    values (:func:`ppgmm.fit.build_idata` adds the Jacobian).
     """
     layout = md.layout
     rows, cols = md.missing_index
@@ -313,7 +366,8 @@ def derived_quantities(md: MissingData, draws: Draws, rng: np.random.Generator,
     mean, sims = np.empty((n, d)), np.empty((n_predictive, n, d))
     for i in range(c):
         for j in range(s):
-            predictive(draws.params(i, j), layout, rng, n_predictive, mean, sims, loglik[i, j])
+            predictive(draws.params(i, j), layout, rng, n_predictive, mean, sims, loglik[i, j],
+                       md.transform)
             imputed[i, j] = mean[rows, cols]
             predictive_[i, j] = sims[:, rows, cols]
     return imputed, predictive_.reshape(c, s * n_predictive, len(rows)), loglik

@@ -166,3 +166,36 @@ def test_latent_model_has_missing_entries_as_free_variables(rng):
     assert model.rvs_to_values[model["x_missing_latent"]].type.shape == (n_missing,)
     with pytest.raises(ValueError, match="missing should be"):
         build_model(spec, md, rp, missing="drop")
+
+
+@pytest.mark.parametrize("missing_cols", [[0], [0, 1, 2]], ids=["one-hot", "gather"])
+def test_row_loglik_by_pattern_matches_scipy(rng, missing_cols):
+    """Each row's marginal log-likelihood equals a scipy mixture over its observed entries,
+    whether rows pick their pattern by the one-hot product (at most ONEHOT_PATTERNS
+    patterns) or by the gather; a padding row (pattern number P) has log-likelihood 0."""
+    import pytensor.tensor as pt
+
+    from ppgmm.backends.pymc_model import (
+        ONEHOT_PATTERNS,
+        mixture_loglik_rows,
+        padding_row,
+        row_inputs,
+    )
+
+    x = _data(rng, n=60)
+    x = np.where(np.isin(np.arange(x.shape[1]), missing_cols), x, np.nan_to_num(x, nan=0.5))
+    md = prepare(x)
+    assert (md.n_patterns <= ONEHOT_PATTERNS) == (len(missing_cols) == 1)
+    p = _random_params(rng, 3, md.d, "full")
+    rows = row_inputs(md.zero_filled, md.pattern_index, md.patterns)
+    pad = padding_row(md.n_patterns)
+    rows = {n: np.concatenate([v, np.full((1, *v.shape[1:]), pad[n])]) for n, v in rows.items()}
+    got = mixture_loglik_rows(pt, {n: pt.as_tensor(v) for n, v in rows.items()}, md.patterns,
+                              pt.as_tensor(p.weights), pt.as_tensor(p.means),
+                              pt.as_tensor(p.covariances)).eval()
+    for i, row in enumerate(md.values):
+        o = ~np.isnan(row)
+        dens = [np.log(p.weights[k]) + stats.multivariate_normal(
+            p.means[k, o], p.covariances[k][np.ix_(o, o)]).logpdf(row[o]) for k in range(3)]
+        assert got[i] == pytest.approx(np.logaddexp.reduce(dens), abs=1e-10)
+    assert got[-1] == pytest.approx(0.0, abs=1e-12)

@@ -158,13 +158,13 @@ def _jaxify(model: Any, n_rows: int | None):
     import pytensor.tensor as pt
     from pymc.sampling.jax import get_jaxified_graph
 
-    from .pymc_model import DATA_NAMES
+    from .pymc_model import DATA_NAMES, ROW_NAMES
 
     shared = [model[n] for n in DATA_NAMES if n in model.named_vars]
     inputs = []
     for v in shared:
         shape = v.type.shape
-        if n_rows is not None and v.name in ("x0", "obs", "onehot", "n_obs"):
+        if n_rows is not None and v.name in ROW_NAMES:
             shape = (n_rows, *shape[1:])
         inputs.append(pt.tensor(dtype="float64", shape=shape, name=v.name))
     loglik = model.replace_rvs_by_values([model["loglik"]])[0]
@@ -193,6 +193,8 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
     import jax.numpy as jnp
     import optax
 
+    from .pymc_model import ROW_NAMES, padding_row
+
     key = _structure(model, start, method, n_mc, window, batch)
     if key in _CACHE:
         return _CACHE[key]
@@ -208,7 +210,8 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
 
     dens_full, draw_fn, names = _jaxify(model, None)
     dens_batch = dens_full if batch is None else _jaxify(model, batch)[0]
-    rows = [i for i, n in enumerate(names) if n in ("x0", "obs", "onehot", "n_obs")]
+    rows = [i for i, n in enumerate(names) if n in ROW_NAMES]
+    padding = padding_row(len(model.ppgmm_patterns))
 
     def logp_full(theta, data, _key):
         return dens_full(*unravel(theta), *data)[0]
@@ -226,8 +229,8 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
         # observe nothing, so each adds log sum_k w_k = 0
         n_blocks = -(-n_rows // batch)
         pad = [(0, n_blocks * batch - n_rows)]
-        blocked = [jnp.pad(d, pad + [(0, 0)] * (d.ndim - 1)).reshape(n_blocks, batch,
-                                                                     *d.shape[1:])
+        blocked = [jnp.pad(d, pad + [(0, 0)] * (d.ndim - 1), constant_values=padding[names[i]])
+                   .reshape(n_blocks, batch, *d.shape[1:])
                    if i in rows else d for i, d in enumerate(data)]
 
         def body(total, j):

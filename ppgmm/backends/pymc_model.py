@@ -57,6 +57,8 @@ __all__ = [
     "initial_values",
     "row_inputs",
     "DATA_NAMES",
+    "ROW_NAMES",
+    "padding_row",
     "mixture_loglik_rows",
     "FREE_NAMES",
 ]
@@ -114,53 +116,85 @@ def row_inputs(x0: np.ndarray, row_pattern: np.ndarray, patterns: np.ndarray
     """The per-row arrays the likelihood reads (see :func:`mixture_loglik_rows`).
 
     ``x0`` (N, D): rows with missing entries set to 0; ``obs`` (N, D): observed masks as
-    floats; ``onehot`` (N, P): each row's pattern; ``n_obs`` (N,): observed entries per row.
+    floats; ``pattern`` (N,): each row's pattern number (as a float, like every ``pm.Data``
+    of the model); ``n_obs`` (N,): observed entries per row. O(N D) memory at any number
+    of patterns.
     """
     obs = patterns.astype(float)[row_pattern]
     return {"x0": np.asarray(x0, float), "obs": obs,
-            "onehot": np.eye(len(patterns))[row_pattern], "n_obs": obs.sum(1)}
+            "pattern": np.asarray(row_pattern, float), "n_obs": obs.sum(1)}
+
+
+#: at most this many patterns, rows select their pattern's terms by a one-hot product
+#: (O(N K P D^2)); above it, by a gather (O(N K D^2), but its gradient is a scatter-add
+#: about three times as costly as one pattern's product)
+ONEHOT_PATTERNS = 3
+
+
+def _whitening(pt: Any, patterns: np.ndarray, covs: Any) -> tuple[Any, Any]:
+    """Per pattern and component: :math:`L_{pk}^{-1}` (P, K, D, D) and
+    :math:`\\log|S_{pk}|` (P, K), with :math:`L_{pk}` the Cholesky factor of the embedded
+    covariance :math:`S_{pk}`: P x K factorisations of D x D matrices, whatever N."""
+    n_pat, d = patterns.shape
+    chol = pt.linalg.cholesky(embedded_covariance(patterns, covs))  # (P, K, D, D)
+    logdet = 2.0 * pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)  # (P, K)
+    eye = np.broadcast_to(np.eye(d), (n_pat, 1, d, d))
+    return pt.linalg.solve_triangular(chol, eye, lower=True), logdet
 
 
 def mixture_loglik_rows(pt: Any, rows: dict[str, Any], patterns: np.ndarray,
                         weights: Any, means: Any, covs: Any) -> Any:
-    """Observed-data log-likelihood of each row, shape (N,), as a PyTensor graph.
+    r"""Observed-data log-likelihood of each row, shape (N,), as a PyTensor graph.
 
     ``rows`` holds :func:`row_inputs` (arrays or tensors of the same names: the model
     passes them as ``pm.Data`` so that a compiled log density takes the data as inputs),
     ``patterns`` (P, D) the observed masks.
 
-    With :math:`S_{pk}^{-1}` the inverse of the embedded covariance (the inverse of
-    :math:`\\Sigma_{k,oo}` on the observed block) and residuals :math:`r_{ik}` zeroed on missing
-    entries, :math:`q_{ik} = \\langle r_{ik} r_{ik}^T, S_{p(i)k}^{-1} \\rangle_F`. Rows pick their
-    pattern's factors through the one-hot matrix :math:`H` (N, P), so every step is
-    a dense product: :math:`q = \\sum_p H_{ip} \\langle r_{ik} r_{ik}^T, S_{pk}^{-1}\\rangle` and
-    :math:`\\log|S_{p(i)k}| = (H \\log|S|)_{ik}`. (Indexing the batched factors by row
-    instead lets graph rewrites push the index inside the batched Cholesky, factorising
-    per row; that is twice as slow.)
+    With residuals :math:`r_{ik}` zeroed on missing entries and :math:`L_{pk}` the Cholesky
+    factor of the embedded covariance (:func:`_whitening`),
+    :math:`q_{ik} = \lVert L_{p(i)k}^{-1} r_{ik} \rVert^2 = r_{ik,o}^T \Sigma_{k,oo}^{-1}
+    r_{ik,o}` and :math:`\log|S_{p(i)k}| = \log|\Sigma_{k,oo}|`. A row picks its pattern's
+    terms by a one-hot product when there are at most :data:`ONEHOT_PATTERNS` patterns
+    and by a gather otherwise, so memory and work per evaluation are O(N K D^2) at any
+    number of patterns (a one-hot (N, P) matrix is 8 GB at a million rows with 1,000
+    patterns). A row with pattern number P (:func:`padding_row`) observes nothing and
+    has log-likelihood exactly 0.
     """
-    n_pat, d = patterns.shape
-    chol = pt.linalg.cholesky(embedded_covariance(patterns, covs))  # (P, K, D, D)
-    logdet = 2.0 * pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)  # (P, K)
-    eye = np.broadcast_to(np.eye(d), (n_pat, 1, d, d))
-    chol_inv = pt.linalg.solve_triangular(chol, eye, lower=True)  # (P, K, D, D)
-    s_inv = pt.matmul(pt.swapaxes(chol_inv, -1, -2), chol_inv)  # (P, K, D, D)
-    k = s_inv.shape[1]
-    x0, obs, onehot = rows["x0"], rows["obs"], rows["onehot"]
-    resid = (x0[:, None, :] - means[None]) * obs[:, None, :]  # (N, K, D)
-    outer = (resid[:, :, :, None] * resid[:, :, None, :]).reshape((x0.shape[0], k, d * d))
-    quad_p = pt.einsum("nkx,pkx->nkp", outer, s_inv.reshape((n_pat, k, d * d)))
-    quad = pt.sum(quad_p * onehot[:, None, :], axis=-1)  # (N, K)
-    log_comp = (
-        pt.log(weights)[None]
-        - 0.5 * (rows["n_obs"][:, None] * np.log(2 * np.pi) + pt.dot(onehot, logdet) + quad)
-    )
+    n_pat = len(patterns)
+    resid = (rows["x0"][:, None, :] - means[None]) * rows["obs"][:, None, :]  # (N, K, D)
+    if n_pat <= ONEHOT_PATTERNS:
+        chol_inv, logdet = _whitening(pt, patterns, covs)
+        # (N, P); a padding row's pattern, P, matches none
+        onehot = pt.eq(rows["pattern"][:, None], np.arange(n_pat).astype(float))
+        whitened = pt.matmul(resid[:, None, :, None, :],
+                             pt.swapaxes(chol_inv, -1, -2)[None])[..., 0, :]  # (N, P, K, D)
+        quad = pt.sum(pt.sum(whitened**2, axis=-1) * onehot[:, :, None], axis=1)
+        logdet_rows = pt.dot(onehot, logdet)  # (N, K)
+    else:
+        # the patterns and, last, the empty one (S = I, log|S| = 0) for padding rows
+        empty = np.zeros((1, patterns.shape[1]), dtype=bool)
+        chol_inv, logdet = _whitening(pt, np.vstack([patterns, empty]), covs)
+        pattern = pt.cast(rows["pattern"], "int64")
+        whitened = pt.sum(chol_inv[pattern] * resid[:, :, None, :], axis=-1)  # (N, K, D)
+        quad = pt.sum(whitened**2, axis=-1)
+        logdet_rows = logdet[pattern]
+    log_comp = pt.log(weights)[None] - 0.5 * (
+        rows["n_obs"][:, None] * np.log(2 * np.pi) + logdet_rows + quad)
     return pt.logsumexp(log_comp, axis=1)
+
+
+def padding_row(n_patterns: int) -> dict[str, float]:
+    """The value of each :func:`row_inputs` array in a row that observes nothing: its
+    likelihood is 1 (log-likelihood exactly 0), so it pads a block of rows to a fixed size."""
+    return {"x0": 0.0, "obs": 0.0, "pattern": float(n_patterns), "n_obs": 0.0}
 
 
 # --------------------------------------------------------------------------- the model
 
-#: the model's pm.Data: rows (:func:`row_inputs`) and hyperparameters computed from data
-DATA_NAMES = ("x0", "obs", "onehot", "n_obs", "prior_mean", "prior_chol", "prior_ig_scale")
+#: the model's per-row pm.Data (:func:`row_inputs`): a minibatch takes rows of each
+ROW_NAMES = ("x0", "obs", "pattern", "n_obs")
+#: the model's pm.Data: rows and the hyperparameters computed from data
+DATA_NAMES = (*ROW_NAMES, "prior_mean", "prior_chol", "prior_ig_scale")
 
 
 def _data(pm: Any, name: str, value: Any, rows: bool = False) -> Any:
@@ -190,8 +224,8 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
         Free variables ``weights``, ``means`` and :data:`FREE_NAMES` (plus
         ``x_missing_latent`` when latent); deterministic ``covariances`` (K, D, D); the
         likelihood as the potential ``loglik``; the data as ``pm.Data``
-        (:data:`DATA_NAMES`) and ``model.ppgmm_structure``, the tuple of everything else
-        the graph depends on.
+        (:data:`DATA_NAMES`); ``model.ppgmm_structure``, the tuple of everything else
+        the graph depends on, and ``model.ppgmm_patterns``, the likelihood's patterns.
     """
     pm = import_pymc()
     import pytensor.tensor as pt
@@ -262,6 +296,8 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
     # what a compiled log density depends on besides the pm.Data (ADVI's compile cache)
     model.ppgmm_structure = (k, d, cov_type, missing, md.patterns.tobytes(),
                              md.patterns.shape, float(nu), float(rp.kappa))
+    # the likelihood's pattern table (its rows' ``pattern`` numbers index it)
+    model.ppgmm_patterns = md.patterns if missing == "marginal" else np.ones((1, d), bool)
     return model
 
 

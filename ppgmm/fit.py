@@ -60,6 +60,11 @@ from .transforms import ColumnTransforms
 __all__ = ["Fit", "build_idata", "build_chunked_idata", "load", "params_dataset"]
 
 
+#: sample statistics that are log densities of the data (a change of the data's scale
+#: shifts them by its log-Jacobian)
+LOG_DENSITY_STATS = ("objective", "elbo", "check_elbo")
+
+
 @cache
 def _versions() -> str:
     import importlib.metadata as md
@@ -187,7 +192,7 @@ def _original_scale(md: MissingData, loglik: np.ndarray, stats: xr.Dataset | Non
         attrs["elbo_final"] = float(attrs["elbo_final"]) + total
     if stats is not None:
         stats = stats.copy()
-        for name in ("objective", "elbo"):
+        for name in LOG_DENSITY_STATS:
             if name in stats:
                 stats[name] = stats[name] + total
     return loglik + jac, stats, attrs

@@ -57,6 +57,20 @@ def test_convergence_needs_settled_parameters(data):
         fit = ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1, window=500,
                         n_iter=3000, param_tol=1e-9)
     assert fit.attrs["n_iter"] == 3000 and not fit.converged
+    # the checks are kept: one per window, none of them meeting the parameter tolerance
+    stats = fit.idata.sample_stats
+    assert stats.sizes["window"] == 6 and (stats["check_mean_shift"].values[1:] > 1e-9).all()
+
+
+def test_window_checks_are_kept_and_the_last_one_met_the_rule(meanfield):
+    """The stored checks show why the fit stopped: in the last window the mean moved by
+    less than param_tol sds, and the ELBO by less than its bound."""
+    stats, a = meanfield.idata.sample_stats, meanfield.attrs
+    assert stats.sizes["window"] * 500 == a["n_iter"]
+    assert stats["check_mean_shift"].values[-1] < a["param_tol"]
+    assert stats["check_log_sd_shift"].values[-1] < a["param_tol"]
+    e, se = stats["check_elbo"].values[-2:], stats["check_elbo_se"].values[-2:]
+    assert abs(e[1] - e[0]) < max(a["tol"] * abs(e[1]), 2 * np.hypot(*se))
 
 
 def test_minibatch_agrees_with_full_data(data, meanfield):

@@ -309,12 +309,12 @@ def _check_window(c: Compiled, avg: tuple, prev: tuple | None, key: Any, data: t
 
 def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate: float,
              n_windows: int, tol: float, param_tol: float, progressbar: bool
-             ) -> tuple[Any, list[np.ndarray], bool, float] | None:
+             ) -> tuple[Any, list[np.ndarray], list[Window], bool, float] | None:
     """Run windows until the approximation settles (:func:`_converged`).
 
-    Returns the last window's averaged parameters, the ELBO trace per window, whether it
-    converged and the seconds the first window took (it compiles the loop when the cache
-    has none); None when the ELBO or the parameters stopped being finite.
+    Returns the last window's averaged parameters, the ELBO trace per window, the checks,
+    whether it converged and the seconds the first window took (it compiles the loop when
+    the cache has none); None when the ELBO or the parameters stopped being finite.
     """
     import jax
     import optax
@@ -339,18 +339,19 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
         prev = avg
         if progressbar:
             print(f"\rADVI {(w + 1) * len(vals)}/{n_windows * len(vals)} ELBO "
-                  f"{check.elbo:.4g}", end="", file=sys.stderr)
+                  f"{check.elbo:.6g} (se {check.se:.2g}), mean moved {check.shift:.2g} sd",
+                  end="", file=sys.stderr)
         if w >= 2 and _converged(checks[-2], check, tol, param_tol):
             converged = True
             break
     if progressbar:
         print(file=sys.stderr)
-    return avg, trace, converged, first
+    return avg, trace, checks, converged, first
 
 
 def _fit_family(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate: float,
-                retries: int = 2, **kw: Any) -> tuple[tuple, list[np.ndarray], bool, float,
-                                                       float]:
+                retries: int = 2, **kw: Any) -> tuple[tuple, list[np.ndarray], list[Window],
+                                                       bool, float, float]:
     """:func:`_windows` from ``params``; when it goes NaN, again from ``params`` with a ten
     times smaller step (``retries`` times), then a clear error."""
     lr = learning_rate
@@ -403,8 +404,8 @@ def _jax_advi(model: Any, start: dict[str, np.ndarray], *, method: str, n_iter: 
         # the D(D-1)/2 noisy off-diagonal gradients drowned the correlations in noise (its
         # ELBO fell below the mean-field start's), a tenth of it does not
         step = learning_rate if meth == "advi" else learning_rate / 10.0
-        avg, trace, converged, t_first, lr = _fit_family(c, init, sub, data,
-                                                         learning_rate=step, **opts)
+        avg, trace, checks, converged, t_first, lr = _fit_family(c, init, sub, data,
+                                                                 learning_rate=step, **opts)
         t_compile += t_first
         params = avg
         if meth != method:
@@ -419,7 +420,8 @@ def _jax_advi(model: Any, start: dict[str, np.ndarray], *, method: str, n_iter: 
     e = np.asarray(c.elbo(params, jax.random.PRNGKey(seed + 1), data))
     drawn = c.draw(theta, data)
     out = _result(np.concatenate(trace), Draws(*(np.asarray(a, float)[None] for a in drawn)),
-                  converged, float(e.mean()), compile_time=t_compile, fit_time=t_fit)
+                  converged, float(e.mean()), compile_time=t_compile, fit_time=t_fit,
+                  checks=checks)
     out.attrs.update({**extra, "learning_rate_used": float(lr),
                       "batch_size": int(batch or n_rows)})
     return out
@@ -458,13 +460,19 @@ def _pymc_advi(model: Any, start: dict[str, np.ndarray] | None, *, method: str, 
 
 
 def _result(elbo: np.ndarray, drawn: Draws, converged: bool, elbo_final: float, *,
-            compile_time: float, fit_time: float) -> bayes.EngineResult:
-    """The one result type, with the ELBO trace as a statistic over ``iteration``."""
+            compile_time: float, fit_time: float, checks: list[Window] = ()
+            ) -> bayes.EngineResult:
+    """The one result type, with the ELBO trace as a statistic over ``iteration`` and the
+    convergence checks of the last stage over ``window`` (``check_elbo``,
+    ``check_elbo_se``, ``check_mean_shift``, ``check_log_sd_shift``: :class:`Window`)."""
     import xarray as xr
 
     stats = xr.Dataset({"elbo": ("iteration", elbo)},
                        coords={"iteration": np.arange(len(elbo)), "chain": [0],
                                "draw": np.arange(drawn.shape[1])})
+    for name, values in zip(("check_elbo", "check_elbo_se", "check_mean_shift",
+                             "check_log_sd_shift"), zip(*checks, strict=True) if checks else ()):
+        stats[name] = ("window", np.asarray(values, float))
     return bayes.EngineResult(drawn, stats, None, converged, {
         "n_iter": int(len(elbo)), "elbo_final": float(elbo_final),
         "compile_time": float(compile_time), "fit_time": float(fit_time)})

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..data import MissingData
 from ..exceptions import ConvergenceWarning, SpecError
-from ..fit import Fit, build_idata
+from ..fit import LOG_DENSITY_STATS, Fit, build_idata
 from ..numerics import affine
 from ..numerics.alignment import align, align_to, count_relabelled
 from ..numerics.patterns import derived_quantities
@@ -192,8 +192,9 @@ def _from_z(result: EngineResult, a: affine.Affine, md: MissingData) -> EngineRe
     shift = -float(affine.log_jacobian(md.observed, a).sum())
     stats = result.stats
     attrs = dict(result.attrs)
-    if "elbo" in stats:
-        stats["elbo"] = stats["elbo"] + shift
+    for name in LOG_DENSITY_STATS:
+        if name in stats:
+            stats[name] = stats[name] + shift
     if "elbo_final" in attrs:
         attrs["elbo_final"] = float(attrs["elbo_final"]) + shift
     return dataclasses.replace(result, draws=affine.draws_from_z(result.draws, a), stats=stats,

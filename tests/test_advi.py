@@ -112,6 +112,6 @@ def test_minibatch_full_data_elbo_in_row_blocks(data):
                            n_rows=md.n)
         m0 = np.concatenate([np.ravel(start[v.name]) for v in model.value_vars])
         params = c.family.init(m0 + 0.1)
-        out.append(np.asarray(c.elbo(params, jax.random.PRNGKey(3), args)))
+        out.append(np.asarray(c.elbo(params, jax.random.PRNGKey(3), args, 32)))
     assert out[0].shape == (32,) and np.isfinite(out[0]).all()
     np.testing.assert_allclose(out[1], out[0], rtol=1e-10)

@@ -138,10 +138,13 @@ class Compiled(NamedTuple):
     """The jitted functions of one model structure (see :func:`_compiled`)."""
 
     run_window: Any  # (state, key, data) -> (state, elbo per iteration, averaged params)
-    elbo: Any  # (params, key, data) -> full-data ELBO draws of the approximation
+    # (params, key, data, n_draws) -> ELBO draws of the approximation, the likelihood of
+    # data's rows scaled to n_rows (full data: the ELBO itself)
+    elbo: Any
     draw: Any  # (theta (S, dim), data) -> weights, means, covariances
     unravel: Any
     family: Gaussian
+    rows: list[int]  # positions of the per-row inputs in data
 
 
 #: compiled functions per model structure: a second fit of the same shape does not recompile
@@ -187,7 +190,7 @@ def _structure(model: Any, start: dict, method: str, n_mc: int, window: int,
 
 
 def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
-              batch: int | None, n_rows: int, n_eval: int = 32) -> Compiled:
+              batch: int | None, n_rows: int) -> Compiled:
     """Jitted ADVI loop, full-data ELBO and parameter draws for this model structure."""
     import jax
     import jax.numpy as jnp
@@ -224,11 +227,12 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
         return lp + (n_rows / batch - 1.0) * ll
 
     def logp_blocked(theta, data, _key):
-        # the full-data density with the likelihood summed over blocks of `batch` rows by
-        # the minibatch density: the memory of one minibatch at any n_rows. Padding rows
-        # observe nothing, so each adds log sum_k w_k = 0
-        n_blocks = -(-n_rows // batch)
-        pad = [(0, n_blocks * batch - n_rows)]
+        # the density with the likelihood of data's m rows summed over blocks of `batch`
+        # rows by the minibatch density (the memory of one minibatch at any m) and scaled
+        # to n_rows. Padding rows observe nothing, so each adds log sum_k w_k = 0
+        m = data[rows[0]].shape[0]
+        n_blocks = -(-m // batch)
+        pad = [(0, n_blocks * batch - m)]
         blocked = [jnp.pad(d, pad + [(0, 0)] * (d.ndim - 1), constant_values=padding[names[i]])
                    .reshape(n_blocks, batch, *d.shape[1:])
                    if i in rows else d for i, d in enumerate(data)]
@@ -239,7 +243,7 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
             return total + ll, lp - ll
 
         total, prior = jax.lax.scan(body, 0.0, jnp.arange(n_blocks))
-        return prior[0] + total
+        return prior[0] + (n_rows / m) * total
 
     family = Gaussian(int(cuts[-1]), method == "fullrank_advi")
     optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
@@ -255,10 +259,10 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
         # Polyak-Ruppert averaging of the variational parameters over the window
         return state, elbo, jax.tree.map(lambda a: a.mean(axis=0), params)
 
-    @jax.jit
-    def elbo(params, key, data):
+    @functools.partial(jax.jit, static_argnums=3)
+    def elbo(params, key, data, n_draws):
         m, rho, off = params
-        theta = m + jax.random.normal(key, (n_eval, family.dim)) @ family.scale(rho, off).T
+        theta = m + jax.random.normal(key, (n_draws, family.dim)) @ family.scale(rho, off).T
         if batch is None:
             return jax.vmap(lambda th: logp_full(th, data, key))(theta) + family.entropy(rho)
         # minibatches are for many rows: one draw at a time, rows in blocks
@@ -268,7 +272,7 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
     def draw(theta, data):
         return jax.vmap(lambda th: draw_fn(*unravel(th), *data))(jnp.asarray(theta))
 
-    out = Compiled(run_window, elbo, draw, unravel, family)
+    out = Compiled(run_window, elbo, draw, unravel, family, rows)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = out
@@ -282,21 +286,52 @@ class Window(NamedTuple):
     se: float  # its Monte Carlo standard error
     shift: float  # largest change of the mean since the last window, in posterior sds
     log_sd_shift: float  # largest change of a log standard deviation
+    learning_rate: float  # the step size of the window
+
+
+#: the step size is halved at most down to this fraction of the starting one
+MIN_STEP_FRACTION = 2.0**-10
+
+
+def _elbo_flat(a: Window, b: Window, tol: float) -> bool:
+    """The ELBO changed by less than tol of itself or twice its Monte Carlo error."""
+    return bool(abs(b.elbo - a.elbo) < max(tol * abs(b.elbo), 2.0 * np.hypot(a.se, b.se)))
 
 
 def _converged(a: Window, b: Window, tol: float, param_tol: float) -> bool:
     """Both the ELBO and the parameters have settled (see the module docstring)."""
-    elbo_flat = abs(b.elbo - a.elbo) < max(tol * abs(b.elbo), 2.0 * np.hypot(a.se, b.se))
-    return bool(elbo_flat and b.shift < param_tol and b.log_sd_shift < param_tol)
+    return _elbo_flat(a, b, tol) and b.shift < param_tol and b.log_sd_shift < param_tol
 
 
-def _check_window(c: Compiled, avg: tuple, prev: tuple | None, key: Any, data: tuple
-                  ) -> Window | None:
-    """The window's check, or None when the approximation is no longer finite."""
+#: draws of the approximation per ELBO estimate of a convergence check
+CHECK_DRAWS = 32
+#: with minibatches, checks read this many minibatches' worth of rows, drawn once per fit
+CHECK_BATCHES = 16
+#: draws of the final full-data ELBO of a minibatch fit (each a pass over every row)
+FINAL_DRAWS_MINIBATCH = 8
+
+
+def _check_rows(data: tuple, rows: list[int], batch: int | None, seed: int) -> tuple:
+    """The data a convergence check reads: all of it, or with minibatches a fixed random
+    subsample of :data:`CHECK_BATCHES` minibatches' rows (its likelihood scaled to all rows
+    by :class:`Compiled`'s ``elbo``). The same rows at every check, so the change of the
+    estimate between windows has no row-sampling noise, at a cost that does not grow
+    with N."""
+    n = data[rows[0]].shape[0]
+    if batch is None or CHECK_BATCHES * batch >= n:
+        return data
+    pick = np.sort(np.random.default_rng(seed).choice(n, CHECK_BATCHES * batch, replace=False))
+    return tuple(d[pick] if i in rows else d for i, d in enumerate(data))
+
+
+def _check_window(c: Compiled, avg: tuple, prev: tuple | None, key: Any, data: tuple,
+                  learning_rate: float) -> Window | None:
+    """The window's check on ``data`` (:func:`_check_rows`), or None when the approximation
+    is no longer finite."""
     m, rho, off = (np.asarray(a) for a in avg)
     if not (np.isfinite(m).all() and np.isfinite(rho).all() and np.isfinite(off).all()):
         return None
-    e = np.asarray(c.elbo(avg, key, data))
+    e = np.asarray(c.elbo(avg, key, data, CHECK_DRAWS))
     if not np.isfinite(e).all():
         return None
     shift = log_shift = np.inf
@@ -304,19 +339,28 @@ def _check_window(c: Compiled, avg: tuple, prev: tuple | None, key: Any, data: t
         sd = np.exp(rho)
         shift = float(np.max(np.abs(m - np.asarray(prev[0])) / sd))
         log_shift = float(np.max(np.abs(rho - np.asarray(prev[1]))))
-    return Window(float(e.mean()), float(e.std() / np.sqrt(len(e))), shift, log_shift)
+    return Window(float(e.mean()), float(e.std() / np.sqrt(len(e))), shift, log_shift,
+                  learning_rate)
 
 
 def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate: float,
-             n_windows: int, tol: float, param_tol: float, progressbar: bool
-             ) -> tuple[Any, list[np.ndarray], list[Window], bool, float] | None:
-    """Run windows until the approximation settles (:func:`_converged`).
+             n_windows: int, tol: float, param_tol: float, progressbar: bool,
+             check_data: tuple) -> tuple[Any, list[np.ndarray], list[Window], bool,
+                                        float] | None:
+    """Run windows on ``data`` until the approximation settles (:func:`_converged`, judged
+    on ``check_data``).
+
+    When the ELBO has settled but the parameters still move (the optimiser's jitter from
+    noisy gradients, which a constant step never damps), the step is halved, down to
+    :data:`MIN_STEP_FRACTION` of ``learning_rate``: the Robbins-Monro condition that
+    stochastic optimisation needs, applied when the noise is what is left.
 
     Returns the last window's averaged parameters, the ELBO trace per window, the checks,
     whether it converged and the seconds the first window took (it compiles the loop when
     the cache has none); None when the ELBO or the parameters stopped being finite.
     """
     import jax
+    import jax.numpy as jnp
     import optax
 
     # the step size lives in the optimiser's state (inject_hyperparams): a restart with a
@@ -324,6 +368,7 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
     opt_state = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate).init(params)
     state = ADVIState(params, opt_state)
     trace, checks, avg, prev, converged, first = [], [], None, None, False, 0.0
+    lr = learning_rate
     for w in range(n_windows):
         key, sub, k_eval = jax.random.split(key, 3)
         t0 = time.perf_counter()
@@ -331,7 +376,7 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
         vals = np.asarray(vals)
         if w == 0:
             first = time.perf_counter() - t0
-        check = _check_window(c, avg, prev, k_eval, data)
+        check = _check_window(c, avg, prev, k_eval, check_data, lr)
         if check is None or not np.isfinite(vals).all():
             return None
         trace.append(vals)
@@ -339,11 +384,17 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
         prev = avg
         if progressbar:
             print(f"\rADVI {(w + 1) * len(vals)}/{n_windows * len(vals)} ELBO "
-                  f"{check.elbo:.6g} (se {check.se:.2g}), mean moved {check.shift:.2g} sd",
-                  end="", file=sys.stderr)
+                  f"{check.elbo:.6g} (se {check.se:.2g}), mean moved {check.shift:.2g} sd, "
+                  f"step {lr:.2g}", end="", file=sys.stderr)
         if w >= 2 and _converged(checks[-2], check, tol, param_tol):
             converged = True
             break
+        if w >= 1 and _elbo_flat(checks[-2], check, tol) and (
+                lr / 2.0 >= learning_rate * MIN_STEP_FRACTION):
+            lr /= 2.0
+            hyper = state.opt_state.hyperparams
+            state = state._replace(opt_state=state.opt_state._replace(hyperparams={
+                **hyper, "learning_rate": jnp.asarray(lr, hyper["learning_rate"].dtype)}))
     if progressbar:
         print(file=sys.stderr)
     return avg, trace, checks, converged, first
@@ -404,8 +455,9 @@ def _jax_advi(model: Any, start: dict[str, np.ndarray], *, method: str, n_iter: 
         # the D(D-1)/2 noisy off-diagonal gradients drowned the correlations in noise (its
         # ELBO fell below the mean-field start's), a tenth of it does not
         step = learning_rate if meth == "advi" else learning_rate / 10.0
-        avg, trace, checks, converged, t_first, lr = _fit_family(c, init, sub, data,
-                                                                 learning_rate=step, **opts)
+        avg, trace, checks, converged, t_first, lr = _fit_family(
+            c, init, sub, data, learning_rate=step,
+            check_data=_check_rows(data, c.rows, batch, seed), **opts)
         t_compile += t_first
         params = avg
         if meth != method:
@@ -415,9 +467,10 @@ def _jax_advi(model: Any, start: dict[str, np.ndarray], *, method: str, n_iter: 
     m, rho, off = (np.asarray(a) for a in params)
     lmat = np.asarray(c.family.scale(jnp.asarray(rho), jnp.asarray(off)))
     theta = m + np.random.default_rng(seed).standard_normal((draws, c.family.dim)) @ lmat.T
-    # ELBO of the returned (averaged) approximation; the trace is taken at the optimiser's
-    # iterates, which jitter around it and score lower
-    e = np.asarray(c.elbo(params, jax.random.PRNGKey(seed + 1), data))
+    # full-data ELBO of the returned (averaged) approximation; the trace is taken at the
+    # optimiser's iterates, which jitter around it and score lower
+    e = np.asarray(c.elbo(params, jax.random.PRNGKey(seed + 1), data,
+                          CHECK_DRAWS if batch is None else FINAL_DRAWS_MINIBATCH))
     drawn = c.draw(theta, data)
     out = _result(np.concatenate(trace), Draws(*(np.asarray(a, float)[None] for a in drawn)),
                   converged, float(e.mean()), compile_time=t_compile, fit_time=t_fit,
@@ -464,14 +517,16 @@ def _result(elbo: np.ndarray, drawn: Draws, converged: bool, elbo_final: float, 
             ) -> bayes.EngineResult:
     """The one result type, with the ELBO trace as a statistic over ``iteration`` and the
     convergence checks of the last stage over ``window`` (``check_elbo``,
-    ``check_elbo_se``, ``check_mean_shift``, ``check_log_sd_shift``: :class:`Window`)."""
+    ``check_elbo_se``, ``check_mean_shift``, ``check_log_sd_shift``,
+    ``check_learning_rate``: :class:`Window`)."""
     import xarray as xr
 
     stats = xr.Dataset({"elbo": ("iteration", elbo)},
                        coords={"iteration": np.arange(len(elbo)), "chain": [0],
                                "draw": np.arange(drawn.shape[1])})
     for name, values in zip(("check_elbo", "check_elbo_se", "check_mean_shift",
-                             "check_log_sd_shift"), zip(*checks, strict=True) if checks else ()):
+                             "check_log_sd_shift", "check_learning_rate"),
+                            zip(*checks, strict=True) if checks else ()):
         stats[name] = ("window", np.asarray(values, float))
     return bayes.EngineResult(drawn, stats, None, converged, {
         "n_iter": int(len(elbo)), "elbo_final": float(elbo_final),

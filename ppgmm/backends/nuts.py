@@ -4,7 +4,9 @@ Engines (``engine=``), all driven through PyMC:
 
 - ``"nutpie"`` (default): nutpie's Rust NUTS on the PyMC graph compiled to JAX, with its
   low-rank modified mass matrix; chains run in parallel threads. Fastest reliable engine
-  here (``docs/bayesian.md`` has the measurements).
+  here (``docs/bayesian.md`` has the measurements). The compiled model takes the data as
+  inputs and is cached per model structure, so a second fit of the same shape does not
+  recompile; it samples the same draws as a fresh compile.
 - ``"numpyro"``: the PyMC graph compiled to JAX, numpyro's NUTS with a dense mass matrix
   (what ``pm.sample(nuts_sampler="numpyro")`` runs).
 - ``"pymc"``: PyMC's own NUTS on the graph compiled with PyTensor's NUMBA mode (pip
@@ -63,46 +65,151 @@ STAT_NAMES = {
 }
 
 
-def _nutpie_per_chain_starts(compiled: Any, model: Any, starts: list[dict]) -> Any:
-    """Give each nutpie chain its own start.
+def _nutpie_order(compiled: Any, model: Any, starts: list | None) -> tuple[str, ...] | None:
+    """The order of the model's value variables in nutpie's flat vector.
 
     nutpie documents no per-chain initial points: it asks the compiled model for one start
     per chain (a flat unconstrained vector, through the undocumented ``_make_initial_points``
-    field); successive requests here get successive entries of ``starts``. If no layout of
-    the variables reproduces nutpie's own first start, the model is returned unchanged
-    (every chain then starts at ``starts[0]``). A test starts four chains in four
-    labellings and fails if nutpie changes this.
+    field). Its order of the variables is not ``model.value_vars``'; this finds the order
+    that reproduces nutpie's own first start (compiled from ``starts[0]``, or its default
+    jittered start), or None. A test starts four chains in four labellings and fails if
+    nutpie changes this.
     """
-    import dataclasses
     import itertools
-    import threading
 
-    from pymc.initial_point import make_initial_point_fn
-
-    points = [make_initial_point_fn(model=model, overrides=start, jitter_rvs=set(),
-                                    return_transformed=True)(0) for start in starts]
     own = getattr(compiled, "_make_initial_points", None)
     if own is None:
-        return compiled
+        return None
     first = np.asarray(own(0), dtype=float)
-    # nutpie's own variable order is not model.free_RVs'; find the order that reproduces
-    # its first start (compiled from starts[0]) and lay every start out the same way
-    for order in itertools.permutations(points[0]):
-        flat = np.concatenate([np.ravel(points[0][n]) for n in order])
+    point = _point_fns(model, starts)[0](0)
+    for order in itertools.permutations(point):
+        flat = np.concatenate([np.ravel(point[n]) for n in order])
         if flat.shape == first.shape and np.allclose(flat, first, rtol=1e-12, atol=1e-12):
-            break
-    else:
-        return compiled
-    flats = [np.concatenate([np.ravel(p[n]) for n in order]).astype(float) for p in points]
+            return tuple(order)
+    return None
+
+
+def _point_fns(model: Any, starts: list | None) -> list:
+    """``seed -> {value variable: unconstrained value}`` per start, unjittered, or nutpie's
+    default when there are no starts: the support point, jittered."""
+    from pymc.initial_point import make_initial_point_fn
+
+    if not starts:
+        return [make_initial_point_fn(model=model, jitter_rvs=set(model.free_RVs),
+                                      default_strategy="support_point",
+                                      return_transformed=True)]
+    return [make_initial_point_fn(model=model, overrides=start, jitter_rvs=set(),
+                                  return_transformed=True) for start in starts]
+
+
+def _nutpie_per_chain_starts(compiled: Any, model: Any, starts: list | None,
+                             order: tuple[str, ...]) -> Any:
+    """Give each nutpie chain its start from ``model`` (this fit's, also when ``compiled``
+    came from the cache): successive requests get successive entries of ``starts``, laid
+    out in nutpie's ``order`` (:func:`_nutpie_order`); without starts, nutpie's default
+    jittered start, seeded by the chain's seed."""
+    import dataclasses
+    import threading
+
+    fns = _point_fns(model, starts)
     lock, count = threading.Lock(), [0]
 
     def next_start(seed: Any) -> np.ndarray:
         with lock:
             i = count[0]
             count[0] += 1
-        return flats[i % len(flats)].copy()
+        point = fns[i % len(fns)](seed)
+        return np.concatenate([np.ravel(point[n]) for n in order]).astype(float)
 
     return dataclasses.replace(compiled, _make_initial_points=next_start)
+
+
+def _model_data(model: Any) -> dict[str, np.ndarray]:
+    """The values of the model's ``pm.Data``, by name."""
+    return {n: v.get_value() for n, v in model.named_vars.items() if hasattr(v, "get_value")}
+
+
+def _nutpie_key(model: Any) -> tuple | None:
+    """What nutpie's compiled model depends on besides the values of the model's
+    ``pm.Data`` (the model structure, the shapes of the data and of the coordinates), or
+    None when the graph holds data as constants: the latent missing entries are free
+    variables placed at the data's missing positions."""
+    from itertools import chain
+
+    from .pymc_model import FREE_NAMES
+
+    params = {"weights", "means", *chain.from_iterable(FREE_NAMES.values())}
+    structure = getattr(model, "ppgmm_structure", None)
+    if structure is None or any(v.name not in params for v in model.free_RVs):
+        return None
+    data = tuple((n, np.shape(v)) for n, v in _model_data(model).items())
+    coords = tuple((n, len(v)) for n, v in model.coords.items() if v is not None)
+    return structure, data, coords
+
+
+#: nutpie's compiled model and its variable order per :func:`_nutpie_key`: a second fit of
+#: the same shape does not recompile (0 turns the cache off: every fit compiles its model
+#: with the data frozen in, as nutpie does by default)
+_NUTPIE_CACHE: dict[tuple, tuple[Any, tuple[str, ...]]] = {}
+_NUTPIE_CACHE_SIZE = 4
+
+
+def _nutpie_compiled(model: Any, starts: list | None) -> Any:
+    """nutpie's compiled model of ``model``, with this fit's data and chain starts.
+
+    Compiled once per :func:`_nutpie_key` with the data as inputs
+    (``freeze_model=False``) and cached; each fit hands its data in through
+    ``with_data`` (every ``pm.Data``, the prior's hyperparameters included) and its starts
+    through :func:`_nutpie_per_chain_starts`. A model that cannot be cached compiles with
+    its data frozen in.
+    """
+    import dataclasses
+
+    import jax.numpy as jnp
+    import nutpie
+    import pandas as pd
+    from pymc.model.transform.optimization import freeze_dims_and_data
+
+    options = {"backend": "jax", "gradient_backend": "jax", "var_names": NAMES,
+               "initial_points": starts[0] if starts else None,
+               "jitter_rvs": set() if starts else None}
+
+    def frozen() -> Any:
+        compiled = nutpie.compile_pymc_model(model, **options)
+        if not starts or len(starts) == 1:
+            return compiled
+        order = _nutpie_order(compiled, model, starts)
+        # without a layout every chain starts at starts[0]
+        return compiled if order is None else _nutpie_per_chain_starts(compiled, model,
+                                                                        starts, order)
+
+    key = _nutpie_key(model) if _NUTPIE_CACHE_SIZE > 0 else None
+    if key is None:
+        return frozen()
+    # the model rebuilt from its graph, as nutpie's default compile rebuilds it, but with the
+    # data left as inputs: the rebuild sets the order of the variables in nutpie's flat
+    # vector (and of PyMC's jitter draws), so the cached compile samples the draws of the
+    # default one, bit for bit (in the model's own order they differ by rounding, which NUTS
+    # amplifies on a raw scale: docs/bayesian.md)
+    rebuilt = freeze_dims_and_data(model, dims=[], data=[])
+    data = _model_data(rebuilt)
+    if key not in _NUTPIE_CACHE:
+        if os.environ.get("PPGMM_DEBUG_CACHE"):
+            print("nutpie compile cache miss:", key[1:], file=sys.stderr)
+        compiled = nutpie.compile_pymc_model(rebuilt, freeze_model=False, **options)
+        order = _nutpie_order(compiled, rebuilt, starts)
+        if order is None or set(compiled._shared_data) != set(data):
+            # no layout of the starts, or data outside the pm.Data: nothing to cache
+            return frozen()
+        if len(_NUTPIE_CACHE) >= _NUTPIE_CACHE_SIZE:
+            _NUTPIE_CACHE.pop(next(iter(_NUTPIE_CACHE)))
+        _NUTPIE_CACHE[key] = (compiled, order)
+    compiled, order = _NUTPIE_CACHE[key]
+    compiled = compiled.with_data(**{n: jnp.asarray(v) for n, v in data.items()})
+    # this model's coordinate values (feature names), of the cached model's lengths
+    coords = {n: pd.Index(v) for n, v in model.coords.items() if v is not None}
+    compiled = dataclasses.replace(compiled, _coords={**compiled._coords, **coords})
+    return _nutpie_per_chain_starts(compiled, rebuilt, starts, order)
 
 
 # --------------------------------------------------------------------------- engines
@@ -154,12 +261,7 @@ def _nutpie(model: Any, starts: list | None, seed: int, *, draws: int, tune: int
     import nutpie
 
     t0 = time.perf_counter()
-    compiled = nutpie.compile_pymc_model(
-        model, backend="jax", gradient_backend="jax", var_names=NAMES,
-        initial_points=starts[0] if starts else None, jitter_rvs=set() if starts else None,
-    )
-    if starts and len(starts) > 1:
-        compiled = _nutpie_per_chain_starts(compiled, model, starts)
+    compiled = _nutpie_compiled(model, starts)
     if time_warning is not None:
         _warn_if_slow(_nutpie_gradient(compiled), draws=draws, tune=tune, chains=chains,
                       parallel=os.cpu_count() or 1, limit=time_warning)

@@ -196,7 +196,12 @@ def _nutpie_compiled(model: Any, starts: list | None) -> Any:
     if key not in _NUTPIE_CACHE:
         if os.environ.get("PPGMM_DEBUG_CACHE"):
             print("nutpie compile cache miss:", key[1:], file=sys.stderr)
-        compiled = nutpie.compile_pymc_model(rebuilt, freeze_model=False, **options)
+        with warnings.catch_warnings():
+            # the row count is not static in the graph, so PyTensor checks the rows'
+            # broadcasting at run time, which JAX drops with a warning; the key fixes the
+            # shapes of every pm.Data handed in later
+            warnings.filterwarnings("ignore", message="Skipping Assert", category=UserWarning)
+            compiled = nutpie.compile_pymc_model(rebuilt, freeze_model=False, **options)
         order = _nutpie_order(compiled, rebuilt, starts)
         if order is None or set(compiled._shared_data) != set(data):
             # no layout of the starts, or data outside the pm.Data: nothing to cache

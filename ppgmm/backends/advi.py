@@ -31,7 +31,10 @@ the optimiser's jitter and is what the fit returns): its full-data ELBO is estim
 changed by less than :math:`\max(\mathrm{tol}\,|\mathrm{ELBO}|,\ 2\,\mathrm{se})` and (ii)
 no coordinate of the mean moved by more than ``param_tol`` of its standard deviation and no
 log standard deviation by more than ``param_tol``. The ELBO alone settles within its noise
-long before the variances do (it stopped every fit at the first allowed check).
+long before the variances do (it stopped every fit at the first allowed check). When the
+ELBO has settled but the parameters have not, the step is halved (the optimiser's jitter
+is then what moves them). With minibatches, the checks read a fixed random subsample of
+rows, scaled to N (:func:`_check_rows`).
 
 Failures are loud: when the ELBO or the parameters stop being finite, the fit restarts
 from its start with a ten times smaller step (twice), then raises an error saying what to

@@ -32,8 +32,8 @@ changed by less than :math:`\max(\mathrm{tol}\,|\mathrm{ELBO}|,\ 2\,\mathrm{se})
 no coordinate of the mean moved by more than ``param_tol`` of its standard deviation and no
 log standard deviation by more than ``param_tol``. The ELBO alone settles within its noise
 long before the variances do (it stopped every fit at the first allowed check). When the
-ELBO has settled but the parameters have not, the step is halved (the optimiser's jitter
-is then what moves them). With minibatches, the checks read a fixed random subsample of
+ELBO has settled but the parameters have not, the step is lowered (the optimiser's
+jitter is then what moves them). With minibatches, the checks read a fixed random subsample of
 rows, scaled to N (:func:`_check_rows`).
 
 Failures are loud: when the ELBO or the parameters stop being finite, the fit restarts
@@ -149,6 +149,9 @@ class Compiled(NamedTuple):
     family: Gaussian
     rows: list[int]  # positions of the per-row inputs in data
 
+
+#: a full-batch ELBO estimate vmaps over draws up to this many likelihood work entries
+ELBO_BLOCK_ENTRIES = 2**25
 
 #: compiled functions per model structure: a second fit of the same shape does not recompile
 _CACHE: dict[tuple, Compiled] = {}
@@ -267,7 +270,12 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
         m, rho, off = params
         theta = m + jax.random.normal(key, (n_draws, family.dim)) @ family.scale(rho, off).T
         if batch is None:
-            return jax.vmap(lambda th: logp_full(th, data, key))(theta) + family.entropy(rho)
+            # vmapped over as many draws as keep the likelihood's (N, K, D, D) work arrays
+            # within ELBO_BLOCK_ENTRIES (all 32 at small N, one at a time at a million rows)
+            k, d = model.ppgmm_structure[:2]
+            per = max(1, min(n_draws, ELBO_BLOCK_ENTRIES // (n_rows * k * d * d)))
+            return (jax.lax.map(lambda th: logp_full(th, data, key), theta, batch_size=per)
+                    + family.entropy(rho))
         # minibatches are for many rows: one draw at a time, rows in blocks
         return jax.lax.map(lambda th: logp_blocked(th, data, key), theta) + family.entropy(rho)
 
@@ -292,7 +300,7 @@ class Window(NamedTuple):
     learning_rate: float  # the step size of the window
 
 
-#: the step size is halved at most down to this fraction of the starting one
+#: the step size is lowered at most down to this fraction of the starting one
 MIN_STEP_FRACTION = 2.0**-10
 
 
@@ -354,9 +362,11 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
     on ``check_data``).
 
     When the ELBO has settled but the parameters still move (the optimiser's jitter from
-    noisy gradients, which a constant step never damps), the step is halved, down to
-    :data:`MIN_STEP_FRACTION` of ``learning_rate``: the Robbins-Monro condition that
-    stochastic optimisation needs, applied when the noise is what is left.
+    noisy gradients, which a constant step never damps), the step is multiplied by
+    ``param_tol / shift`` kept within [1/8, 1/2] (the jitter of Adam's iterates scales
+    with the step), down to :data:`MIN_STEP_FRACTION` of ``learning_rate``: the
+    Robbins-Monro condition that stochastic optimisation needs, applied when the noise is
+    what is left.
 
     Returns the last window's averaged parameters, the ELBO trace per window, the checks,
     whether it converged and the seconds the first window took (it compiles the loop when
@@ -393,8 +403,9 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
             converged = True
             break
         if w >= 1 and _elbo_flat(checks[-2], check, tol) and (
-                lr / 2.0 >= learning_rate * MIN_STEP_FRACTION):
-            lr /= 2.0
+                lr > learning_rate * MIN_STEP_FRACTION):
+            factor = min(0.5, max(0.125, param_tol / max(check.shift, check.log_sd_shift)))
+            lr = max(lr * factor, learning_rate * MIN_STEP_FRACTION)
             hyper = state.opt_state.hyperparams
             state = state._replace(opt_state=state.opt_state._replace(hyperparams={
                 **hyper, "learning_rate": jnp.asarray(lr, hyper["learning_rate"].dtype)}))

@@ -111,7 +111,7 @@ def main() -> None:
     fits = {"MAP-EM": (em, t_em)}
     # init="em" (the default) starts ADVI from this same EM fit (same seed and prior)
     opts = {"backend": "advi", "seed": args.seed, "method": args.method, "reference": em,
-            "draws": args.draws}
+            "draws": args.draws, "progressbar": True}
     label = f"ADVI, batch {args.batch:,}"
     fits[label] = _timed("ADVI, minibatch",
                          lambda: ppgmm.fit(spec, x, batch_size=args.batch, **opts))

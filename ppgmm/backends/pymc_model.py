@@ -225,7 +225,8 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
         ``x_missing_latent`` when latent); deterministic ``covariances`` (K, D, D); the
         likelihood as the potential ``loglik``; the data as ``pm.Data``
         (:data:`DATA_NAMES`); ``model.ppgmm_structure``, the tuple of everything else
-        the graph depends on, and ``model.ppgmm_patterns``, the likelihood's patterns.
+        the graph depends on (with ``missing="latent"`` a digest of the data, which that
+        graph holds as constants), and ``model.ppgmm_patterns``, the likelihood's patterns.
     """
     pm = import_pymc()
     import pytensor.tensor as pt
@@ -296,6 +297,12 @@ def build_model(spec: GMM, md: MissingData, rp: ResolvedPrior, *, missing: str =
     # what a compiled log density depends on besides the pm.Data (ADVI's compile cache)
     model.ppgmm_structure = (k, d, cov_type, missing, md.patterns.tobytes(),
                              md.patterns.shape, float(nu), float(rp.kappa))
+    if missing == "latent":
+        # that graph holds the rows and the missing positions as constants
+        import hashlib
+
+        model.ppgmm_structure += (hashlib.sha256(md.zero_filled.tobytes()
+                                                 + md.observed.tobytes()).hexdigest(),)
     # the likelihood's pattern table (its rows' ``pattern`` numbers index it)
     model.ppgmm_patterns = md.patterns if missing == "marginal" else np.ones((1, d), bool)
     return model

@@ -32,8 +32,8 @@ changed by less than :math:`\max(\mathrm{tol}\,|\mathrm{ELBO}|,\ 2\,\mathrm{se})
 no coordinate of the mean moved by more than ``param_tol`` of its standard deviation and no
 log standard deviation by more than ``param_tol``. The ELBO alone settles within its noise
 long before the variances do (it stopped every fit at the first allowed check). When the
-ELBO has settled but the parameters have not, the step is lowered (the optimiser's
-jitter is then what moves them). With minibatches, the checks read a fixed random subsample of
+ELBO no longer gains but the parameters still move, the step is lowered (the
+optimiser's jitter is then what moves them). With minibatches, the checks read a fixed random subsample of
 rows, scaled to N (:func:`_check_rows`).
 
 Failures are loud: when the ELBO or the parameters stop being finite, the fit restarts
@@ -306,9 +306,14 @@ class Window(NamedTuple):
 MIN_STEP_FRACTION = 2.0**-10
 
 
+def _elbo_bound(a: Window, b: Window, tol: float) -> float:
+    """The change of the ELBO that counts: tol of itself or twice its Monte Carlo error."""
+    return max(tol * abs(b.elbo), 2.0 * float(np.hypot(a.se, b.se)))
+
+
 def _elbo_flat(a: Window, b: Window, tol: float) -> bool:
-    """The ELBO changed by less than tol of itself or twice its Monte Carlo error."""
-    return bool(abs(b.elbo - a.elbo) < max(tol * abs(b.elbo), 2.0 * np.hypot(a.se, b.se)))
+    """The ELBO changed by less than :func:`_elbo_bound`."""
+    return bool(abs(b.elbo - a.elbo) < _elbo_bound(a, b, tol))
 
 
 def _converged(a: Window, b: Window, tol: float, param_tol: float) -> bool:
@@ -363,8 +368,8 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
     """Run windows on ``data`` until the approximation settles (:func:`_converged`, judged
     on ``check_data``).
 
-    When the ELBO has settled but the parameters still move (the optimiser's jitter from
-    noisy gradients, which a constant step never damps), the step is multiplied by
+    When the ELBO no longer gains but the parameters still move (the optimiser's jitter
+    from noisy gradients, which a constant step never damps), the step is multiplied by
     ``param_tol / shift`` kept within [1/8, 1/2] (the jitter of Adam's iterates scales
     with the step), down to :data:`MIN_STEP_FRACTION` of ``learning_rate``: the
     Robbins-Monro condition that stochastic optimisation needs, applied when the noise is
@@ -404,7 +409,9 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
         if w >= 2 and _converged(checks[-2], check, tol, param_tol):
             converged = True
             break
-        if w >= 1 and _elbo_flat(checks[-2], check, tol) and (
+        # no significant gain (flat, or lower: at large N the jitter of the window means
+        # alone moves the ELBO by more than its bound, either way)
+        if w >= 1 and check.elbo - checks[-2].elbo < _elbo_bound(checks[-2], check, tol) and (
                 lr > learning_rate * MIN_STEP_FRACTION):
             factor = min(0.5, max(0.125, param_tol / max(check.shift, check.log_sd_shift)))
             lr = max(lr * factor, learning_rate * MIN_STEP_FRACTION)

@@ -115,3 +115,17 @@ def test_minibatch_full_data_elbo_in_row_blocks(data):
         out.append(np.asarray(c.elbo(params, jax.random.PRNGKey(3), args, 32)))
     assert out[0].shape == (32,) and np.isfinite(out[0]).all()
     np.testing.assert_allclose(out[1], out[0], rtol=1e-10)
+
+
+def test_out_of_memory_says_to_use_minibatches(data, monkeypatch):
+    """JAX's out-of-memory error (a full-data gradient at a million rows asked for 29 GB)
+    becomes one ppgmm error that names the remedy."""
+    import jax
+
+    def oom(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory allocating 28826994752 bytes.")
+
+    monkeypatch.setitem(advi.ENGINES, "jax", oom)
+    with pytest.raises(PpgmmError, match=r"out of memory.*240 rows.*batch_size="):
+        ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1)

@@ -303,7 +303,7 @@ class Window(NamedTuple):
 
 
 #: the step size is lowered at most down to this fraction of the starting one
-MIN_STEP_FRACTION = 2.0**-10
+MIN_STEP_FRACTION = 2.0**-14
 
 
 def _elbo_bound(a: Window, b: Window, tol: float) -> float:
@@ -573,7 +573,22 @@ def _engine(engine: str, options: dict[str, Any], model: Any, values: list | Non
         del options["compile_mode"]
     else:
         del options["param_tol"], options["batch_size"]
-    return ENGINES[engine](model, start, seed=seed, **options)
+    if engine != "jax":
+        return ENGINES[engine](model, start, seed=seed, **options)
+    import jax
+
+    try:
+        return ENGINES[engine](model, start, seed=seed, **options)
+    except jax.errors.JaxRuntimeError as exc:
+        if "RESOURCE_EXHAUSTED" not in str(exc):
+            raise
+        n_rows = int(model["x0"].get_value().shape[0])
+        raise PpgmmError(
+            f"ADVI ran out of memory ({str(exc).splitlines()[0][:160]}) on {n_rows:,} rows. "
+            + ("Pass batch_size= (e.g. batch_size=1000) for minibatch ADVI, whose memory "
+               "does not grow with the number of rows." if options["batch_size"] is None
+               else "Pass a smaller batch_size.")
+        ) from None
 
 
 def _check(max_iter: int, raw: Draws, aligned: Draws, result: bayes.EngineResult

@@ -33,8 +33,8 @@ no coordinate of the mean moved by more than ``param_tol`` of its standard devia
 log standard deviation by more than ``param_tol``. The ELBO alone settles within its noise
 long before the variances do (it stopped every fit at the first allowed check). When the
 ELBO no longer gains but the parameters still move, the step is lowered (the
-optimiser's jitter is then what moves them). With minibatches, the checks read a fixed random subsample of
-rows, scaled to N (:func:`_check_rows`).
+optimiser's jitter is then what moves them). With minibatches, the checks read a fixed
+random subsample of rows, scaled to N (:func:`_check_rows`).
 
 Failures are loud: when the ELBO or the parameters stop being finite, the fit restarts
 from its start with a ten times smaller step (twice), then raises an error saying what to
@@ -306,6 +306,11 @@ class Window(NamedTuple):
 MIN_STEP_FRACTION = 2.0**-14
 
 
+#: the sample statistic of each field of :class:`Window`
+CHECK_NAMES = {"elbo": "check_elbo", "se": "check_elbo_se", "shift": "check_mean_shift",
+               "log_sd_shift": "check_log_sd_shift", "learning_rate": "check_learning_rate"}
+
+
 def _elbo_bound(a: Window, b: Window, tol: float) -> float:
     """The change of the ELBO that counts: tol of itself or twice its Monte Carlo error."""
     return max(tol * abs(b.elbo), 2.0 * float(np.hypot(a.se, b.se)))
@@ -539,18 +544,14 @@ def _result(elbo: np.ndarray, drawn: Draws, converged: bool, elbo_final: float, 
             compile_time: float, fit_time: float, checks: list[Window] = ()
             ) -> bayes.EngineResult:
     """The one result type, with the ELBO trace as a statistic over ``iteration`` and the
-    convergence checks of the last stage over ``window`` (``check_elbo``,
-    ``check_elbo_se``, ``check_mean_shift``, ``check_log_sd_shift``,
-    ``check_learning_rate``: :class:`Window`)."""
+    convergence checks of the last stage over ``window`` (:data:`CHECK_NAMES`)."""
     import xarray as xr
 
     stats = xr.Dataset({"elbo": ("iteration", elbo)},
                        coords={"iteration": np.arange(len(elbo)), "chain": [0],
                                "draw": np.arange(drawn.shape[1])})
-    for name, values in zip(("check_elbo", "check_elbo_se", "check_mean_shift",
-                             "check_log_sd_shift", "check_learning_rate"),
-                            zip(*checks, strict=True) if checks else ()):
-        stats[name] = ("window", np.asarray(values, float))
+    for field in Window._fields if checks else ():
+        stats[CHECK_NAMES[field]] = ("window", np.array([getattr(c, field) for c in checks]))
     return bayes.EngineResult(drawn, stats, None, converged, {
         "n_iter": int(len(elbo)), "elbo_final": float(elbo_final),
         "compile_time": float(compile_time), "fit_time": float(fit_time)})

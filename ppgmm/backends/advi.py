@@ -373,8 +373,9 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
     """Run windows on ``data`` until the approximation settles (:func:`_converged`, judged
     on ``check_data``).
 
-    When the ELBO no longer gains but the parameters still move (the optimiser's jitter
-    from noisy gradients, which a constant step never damps), the step is multiplied by
+    When the ELBO no longer gains but the parameters still move by more than twice
+    ``param_tol`` (the optimiser's jitter from noisy gradients, which a constant step never
+    damps), the step is multiplied by
     ``param_tol / shift`` kept within [1/8, 1/2] (the jitter of Adam's iterates scales
     with the step), down to :data:`MIN_STEP_FRACTION` of ``learning_rate``: the
     Robbins-Monro condition that stochastic optimisation needs, applied when the noise is
@@ -415,10 +416,13 @@ def _windows(c: Compiled, params: tuple, key: Any, data: tuple, *, learning_rate
             converged = True
             break
         # no significant gain (flat, or lower: at large N the jitter of the window means
-        # alone moves the ELBO by more than its bound, either way)
+        # alone moves the ELBO by more than its bound, either way) while the parameters
+        # move by more than twice param_tol (near param_tol a smaller step slowed fits on
+        # small data that were about to converge)
+        moved = max(check.shift, check.log_sd_shift)
         if w >= 1 and check.elbo - checks[-2].elbo < _elbo_bound(checks[-2], check, tol) and (
-                lr > learning_rate * MIN_STEP_FRACTION):
-            factor = min(0.5, max(0.125, param_tol / max(check.shift, check.log_sd_shift)))
+                moved > 2.0 * param_tol and lr > learning_rate * MIN_STEP_FRACTION):
+            factor = min(0.5, max(0.125, param_tol / moved))
             lr = max(lr * factor, learning_rate * MIN_STEP_FRACTION)
             hyper = state.opt_state.hyperparams
             state = state._replace(opt_state=state.opt_state._replace(hyperparams={

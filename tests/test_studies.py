@@ -4,6 +4,8 @@ quick mode as a smoke test (fit, cache, page, index, re-render without refitting
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -112,6 +114,17 @@ def test_cost_exponent_recovers_a_known_slope():
                        "note": ""})
     e = cost.exponents(df).iloc[0]
     assert e["exponent"] == pytest.approx(1.5, abs=1e-10)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc (Linux)")
+def test_peak_memory_sees_a_known_allocation():
+    """200 MiB written inside the block (touched, so resident) and freed before it ends: the
+    sampler must see the peak, not the level at exit."""
+    with cost.PeakMemory() as m:
+        a = np.ones(200 * 2**20 // 8)
+        time.sleep(0.05)
+        del a
+    assert 190 < m.mib < 260
 
 
 def test_realdata_mask_hides_observed_entries_only_and_keeps_rows():

@@ -578,14 +578,12 @@ def _engine(engine: str, options: dict[str, Any], model: Any, values: list | Non
         del options["compile_mode"]
     else:
         del options["param_tol"], options["batch_size"]
-    if engine != "jax":
-        return ENGINES[engine](model, start, seed=seed, **options)
     import jax
 
     try:
         return ENGINES[engine](model, start, seed=seed, **options)
     except jax.errors.JaxRuntimeError as exc:
-        if "RESOURCE_EXHAUSTED" not in str(exc):
+        if engine != "jax" or "RESOURCE_EXHAUSTED" not in str(exc):
             raise
         n_rows = int(model["x0"].get_value().shape[0])
         raise PpgmmError(

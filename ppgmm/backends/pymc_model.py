@@ -24,8 +24,8 @@ The graph (``N`` rows, ``D`` features, ``K`` components, ``P`` missingness patte
   (:func:`ppgmm.numerics.patterns.embedded_covariance`, shared with the EM) equals
   :math:`\Sigma_{k,oo}` on the observed block and the identity on the missing block, so
   :math:`\log|S_{pk}| = \log|\Sigma_{k,oo}|` and, with residuals zeroed on missing entries,
-  :math:`r^T S_{pk}^{-1} r = r_o^T \Sigma_{k,oo}^{-1} r_o`. One batched Cholesky over
-  (P, K) and one gathered triangular product over rows give
+  :math:`r^T S_{pk}^{-1} r = r_o^T \Sigma_{k,oo}^{-1} r_o`. A Cholesky factorisation over
+  (P, K) (:func:`_cholesky`) and one gathered triangular product over rows give
 
   .. math:: \log p(x_{i,o}) = \log\sum_k w_k\,N(x_{i,o} \mid \mu_{k,o}, \Sigma_{k,oo}).
 
@@ -96,6 +96,44 @@ def _tril_indices(d: int) -> tuple[np.ndarray, np.ndarray]:
     return np.tril_indices(d, -1)
 
 
+# The batched factorisations below are written out column by column in elementwise
+# operations instead of calling pt.linalg.cholesky / solve_triangular. On the CPU, jaxlib
+# 0.10 runs a large batch of a LAPACK kernel (P x K pattern factors of D x D, when
+# P K D^3 is above about 3e5) on its intra-op thread pool and blocks a pool thread until
+# the batch is done; when as many log densities run at once as the pool has threads
+# (nutpie's chains on a machine with as many cores as chains), every pool thread waits
+# and the sampler hangs for ever. D column steps of elementwise work have no such call,
+# and cost about what LAPACK does on the small matrices here.
+
+
+def _cholesky(pt: Any, s: Any, d: int) -> Any:
+    r"""Lower Cholesky factor of each (D, D) matrix of ``s`` (..., D, D), column by column:
+    :math:`L_{ij} = (S_{ij} - \sum_{m<j} L_{im} L_{jm}) / L_{jj}` for :math:`i \ge j`, with
+    :math:`L_{jj}` the square root of the :math:`i = j` numerator."""
+    cols: list[Any] = []
+    for j in range(d):
+        v = s[..., j:, j]  # (..., D - j)
+        if cols:
+            done = pt.stack(cols, axis=-1)  # (..., D, j)
+            v = v - pt.sum(done[..., j:, :] * done[..., j, None, :], axis=-1)
+        col = v / pt.sqrt(v[..., 0, None])
+        cols.append(pt.concatenate([pt.zeros_like(s[..., :j, j]), col], axis=-1))
+    return pt.stack(cols, axis=-1)
+
+
+def _tri_inverse(pt: Any, low: Any, d: int) -> Any:
+    r"""Inverse of each lower-triangular (D, D) matrix of ``low`` (..., D, D), row by row by
+    forward substitution: :math:`M_{i\cdot} = (e_i - \sum_{m<i} L_{im} M_{m\cdot}) / L_{ii}`."""
+    eye = np.eye(d)
+    rows: list[Any] = []
+    for i in range(d):
+        r = eye[i]
+        if rows:
+            r = r - pt.sum(low[..., i, :i, None] * pt.stack(rows, axis=-2), axis=-2)
+        rows.append(r / low[..., i, i, None])
+    return pt.stack(rows, axis=-2)
+
+
 def _bartlett_cov(pt: Any, c: Any, z: Any, chol_scale: Any, batch: tuple, d: int) -> Any:
     """:math:`\\Sigma = (C A^{-T})(C A^{-T})^T` from Bartlett factors.
 
@@ -105,8 +143,7 @@ def _bartlett_cov(pt: Any, c: Any, z: Any, chol_scale: Any, batch: tuple, d: int
     a = pt.zeros((*batch, d, d))
     a = pt.set_subtensor(a[..., np.arange(d), np.arange(d)], pt.sqrt(c))
     a = pt.set_subtensor(a[..., rows, cols], z)
-    eye = np.broadcast_to(np.eye(d), (*batch, d, d))
-    a_inv = pt.linalg.solve_triangular(a, eye, lower=True)  # A^-1, lower
+    a_inv = _tri_inverse(pt, a, d)  # A^-1, lower
     m = pt.matmul(chol_scale, pt.swapaxes(a_inv, -1, -2))  # C A^-T
     return pt.matmul(m, pt.swapaxes(m, -1, -2))
 
@@ -135,11 +172,10 @@ def _whitening(pt: Any, patterns: np.ndarray, covs: Any) -> tuple[Any, Any]:
     """Per pattern and component: :math:`L_{pk}^{-1}` (P, K, D, D) and
     :math:`\\log|S_{pk}|` (P, K), with :math:`L_{pk}` the Cholesky factor of the embedded
     covariance :math:`S_{pk}`: P x K factorisations of D x D matrices, whatever N."""
-    n_pat, d = patterns.shape
-    chol = pt.linalg.cholesky(embedded_covariance(patterns, covs))  # (P, K, D, D)
+    d = patterns.shape[1]
+    chol = _cholesky(pt, embedded_covariance(patterns, covs), d)  # (P, K, D, D)
     logdet = 2.0 * pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)  # (P, K)
-    eye = np.broadcast_to(np.eye(d), (n_pat, 1, d, d))
-    return pt.linalg.solve_triangular(chol, eye, lower=True), logdet
+    return _tri_inverse(pt, chol, d), logdet
 
 
 def mixture_loglik_rows(pt: Any, rows: dict[str, Any], patterns: np.ndarray,

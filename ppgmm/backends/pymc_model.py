@@ -98,12 +98,12 @@ def _tril_indices(d: int) -> tuple[np.ndarray, np.ndarray]:
 
 # The batched factorisations below are written out column by column in elementwise
 # operations instead of calling pt.linalg.cholesky / solve_triangular. On the CPU, jaxlib
-# 0.10 runs a large batch of a LAPACK kernel (P x K pattern factors of D x D, when
-# P K D^3 is above about 3e5) on its intra-op thread pool and blocks a pool thread until
-# the batch is done; when as many log densities run at once as the pool has threads
-# (nutpie's chains on a machine with as many cores as chains), every pool thread waits
-# and the sampler hangs for ever. D column steps of elementwise work have no such call,
-# and cost about what LAPACK does on the small matrices here.
+# 0.10 runs a large batch of a LAPACK kernel (P x K pattern factors of D x D, when the
+# batch holds more than about 3e4 entries, P K D^2) on its intra-op thread pool and blocks
+# a pool thread until the batch is done; when as many log densities run at once as the
+# pool has threads (nutpie's chains on a machine with as many cores as chains), every
+# pool thread waits and the sampler hangs for ever. D column steps of elementwise work
+# have no such call; they cost more than LAPACK (docs/bayesian.md has the timings).
 
 
 def _cholesky(pt: Any, s: Any, d: int) -> Any:

@@ -100,6 +100,20 @@ def test_sbc_chisquare_matches_scipy():
     assert p == pytest.approx(stats.chisquare(np.bincount(ranks // 10, minlength=10)).pvalue)
 
 
+def test_reference_level_is_the_coverage_of_a_quantile_interval_from_s_draws():
+    # Monte Carlo: intervals read by np.quantile from S uniform draws, scored by the
+    # probability mass they hold (the CDF of a uniform is the identity)
+    rng = np.random.default_rng(3)
+    for s, level in ((9, 0.9), (40, 0.5), (100, 0.95)):
+        u = rng.random((200_000, s))
+        lo, hi = np.quantile(u, [(1 - level) / 2, (1 + level) / 2], axis=1)
+        mass = hi - lo
+        se = mass.std() / np.sqrt(len(mass))
+        assert abs(mass.mean() - calibration.reference_level(level, s)) < 4 * se
+    assert calibration.draws_per_fit("NUTS") == 1000  # 2 chains x 500 draws
+    assert calibration.draws_per_fit("EM bootstrap", quick=True) == 20
+
+
 def test_prior_draws_follow_the_prior():
     """Inverse-Wishart mean (nu - D - 1)^-1 Lambda = I, judged by an MCSE-scaled z-score."""
     rng = np.random.default_rng(2)

@@ -346,8 +346,7 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
         if fig:
             lines += ["Rank histograms (grey: 99% band of a bin count under uniformity):", "",
                       f"![SBC ranks]({fig})", ""]
-    quick = any(r.get("quick") for r in meta.get("runs", []))
-    table = coverage_table(df, quick)
+    table = coverage_table(df, common.was_quick(meta))
     if not table.empty:
         refs = "; ".join(
             f"S = {s}: " + ", ".join(f"{reference_level(lv, s):.3f}" for lv in LEVELS)
@@ -379,7 +378,7 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
 
 def headline(df: pd.DataFrame, meta: dict) -> str:
     """Index entry: coverage of 90% intervals per method, worst SBC p-value per method."""
-    table = coverage_table(df, any(r.get("quick") for r in meta.get("runs", [])))
+    table = coverage_table(df, common.was_quick(meta))
     parts = []
     if not table.empty:
         t = table[table["level"] == 0.9]

@@ -221,6 +221,11 @@ def mcse(values: Any) -> float:
 # --------------------------------------------------------------------------- running
 
 
+def was_quick(meta: dict) -> bool:
+    """Whether any run recorded in a study's metadata ran in quick (smoke-test) mode."""
+    return any(r.get("quick") for r in meta.get("runs", []))
+
+
 @contextmanager
 def _cluster(scheduler: str | None, quick: bool, workers: int | None):
     """A Dask client (None for the synchronous scheduler of quick runs)."""
@@ -535,7 +540,7 @@ def run_section(meta: dict, df: pd.DataFrame, design: Design, rerun: str) -> str
     lines = ["## Published run", ""]
     if not n_tasks:
         return "\n".join(lines + ["No run cached yet.", f"Rerun: `{rerun}`", ""])
-    quick = " Quick mode (smoke-test size)." if any(r["quick"] for r in runs) else ""
+    quick = " Quick mode (smoke-test size)." if was_quick(meta) else ""
     table, _ = design_table(df, design)
     lines += [design_summary(df, design) + quick, "",
               "What the cache holds, per " + (" and ".join(design.group) or "design") + ":",

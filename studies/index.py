@@ -10,7 +10,7 @@ import importlib
 import json
 from pathlib import Path
 
-from studies.common import design_brief, design_summary, design_table, load_results
+from studies.common import design_brief, design_summary, design_table, load_results, was_quick
 
 __all__ = ["write_index", "ORDER"]
 
@@ -51,7 +51,7 @@ def _status(name: str, module, df, meta: dict) -> tuple[str, str]:
     runs = meta["runs"]
     wall = sum(r["wall_s"] for r in runs)
     timing = f"{wall / 60:.1f} min wall recorded" if runs else "no run record kept"
-    if any(r["quick"] for r in runs):
+    if was_quick(meta):
         short = "quick mode"
     elif n["run"] == n["full"]:
         short = "full design"

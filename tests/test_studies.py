@@ -105,7 +105,7 @@ def test_reference_level_is_the_coverage_of_a_quantile_interval_from_s_draws():
     # probability mass they hold (the CDF of a uniform is the identity)
     rng = np.random.default_rng(3)
     for s, level in ((9, 0.9), (40, 0.5), (100, 0.95)):
-        u = rng.random((200_000, s))
+        u = rng.random((50_000, s))
         lo, hi = np.quantile(u, [(1 - level) / 2, (1 + level) / 2], axis=1)
         mass = hi - lo
         se = mass.std() / np.sqrt(len(mass))

@@ -299,7 +299,8 @@ def _cmd_demo(args) -> int:
     cmp = ppgmm.compare(fits)
     path = cmp.report(os.path.join(args.out, "report.html"), title="ppgmm demo: airquality")
     print(f"report: {os.path.abspath(path)}")
-    print(f"fits:   {', '.join(os.path.join(args.out, f'fit_{b}.nc') for b in backends)}")
+    names = (os.path.abspath(os.path.join(args.out, f"fit_{b}.nc")) for b in backends)
+    print(f"fits:   {', '.join(names)}")
     print(f"total time {time.perf_counter() - start:.1f} s")
     return _status(args, fits)
 

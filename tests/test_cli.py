@@ -199,6 +199,9 @@ def test_demo_writes_the_report(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     report = tmp_path / "demo" / "report.html"
     assert f"report: {report}" in out
+    printed = out.split("fits:", 1)[1].splitlines()[0].split(",")
+    assert [p.strip() for p in printed] == [str(tmp_path / "demo" / f"fit_{b}.nc")
+                                            for b in INSTALLED]
     text = report.read_text(encoding="utf-8")
     assert "Ozone" in text and "Solar.R" in text
     for b in INSTALLED:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,10 @@ from studies import common
 FULL_SIZE = "3 data sets x K = 1..5 x (EM, NUTS), 1 masking replication"
 DATASETS = ("airquality", "penguins", "penguins isotopes")
 K_MAX = 5
+#: NUTS diagnostics kept per fit (``Fit.attrs``), next to its LOO
+NUTS_CHECKS = ("rhat_max", "ess_bulk_min", "divergences", "modes_differ")
+#: LOO picks the smallest K whose elpd is within this many standard errors of the best's
+LOO_SE_RULE = 2.0
 
 
 def load(name: str) -> pd.DataFrame:
@@ -87,8 +92,6 @@ DESIGN = common.Design(tasks, FULL_SIZE, ("dataset",))
 def _fits(task: dict, data: pd.DataFrame) -> tuple[list[dict], dict]:
     rows, fits = [], {}
     ks = range(1, task["k_max"] + 1)
-    import arviz as az
-
     for k in ks:
         for method in ("EM (MAP)", "NUTS"):
             if task["quick"] and method == "NUTS" and k != task["k_max"]:
@@ -104,11 +107,35 @@ def _fits(task: dict, data: pd.DataFrame) -> tuple[list[dict], dict]:
             if method == "EM (MAP)":
                 row["bic"] = float(fit.bic())
             else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    row["elpd_loo"] = float(az.loo(fit.idata).elpd_loo)
+                row.update({c: float(fit.attrs[c]) for c in NUTS_CHECKS})
             rows.append(row)
+    loo = _loo_table({k: f.idata for (m, k), f in fits.items() if m == "NUTS"})
+    for row in rows:
+        if row["method"] == "NUTS" and row["K"] in loo.index:
+            row.update(loo.loc[row["K"]].to_dict())
     return rows, fits
+
+
+def _loo_table(idatas: dict[int, Any]) -> pd.DataFrame:
+    """PSIS-LOO per K and each K's elpd difference from the best K with the standard error
+    of that difference (``arviz.compare``), and the count of Pareto k above ArviZ's
+    threshold (those rows' LOO terms are unreliable)."""
+    import arviz as az
+
+    cols = ["elpd_loo", "elpd_se", "elpd_diff", "elpd_dse", "p_loo", "pareto_bad"]
+    if not idatas:
+        return pd.DataFrame(columns=cols)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # high Pareto k: counted in the table instead
+        table = az.compare(idatas, ic="loo") if len(idatas) > 1 else None
+        out = {}
+        for k, idata in idatas.items():
+            loo = az.loo(idata, pointwise=True)
+            diff, dse = ((table.loc[k, "elpd_diff"], table.loc[k, "dse"])
+                         if table is not None else (0.0, 0.0))
+            out[k] = [loo.elpd_loo, loo.se, diff, dse, loo.p_loo,
+                      int((loo.pareto_k.values > loo.good_k).sum())]
+    return pd.DataFrame.from_dict(out, orient="index", columns=cols, dtype=float)
 
 
 def run_task(task: dict) -> list[dict]:
@@ -163,12 +190,19 @@ def _masked_scores(imp, missing: np.ndarray, hide: np.ndarray,
     return out
 
 
-def _best(g: pd.DataFrame, column: str, pick) -> str:
-    """The best K, flagged when it is the largest K tried (the criterion still improving)."""
-    if g.empty:
-        return ""
-    k = int(g.loc[pick(g.index, key=lambda i: g.loc[i, column]), "K"])
+def _flag_largest(k: int, g: pd.DataFrame) -> str:
+    """``k``, flagged when it is the largest K tried (the criterion may still improve)."""
     return f"{k} (largest tried)" if k == g["K"].max() and g["K"].nunique() > 1 else str(k)
+
+
+def _loo_choice(nuts: pd.DataFrame) -> tuple[str, str]:
+    """(K by LOO, K of the highest elpd): the first is the smallest K whose elpd is within
+    ``LOO_SE_RULE`` standard errors of the difference from the best K."""
+    if nuts.empty:
+        return "", ""
+    best = int(nuts.loc[nuts["elpd_loo"].idxmax(), "K"])
+    close = nuts[nuts["elpd_diff"] <= LOO_SE_RULE * nuts["elpd_dse"]]
+    return _flag_largest(int(close["K"].min()), nuts), _flag_largest(best, nuts)
 
 
 def _choice(df: pd.DataFrame) -> pd.DataFrame:
@@ -177,13 +211,39 @@ def _choice(df: pd.DataFrame) -> pd.DataFrame:
         em = g[g["method"] == "EM (MAP)"].dropna(subset=["bic"])
         nuts = g[g["method"] == "NUTS"].dropna(subset=["elpd_loo"])
         first = g.iloc[0]
+        by_loo, best = _loo_choice(nuts)
         rows.append({
             "data set": name, "rows": int(first["n"]), "D": int(first["d"]),
             "natural missing": int(first["natural_missing"]), "masked": int(first["masked"]),
-            "K by BIC (EM)": _best(em, "bic", min),
-            "K by LOO (NUTS)": _best(nuts, "elpd_loo", max),
+            "K by BIC (EM)": _flag_largest(int(em.loc[em["bic"].idxmin(), "K"]), em)
+            if len(em) else "",
+            "K by LOO (NUTS)": by_loo, "highest elpd (NUTS)": best,
+            "NUTS converged at K": ", ".join(str(int(k)) for k in nuts.loc[
+                nuts["converged"].astype(bool), "K"]) or "none",
             "report": f"[{first['report']}]({first['report']})"})
     return pd.DataFrame(rows)
+
+
+def _criteria(df: pd.DataFrame) -> pd.DataFrame:
+    """BIC and LOO per data set and K, one row each, the criteria to one decimal."""
+    em = df[df["method"] == "EM (MAP)"].set_index(["dataset", "K"])
+    nuts = df[df["method"] == "NUTS"].set_index(["dataset", "K"])
+    out = pd.DataFrame(index=em.index.union(nuts.index, sort=False))
+    fmt = "{:.1f}".format
+    out["BIC (EM)"] = em["bic"].map(fmt)
+    out["elpd_loo ± se"] = (nuts["elpd_loo"].map(fmt) + " ± " + nuts["elpd_se"].map(fmt))
+    out["elpd diff to best ± se"] = (nuts["elpd_diff"].map(fmt) + " ± "
+                                     + nuts["elpd_dse"].map(fmt))
+    out["p_loo"] = nuts["p_loo"].map(fmt)
+    out["Pareto k bad"] = nuts["pareto_bad"].map("{:.0f}".format)
+    out["NUTS converged"] = nuts["converged"]
+    out["R-hat max"] = nuts["rhat_max"].map("{:.3f}".format)
+    out["ESS bulk min"] = nuts["ess_bulk_min"].map("{:.0f}".format)
+    out["divergences"] = nuts["divergences"].map("{:.0f}".format)
+    out["chains in different modes"] = nuts["modes_differ"].map({0.0: "no", 1.0: "yes"})
+    out["EM s"] = em["wall_s"].map("{:.2g}".format)
+    out["NUTS s"] = nuts["wall_s"].map("{:.3g}".format)
+    return out.fillna("").reset_index()
 
 
 def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
@@ -195,12 +255,19 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     missing = [d for d in DATASETS if d not in set(df["dataset"])]
     if missing:
         lines += [f"Not in this run (not finished): {', '.join(missing)}.", ""]
-    lines += ["## K chosen", "", common.md_table(_choice(df)), "",
-              "## BIC and LOO per K", ""]
-    crit = df[df["method"].isin(["EM (MAP)", "NUTS"])]
-    cols = [c for c in ("dataset", "method", "K", "bic", "elpd_loo", "converged", "wall_s",
-                        "note") if c in crit]
-    lines += [common.md_table(crit[cols]), "",
+    lines += ["## K chosen", "",
+              "BIC: the K of the lowest BIC of EM (MAP). LOO: the smallest K whose NUTS elpd "
+              f"is within {LOO_SE_RULE:g} standard errors of the difference from the K of the "
+              "highest elpd (`arviz.compare`); differences within that are not resolved by "
+              "these data. LOO from a NUTS run that missed its convergence criteria (R-hat "
+              "above 1.01 after label alignment, bulk ESS below 100 per chain, divergences, "
+              "or chains in different modes) is read with care: its columns below say which "
+              "criterion failed.", "",
+              common.md_table(_choice(df)), "",
+              "## BIC and LOO per K", "", common.md_table(_criteria(df)), "",
+              "Failed fits: " + (", ".join(f"{r.dataset} {r.method} K={r.K}: {r.note}"
+                                           for r in df[df["note"].fillna("").str.startswith(
+                                               "failed")].itertuples()) or "none") + ".", "",
               "## Imputations of the masked entries (at BIC's K)", "",
               "`column mean` is compare()'s baseline (observed column mean, normal interval).",
               ""]

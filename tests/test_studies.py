@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,38 @@ def test_realdata_mask_hides_observed_entries_only_and_keeps_rows():
     assert not (hide & full.isna().to_numpy()).any()
     assert data.notna().any(axis=1).all()
     np.testing.assert_array_equal(data.isna().to_numpy(), full.isna().to_numpy() | hide)
+
+
+def test_loo_table_difference_and_its_se_from_the_pointwise_terms():
+    """elpd difference = difference of the PSIS-LOO sums; its se = sqrt(n var(pointwise
+    difference)) (Vehtari, Gelman & Gabry 2017, eq. 24, with ArviZ's 1/n variance; R's loo
+    uses 1/(n - 1), sqrt(n / (n - 1)) larger)."""
+    import arviz as az
+
+    rng = np.random.default_rng(0)
+    n = 60
+    idatas = {k: az.from_dict(posterior={"mu": rng.normal(size=(2, 200))},
+                              log_likelihood={"x": rng.normal(-1.0 - 0.1 * k, 0.3,
+                                                              size=(2, 200, n))})
+              for k in (1, 2, 3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = realdata._loo_table(idatas)
+        point = {k: az.loo(d, pointwise=True).loo_i.values for k, d in idatas.items()}
+    best = max(point, key=lambda k: point[k].sum())
+    for k in idatas:
+        d = point[best] - point[k]
+        assert table.loc[k, "elpd_loo"] == pytest.approx(point[k].sum(), rel=1e-12)
+        assert table.loc[k, "elpd_diff"] == pytest.approx(d.sum(), abs=1e-9)
+        assert table.loc[k, "elpd_dse"] == pytest.approx(np.sqrt(n * d.var(ddof=0)), abs=1e-9)
+
+
+def test_loo_choice_is_the_smallest_k_within_two_se_of_the_best():
+    nuts = pd.DataFrame({"K": [1, 2, 3, 4], "elpd_loo": [-110.0, -100.0, -99.0, -98.5],
+                         "elpd_diff": [11.5, 1.5, 0.5, 0.0], "elpd_dse": [3.0, 1.0, 2.0, 0.0]})
+    assert realdata._loo_choice(nuts) == ("2", "4 (largest tried)")
+    nuts["elpd_dse"] = [3.0, 0.5, 0.2, 0.0]  # K = 2 and 3 now resolved as worse
+    assert realdata._loo_choice(nuts) == ("4 (largest tried)", "4 (largest tried)")
 
 
 def _design() -> common.Design:

@@ -16,7 +16,9 @@ Data sets, each with natural missing values:
 Per data set, 10% of the observed entries (at random, rows keep at least one entry) are
 masked and held back: imputations of them are scored (RMSE, 90% interval coverage, CRPS)
 against the held-back values. EM (MAP) is fitted for K = 1..K_max (BIC, lower is better),
-NUTS for the same K (PSIS-LOO elpd from ``fit.idata``, higher is better); the HTML report of
+NUTS for the same K (PSIS-LOO elpd from ``fit.idata``, higher is better; the smallest K within
+2 standard errors of the best is chosen, since smaller differences are not resolved by the
+data); the HTML report of
 ``ppgmm.compare`` of EM (MAP), ADVI (mean-field) and NUTS at the K chosen by BIC is written
 next to this page by the run (``realdata_NAME.html``).
 """

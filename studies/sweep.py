@@ -204,11 +204,13 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
     means_png = _figure(ok, out, "err_means", "max abs error, means", "sweep_means.png")
     rmse_png = _figure(ok, out, "rmse", "imputation RMSE", "sweep_rmse.png")
     lines += [f"![error of the means]({means_png})", "", f"![imputation RMSE]({rmse_png})", ""]
-    ok = ok.assign(lpd_gap=ok["lpd_truth"] - ok["lpd"])
+    ok = ok.assign(lpd_gap=ok["lpd_truth"] - ok["lpd"],
+                   converged=ok["converged"].astype(float))
     summ = ok.groupby(["mechanism", "method"]).agg(
         err_means=("err_means", "mean"), err_cov=("err_covariances", "mean"),
         rmse=("rmse", "mean"), coverage90=("coverage", "mean"), crps=("crps", "mean"),
-        lpd_gap=("lpd_gap", "median"), wall_s=("wall_s", "median"), fits=("wall_s", "size"),
+        lpd_gap=("lpd_gap", "median"), converged=("converged", "mean"),
+        wall_s=("wall_s", "median"), fits=("wall_s", "size"),
     ).reset_index()
     cells = ok.groupby("method")[["K", "N"]].apply(
         lambda g: ", ".join(f"({k}, {n})" for k, n in sorted(set(zip(g["K"].astype(int),
@@ -221,7 +223,9 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
               "is the absolute error of a point forecast); lpd_gap: median over fits of the "
               "held-out log density per row of the truth minus the method's (0 is perfect; a "
               "median because one fit whose component collapsed onto a few points has an "
-              "unbounded gap); wall_s: median seconds.", "",
+              "unbounded gap); converged: the share of fits that met their own criterion (EM: gain "
+              "per row below tol within max_iter; ADVI and NUTS: ppgmm's checks; a peer "
+              "counts as converged); wall_s: median seconds.", "",
               "Each method is pooled over the cells it ran, and those differ (see Published "
               "run): compare methods with the paired ratios above, not across the rows of "
               "this table. (K, N) pooled per method: "

@@ -291,6 +291,7 @@ def headline(df: pd.DataFrame, meta: dict) -> str:
     if df.empty:
         return "No results."
     c = _choice(df)
-    return "K chosen (BIC for EM / LOO for NUTS): " + "; ".join(
+    return (f"K chosen (BIC for EM / LOO for NUTS, the smallest K within {LOO_SE_RULE:g} se of "
+            "the highest elpd): ") + "; ".join(
         f"{r['data set']} {r['K by BIC (EM)']} / {r['K by LOO (NUTS)']}"
         for _, r in c.iterrows()) + "."

@@ -95,6 +95,12 @@ def tasks(quick: bool = False, reps: int | None = None,
 DESIGN = common.Design(tasks, FULL_SIZE, ("dataset",))
 
 
+def _fit(method: str, k: int, data: pd.DataFrame, quick: bool) -> tuple[Any, float]:
+    """One fit at K = k (seeded by k), NUTS at :data:`NUTS_RUN`'s length outside quick mode."""
+    extra = NUTS_RUN if method == "NUTS" and not quick else {}
+    return common.fit_method(method, k, data, seed=k, quick=quick, **extra)
+
+
 def _fits(task: dict, data: pd.DataFrame) -> tuple[list[dict], dict]:
     rows, fits = [], {}
     ks = range(1, task["k_max"] + 1)
@@ -103,9 +109,7 @@ def _fits(task: dict, data: pd.DataFrame) -> tuple[list[dict], dict]:
             if task["quick"] and method == "NUTS" and k != task["k_max"]:
                 continue
             try:
-                extra = NUTS_RUN if method == "NUTS" and not task["quick"] else {}
-                fit, wall = common.fit_method(method, k, data, seed=k, quick=task["quick"],
-                                              **extra)
+                fit, wall = _fit(method, k, data, task["quick"])
             except Exception as err:
                 rows.append({"method": method, "K": k, "note": f"failed: {err}"[:300]})
                 continue
@@ -135,14 +139,14 @@ def _loo_table(idatas: dict[int, Any]) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # high Pareto k: counted in the table instead
-        table = az.compare(idatas, ic="loo") if len(idatas) > 1 else None
-        out = {}
-        for k, idata in idatas.items():
-            loo = az.loo(idata, pointwise=True)
-            diff, dse = ((table.loc[k, "elpd_diff"], table.loc[k, "dse"])
-                         if table is not None else (0.0, 0.0))
-            out[k] = [loo.elpd_loo, loo.se, diff, dse, loo.p_loo,
-                      int((loo.pareto_k.values > loo.good_k).sum())]
+        loos = {k: az.loo(idata, pointwise=True) for k, idata in idatas.items()}
+        table = az.compare(loos, ic="loo") if len(loos) > 1 else None  # reuses the LOOs
+    out = {}
+    for k, loo in loos.items():
+        diff, dse = ((table.loc[k, "elpd_diff"], table.loc[k, "dse"])
+                     if table is not None else (0.0, 0.0))
+        out[k] = [loo.elpd_loo, loo.se, diff, dse, loo.p_loo,
+                  int((loo.pareto_k.values > loo.good_k).sum())]
     return pd.DataFrame.from_dict(out, orient="index", columns=cols, dtype=float)
 
 
@@ -155,9 +159,7 @@ def run_task(task: dict) -> list[dict]:
     em = pd.DataFrame([r for r in rows if "bic" in r])
     k_bic = int(em.loc[em["bic"].idxmin(), "K"])
     advi, _ = common.fit_method("ADVI mean-field", k_bic, data, seed=0, quick=task["quick"])
-    nuts = fits.get(("NUTS", k_bic)) or common.fit_method("NUTS", k_bic, data, seed=k_bic,
-                                                         **({} if task["quick"] else NUTS_RUN),
-                                                         quick=task["quick"])[0]
+    nuts = fits.get(("NUTS", k_bic)) or _fit("NUTS", k_bic, data, task["quick"])[0]
     chosen = {"em": fits["EM (MAP)", k_bic], "advi": advi, "nuts": nuts}
     # compare() wants a complete truth: natural gaps get 0 and are left out of the scores
     truth = np.nan_to_num(full.to_numpy(dtype=float))

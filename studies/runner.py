@@ -39,7 +39,11 @@ def run(name: str, *, quick: bool = False, out: str | Path | None = None,
     out = Path(out) if out is not None else (Path("ppgmm-study-quick") if quick else DOCS)
     kwargs = {"methods": methods} if methods else {}
     tasks = module.tasks(quick=quick, reps=reps, **kwargs)
+    fields = sorted({key for t in tasks for key in t})
     for key, values in (only or {}).items():
+        if key not in fields:
+            raise ValueError(f"--only {key}=...: the {name} study's tasks have no field "
+                             f"{key!r}; they have {', '.join(fields)}")
         tasks = [t for t in tasks if str(t.get(key)) in values]
     tasks = [{**t, **(overrides or {})} for t in tasks]
     settings = {"reps": reps, "quick": quick, **kwargs, **({"only": only} if only else {}),
@@ -61,7 +65,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--methods", help="comma-separated methods (default: the study's)")
     p.add_argument("--only", action="append", metavar="KEY=V1,V2",
                    help="run only the tasks whose KEY is one of the values, e.g. N=200 "
-                   "(repeatable)")
+                   "(repeatable; a key given twice keeps both lists)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                    help="set a field of every task, e.g. k_max=3 (repeatable)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -95,10 +99,12 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
 
         out = args.out or str(DOCS)
         print(f"{merge_cache(args.name, args.merge_from, out)} row(s) merged")
-    only = {}
-    for item in args.only or []:
-        key, _, values = item.partition("=")
-        only[key.strip()] = [v.strip() for v in values.split(",")]
+    only: dict[str, list[str]] = {}
+    for item in args.only or []:  # a key given twice keeps the values of both
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--only should be KEY=V1,V2 (e.g. N=200), but got {item!r}")
+        only.setdefault(key.strip(), []).extend(v.strip() for v in values.split(","))
     page = run(args.name, quick=args.quick, out=args.out, scheduler=args.scheduler,
                reps=args.reps, workers=args.workers, render_only=args.render, methods=methods,
                only=only, overrides=dict(_value(o) for o in args.overrides or []))

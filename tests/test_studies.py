@@ -292,3 +292,26 @@ def test_a_task_that_raises_is_recorded_and_the_run_goes_on(tmp_path):
     assert rows.to_dict() == {0: "", 1: "failed: RuntimeError: boom", 2: ""}
     meta = json.loads((tmp_path / "data" / "x.json").read_text())
     assert meta["runs"][0]["status"] == "complete" and meta["runs"][0]["done"] == 3
+
+
+def test_only_repeated_key_keeps_both_values_and_unknown_key_is_an_error(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_study(name, tasks, *args, settings, **kwargs):
+        seen["tasks"], seen["settings"] = tasks, settings
+        return tmp_path / "page.md"
+
+    from studies import common, index
+
+    monkeypatch.setattr(common, "run_study", fake_run_study)
+    monkeypatch.setattr(index, "write_index", lambda out: None)
+    runner.main(["sweep", "--only", "K=2", "--only", "K=3", "--only", "N=200",
+                 "--methods", "EM (MAP)", "--out", str(tmp_path)])
+    # 3 mechanisms x 3 rates x 20 replications in each of the two (K, D) cells at N = 200
+    assert len(seen["tasks"]) == 2 * 3 * 3 * 20
+    assert {(t["K"], t["N"]) for t in seen["tasks"]} == {(2, 200), (3, 200)}
+    assert seen["settings"]["only"] == {"K": ["2", "3"], "N": ["200"]}
+    with pytest.raises(ValueError, match="no field 'k'; they have D, K, N"):
+        runner.main(["sweep", "--only", "k=2", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="KEY=V1,V2"):
+        runner.main(["sweep", "--only", "K", "--out", str(tmp_path)])

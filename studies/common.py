@@ -545,7 +545,7 @@ def run_section(meta: dict, df: pd.DataFrame, design: Design, rerun: str) -> str
     lines += [design_summary(df, design) + quick, "",
               "What the cache holds, per " + (" and ".join(design.group) or "design") + ":",
               "", md_table(table.drop(columns="_reps")), "", "Runs:", ""]
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r["date"]):  # merged caches append out of order
         done = r.get("done", r["tasks"])
         state = ("" if r.get("status", "complete") == "complete" else
                  f" (stopped after {done} of them)")

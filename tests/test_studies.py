@@ -224,6 +224,22 @@ def test_design_summary_says_full_only_when_every_task_is_cached():
     assert table.set_index("method").loc["b", "not run"] == "nothing: full design"
 
 
+
+def test_run_section_lists_runs_by_date_and_counts_unrecorded_tasks():
+    """Merged caches append run records out of order; the page lists them by start time.
+    Two recorded runs did 2 + 1 of the 4 cached tasks, so 1 came from an unrecorded run."""
+    run = {"tasks": 2, "wall_s": 60.0, "scheduler": "LocalCluster", "workers": 1,
+           "machine": "m", "settings": {}}
+    meta = {"runs": [{**run, "date": "2026-12-03 04:00 UTC"},
+                     {**run, "date": "2026-12-02 22:00 UTC", "tasks": 3, "done": 1,
+                      "status": "stopped"}]}
+    df = _cache(_design().tasks()[:4])
+    text = common.run_section(meta, df, _design(), "rerun")
+    assert text.index("2026-12-02 22:00") < text.index("2026-12-03 04:00")
+    assert "(stopped after 1 of them)" in text
+    assert "- 1 task(s) in the cache come from runs stopped before" in text
+    assert "Total wall time of the recorded runs: 2.0 min." in text
+
 # --------------------------------------------------------------------------- quick modes
 
 

@@ -109,6 +109,8 @@ def _calibrated_rate(probs: Any, missing: float, d: int) -> float:
     hi = 1.0 - 1e-12
     if achieved(hi) <= missing:
         return hi
+    if achieved(missing) >= missing:  # rows left empty are below rounding (many features)
+        return missing
     return brentq(lambda r: achieved(r) - missing, missing, hi, xtol=1e-12)
 
 

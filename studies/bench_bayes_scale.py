@@ -49,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 import traceback
 import warnings
@@ -60,6 +61,9 @@ import pandas as pd
 
 import ppgmm
 from ppgmm.numerics.alignment import align_to
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from studies.common import write_file, write_text  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "data"
 NAME = "bench_bayes_scale"
@@ -168,7 +172,8 @@ def save(row: dict[str, Any]) -> None:
     if len(old):
         old = old[[_key(r) != _key(row) for _, r in old.iterrows()]]
     OUT.mkdir(parents=True, exist_ok=True)
-    pd.concat([old, pd.DataFrame([row])], ignore_index=True).to_parquet(_path("parquet"))
+    new = pd.concat([old, pd.DataFrame([row])], ignore_index=True)
+    write_file(_path("parquet"), new.to_parquet)
 
 
 # --------------------------------------------------------------------------- table
@@ -243,7 +248,7 @@ def write_table(meta: dict) -> str:
             "of the same shape (its time: warm-up s). dist. to EM: distance of the component "
             "means to the MAP-EM fit, in column standard deviations.")
     text = f"{head}\n\n{nuts_table(df)}\n\n{advi_table(df)}\n"
-    _path("md").write_text(text)
+    write_text(_path("md"), text)
     splice(DOC, text)
     return text
 
@@ -255,7 +260,7 @@ def splice(doc: Path, text: str) -> None:
     if start not in page or end not in page:
         return
     head, rest = page.split(start, 1)
-    doc.write_text(f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}")
+    write_text(doc, f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}")
 
 
 # --------------------------------------------------------------------------- main
@@ -331,7 +336,7 @@ def main() -> None:
                                  "machine": f"{platform.machine()}, {os.cpu_count()} "
                                             "shared CPU cores",
                                  "versions": {"ppgmm": ppgmm.__version__}})
-            meta_path.write_text(json.dumps(meta, indent=1))
+            write_text(meta_path, json.dumps(meta, indent=1))
     print(write_table(meta))
 
 

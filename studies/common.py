@@ -38,6 +38,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 import ppgmm
+from ppgmm.io import atomic_write
 from ppgmm.numerics.alignment import align_to
 
 __all__ = [
@@ -251,6 +252,19 @@ def _key(task: dict) -> str:
     return json.dumps({k: task[k] for k in sorted(task) if k not in ("quick", "out")})
 
 
+def write_file(path: Path, write: Callable[[str], Any]) -> None:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file beside it,
+    which then replaces ``path`` (:func:`ppgmm.io.atomic_write`). A run stopped mid-write
+    leaves the previous cache, page or figure intact."""
+    with atomic_write(path) as tmp:
+        write(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    """:func:`write_file` for text."""
+    write_file(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def load_results(path: Path) -> pd.DataFrame:
     """Cached rows of a study, or an empty frame."""
     return pd.read_parquet(path) if path.exists() else pd.DataFrame()
@@ -288,15 +302,15 @@ def run_study(name: str, tasks: list[dict], run_task: Callable[[dict], list[dict
                 done = _append(path, pd.DataFrame(rows))
                 record.update(done=record["done"] + 1,
                               wall_s=round(time.perf_counter() - start, 1))
-                meta_path.write_text(json.dumps(meta, indent=1))
+                write_text(meta_path, json.dumps(meta, indent=1))
             record["status"] = "complete"
         except BaseException as err:  # stopped (interrupted, cluster lost): say so, keep rows
             record["status"] = f"stopped: {type(err).__name__}"
             raise
         finally:
-            meta_path.write_text(json.dumps(meta, indent=1))
+            write_text(meta_path, json.dumps(meta, indent=1))
     page = render(done, meta, out)
-    (out / f"{name}.md").write_text(page)
+    write_text(out / f"{name}.md", page)
     return out / f"{name}.md"
 
 
@@ -317,7 +331,7 @@ def _append(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     """Append rows to the cache as it is on disk now; returns the whole cache."""
     with _locked(path):
         done = pd.concat([load_results(path), rows], ignore_index=True)
-        done.to_parquet(path)
+        write_file(path, done.to_parquet)
     return done
 
 
@@ -337,7 +351,7 @@ def merge_cache(name: str, source: Path, out: Path) -> int:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": []}
         meta["runs"] += [r for r in json.loads(src_meta.read_text())["runs"]
                          if r not in meta["runs"]]
-        meta_path.write_text(json.dumps(meta, indent=1))
+        write_text(meta_path, json.dumps(meta, indent=1))
     return len(new)
 
 
@@ -527,7 +541,8 @@ def save_figure(fig: Any, out: Path, fname: str, dpi: int = 110) -> str:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(Path(out) / "img" / fname, dpi=dpi)
+    write_file(Path(out) / "img" / fname,
+               lambda tmp: fig.savefig(tmp, dpi=dpi, format=Path(fname).suffix[1:]))
     plt.close(fig)
     return f"img/{fname}"
 

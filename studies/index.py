@@ -10,7 +10,14 @@ import importlib
 import json
 from pathlib import Path
 
-from studies.common import design_brief, design_summary, design_table, load_results, was_quick
+from studies.common import (
+    design_brief,
+    design_summary,
+    design_table,
+    load_results,
+    was_quick,
+    write_text,
+)
 
 __all__ = ["write_index", "ORDER"]
 
@@ -84,5 +91,5 @@ def write_index(out: Path) -> Path:
         status.append(f"{name}: {short}")
     intro = INTRO + "\nPublished runs: " + "; ".join(status) + ".\n"
     path = out / "index.md"
-    path.write_text("\n".join([intro, *parts]))
+    write_text(path, "\n".join([intro, *parts]))
     return path

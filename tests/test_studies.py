@@ -310,6 +310,30 @@ def test_a_task_that_raises_is_recorded_and_the_run_goes_on(tmp_path):
     assert meta["runs"][0]["status"] == "complete" and meta["runs"][0]["done"] == 3
 
 
+
+def test_a_run_stopped_while_writing_the_cache_keeps_the_rows_before(tmp_path, monkeypatch):
+    """The third task's cache write is cut off after a few bytes (as a kill would): the
+    cache on disk still holds the first two tasks' rows, the record says stopped, and no
+    temporary file is left beside it."""
+    real = pd.DataFrame.to_parquet
+
+    def to_parquet(df, path, *args, **kwargs):
+        if len(df) == 3:
+            Path(path).write_bytes(b"PAR1 half")
+            raise KeyboardInterrupt
+        return real(df, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+    with pytest.raises(KeyboardInterrupt):
+        common.run_study("x", [{"rep": r, "quick": True} for r in range(3)],
+                         lambda t: [{"rep": t["rep"]}], lambda df, meta, out: "# x\n",
+                         tmp_path, quick=True)
+    assert pd.read_parquet(tmp_path / "data" / "x.parquet")["rep"].tolist() == [0, 1]
+    meta = json.loads((tmp_path / "data" / "x.json").read_text())
+    assert meta["runs"][0]["status"] == "stopped: KeyboardInterrupt"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "x.json", "x.parquet", "x.parquet.lock"]
+
 def test_only_repeated_key_keeps_both_values_and_unknown_key_is_an_error(tmp_path, monkeypatch):
     seen = {}
 

@@ -93,6 +93,17 @@ def test_ratio_table_is_the_geometric_mean_of_paired_ratios():
     assert r["mcse"] == pytest.approx(np.exp(lr.mean()) * lr.std(ddof=1) / np.sqrt(3))
 
 
+
+def test_convergence_section_splits_the_error_by_flag():
+    """By hand: NUTS fits with errors 1, 3 (converged) and 10, 20 (not): share 0.5, medians
+    2 and 15; a peer (always 'converged') is left out."""
+    ok = pd.DataFrame({"method": ["NUTS"] * 4 + ["pygmmis"], "K": 2, "D": 2, "N": 200,
+                       "converged": [True, True, False, False, True],
+                       "err_means": [1.0, 3.0, 10.0, 20.0, 5.0]})
+    text = "\n".join(sweep._convergence_section(ok))
+    assert "| NUTS | (2, 2) | 200 | 4 | 0.5 | 2 | 15 |" in text
+    assert "pygmmis |" not in text
+
 def test_sbc_chisquare_matches_scipy():
     ranks = np.random.default_rng(1).integers(0, 100, 200)
     df = pd.DataFrame({"kind": "sbc", "method": "m", "quantity": "q", "rank": ranks,

@@ -201,9 +201,14 @@ def _masked_scores(imp, missing: np.ndarray, hide: np.ndarray,
     return out
 
 
-def _flag_largest(k: int, g: pd.DataFrame) -> str:
-    """``k``, flagged when it is the largest K tried (the criterion may still improve)."""
-    return f"{k} (largest tried)" if k == g["K"].max() and g["K"].nunique() > 1 else str(k)
+def _flag_k(k: int, g: pd.DataFrame) -> str:
+    """``k``, flagged when it is the largest K tried (the criterion may still improve) and
+    when the fit at ``k`` did not meet its convergence criterion (its criterion value is
+    then not to be trusted)."""
+    flags = ["largest tried"] if k == g["K"].max() and g["K"].nunique() > 1 else []
+    if "converged" in g and not g.loc[g["K"] == k, "converged"].astype(bool).all():
+        flags.append("not converged")
+    return f"{k} ({'; '.join(flags)})" if flags else str(k)
 
 
 def _loo_choice(nuts: pd.DataFrame) -> tuple[str, str]:
@@ -213,7 +218,7 @@ def _loo_choice(nuts: pd.DataFrame) -> tuple[str, str]:
         return "", ""
     best = int(nuts.loc[nuts["elpd_loo"].idxmax(), "K"])
     close = nuts[nuts["elpd_diff"] <= LOO_SE_RULE * nuts["elpd_dse"]]
-    return _flag_largest(int(close["K"].min()), nuts), _flag_largest(best, nuts)
+    return _flag_k(int(close["K"].min()), nuts), _flag_k(best, nuts)
 
 
 def _choice(df: pd.DataFrame) -> pd.DataFrame:
@@ -226,7 +231,7 @@ def _choice(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "data set": name, "rows": int(first["n"]), "D": int(first["d"]),
             "natural missing": int(first["natural_missing"]), "masked": int(first["masked"]),
-            "K by BIC (EM)": _flag_largest(int(em.loc[em["bic"].idxmin(), "K"]), em)
+            "K by BIC (EM)": _flag_k(int(em.loc[em["bic"].idxmin(), "K"]), em)
             if len(em) else "",
             "K by LOO (NUTS)": by_loo, "highest elpd (NUTS)": best,
             "NUTS converged at K": ", ".join(str(int(k)) for k in nuts.loc[

@@ -191,6 +191,10 @@ def test_loo_choice_is_the_smallest_k_within_two_se_of_the_best():
     assert realdata._loo_choice(nuts) == ("2", "4 (largest tried)")
     nuts["elpd_dse"] = [3.0, 0.5, 0.2, 0.0]  # K = 2 and 3 now resolved as worse
     assert realdata._loo_choice(nuts) == ("4 (largest tried)", "4 (largest tried)")
+    nuts["converged"] = [True, True, True, False]  # a choice from a flagged fit says so
+    assert realdata._loo_choice(nuts) == ("4 (largest tried; not converged)",) * 2
+    nuts["elpd_dse"] = [3.0, 1.0, 2.0, 0.0]
+    assert realdata._loo_choice(nuts) == ("2", "4 (largest tried; not converged)")
 
 
 def _design() -> common.Design:

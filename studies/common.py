@@ -47,6 +47,10 @@ __all__ = [
     "Design", "design_table", "design_summary", "design_brief", "run_section",
 ]
 
+#: What NUTS must show to count as converged (:func:`ppgmm.backends.nuts.diagnose`), for pages.
+NUTS_CRITERION = ("no divergence, chains in one mode, R-hat <= 1.01 and bulk ESS >= 100 per "
+                  "chain after label alignment")
+
 #: ppgmm methods: label -> (prior, backend, options). Short runs: studies measure the
 #: backends as a user runs them, with the run lengths given here recorded in each page.
 METHODS: dict[str, tuple[str | None, str, dict[str, Any]]] = {

@@ -275,10 +275,9 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
               "BIC: the K of the lowest BIC of EM (MAP). LOO: the smallest K whose NUTS elpd "
               f"is within {LOO_SE_RULE:g} standard errors of the difference from the K of the "
               "highest elpd (`arviz.compare`); differences within that are not resolved by "
-              "these data. LOO from a NUTS run that missed its convergence criteria (R-hat "
-              "above 1.01 after label alignment, bulk ESS below 100 per chain, divergences, "
-              "or chains in different modes) is read with care: its columns below say which "
-              "criterion failed.", "",
+              "these data. LOO from a NUTS run that missed its convergence criterion "
+              f"({common.NUTS_CRITERION}) is read with care: its columns below say which "
+              "check failed.", "",
               common.md_table(_choice(df)), "",
               "## BIC and LOO per K", "", common.md_table(_criteria(df)), "",
               "Failed fits: " + (", ".join(f"{r.dataset} {r.method} K={r.K}: {r.note}"

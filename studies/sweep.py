@@ -255,9 +255,8 @@ def _convergence_section(ok: pd.DataFrame) -> list[str]:
                      for m, (_, _, opts) in common.METHODS.items())
     return ["## Convergence flags and accuracy", "",
             "Share of fits that met their own criterion (EM: gain per row below tol within "
-            "max_iter; ADVI: ppgmm's ELBO checks; NUTS: no divergence, chains in one mode, "
-            "R-hat <= 1.01 and bulk ESS >= 100 per chain after label alignment) and the median "
-            "max abs error of the means of the fits that met it and of those that did not. "
+            f"max_iter; ADVI: ppgmm's ELBO checks; NUTS: {common.NUTS_CRITERION}) and the "
+            "median max abs error of the means of the fits that met it and of those that did not. "
             f"Run lengths here: {runs}. A flagged fit is reported, never dropped: the "
             "ratios above include it.", "", common.md_table(pd.DataFrame(rows)), ""]
 

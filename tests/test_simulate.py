@@ -114,7 +114,6 @@ def test_rate_is_met_although_empty_rows_get_an_entry_back(mechanism, rho):
     assert abs(truth.mask.mean() - rho) < 4 * se
 
 
-
 @pytest.mark.parametrize("seed", [1, 130, 154])
 def test_low_mnar_rate_with_many_features_is_met(seed):
     """With D=10 at 10% no row is left empty to rounding, so the calibration's bracket had
@@ -124,6 +123,7 @@ def test_low_mnar_rate_with_many_features_is_met(seed):
                                  mechanism="MNAR", seed=seed)
     assert np.isfinite(data[~truth.mask]).all()
     assert abs(truth.mask.mean() - 0.1) < 4 * np.sqrt(0.1 * 0.9 / truth.mask.size)
+
 
 def test_rate_above_what_nonempty_rows_allow_is_refused():
     p = ppgmm.Params(np.array([1.0]), np.zeros((1, 2)), np.eye(2)[None])

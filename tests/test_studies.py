@@ -93,7 +93,6 @@ def test_ratio_table_is_the_geometric_mean_of_paired_ratios():
     assert r["mcse"] == pytest.approx(np.exp(lr.mean()) * lr.std(ddof=1) / np.sqrt(3))
 
 
-
 def test_convergence_section_splits_the_error_by_flag():
     """By hand: NUTS fits with errors 1, 3 (converged) and 10, 20 (not): share 0.5, medians
     2 and 15; a peer (always 'converged') is left out."""
@@ -103,6 +102,7 @@ def test_convergence_section_splits_the_error_by_flag():
     text = "\n".join(sweep._convergence_section(ok))
     assert "| NUTS | (2, 2) | 200 | 4 | 0.5 | 2 | 15 |" in text
     assert "pygmmis |" not in text
+
 
 def test_sbc_chisquare_matches_scipy():
     ranks = np.random.default_rng(1).integers(0, 100, 200)
@@ -239,7 +239,6 @@ def test_design_summary_says_full_only_when_every_task_is_cached():
     assert table.set_index("method").loc["b", "not run"] == "nothing: full design"
 
 
-
 def test_run_section_lists_runs_by_date_and_counts_unrecorded_tasks():
     """Merged caches append run records out of order; the page lists them by start time.
     Two recorded runs did 2 + 1 of the 4 cached tasks, so 1 came from an unrecorded run."""
@@ -254,6 +253,7 @@ def test_run_section_lists_runs_by_date_and_counts_unrecorded_tasks():
     assert "(stopped after 1 of them)" in text
     assert "- 1 task(s) in the cache come from runs stopped before" in text
     assert "Total wall time of the recorded runs: 2.0 min." in text
+
 
 # --------------------------------------------------------------------------- quick modes
 
@@ -325,7 +325,6 @@ def test_a_task_that_raises_is_recorded_and_the_run_goes_on(tmp_path):
     assert meta["runs"][0]["status"] == "complete" and meta["runs"][0]["done"] == 3
 
 
-
 def test_a_run_stopped_while_writing_the_cache_keeps_the_rows_before(tmp_path, monkeypatch):
     """The third task's cache write is cut off after a few bytes (as a kill would): the
     cache on disk still holds the first two tasks' rows, the record says stopped, and no
@@ -348,6 +347,7 @@ def test_a_run_stopped_while_writing_the_cache_keeps_the_rows_before(tmp_path, m
     assert meta["runs"][0]["status"] == "stopped: KeyboardInterrupt"
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
         "x.json", "x.parquet", "x.parquet.lock"]
+
 
 def test_only_repeated_key_keeps_both_values_and_unknown_key_is_an_error(tmp_path, monkeypatch):
     seen = {}

@@ -36,7 +36,7 @@ from .numerics.scores import (
 from .spec import PARAM_NAMES, Draws, Params, as_params
 from .transforms import suggest_transform
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["Comparison", "compare", "convergence_row"]
 
 STATS = ("point", "sd", "hdi_lower", "hdi_upper")
 
@@ -596,59 +596,74 @@ def _scores(ds: xr.Dataset, features: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def convergence_row(fit: Fit) -> dict[str, Any]:
+    """One fit's convergence diagnostics, as a row of :attr:`Comparison.convergence`.
+
+    The backend's own flag (``converged``) with the figures behind it: EM's iteration count,
+    final objective and whether the objective never decreased (to a relative 1e-9); ADVI's
+    final ELBO; for any fit with at least two chains of four draws, the largest split R-hat
+    and the smallest bulk and tail ESS over every weight, mean and covariance entry
+    (Vehtari et al. 2021); NUTS's divergences and the label permutations its draws needed.
+    Keys a backend has no figure for are absent.
+    """
+    a = fit.attrs
+    post = fit.idata.posterior
+    k = fit.spec.n_components
+    row: dict[str, Any] = {
+        "backend": fit.backend, "K": k, "covariance": fit.spec.covariance,
+        "draws": _n_draws(post), "converged": fit.converged,
+        "wall_time_s": float(a.get("wall_time", np.nan)),
+        "seed": a.get("seed"),
+    }
+    stats = fit.idata.sample_stats if "sample_stats" in fit.idata.groups() else xr.Dataset()
+    if "objective" in stats:
+        obj = np.asarray(stats["objective"].values, float)
+        tol = 1e-9 * np.maximum(1.0, np.abs(obj[1:]))
+        row.update(n_iter=int(a.get("n_iter", len(obj) - 1)),
+                   objective_final=float(obj[-1]),
+                   objective_monotone=bool(np.all(np.diff(obj) >= -tol)))
+    if "elbo" in stats:
+        elbo = np.asarray(stats["elbo"].values, float)
+        tail = elbo[-max(1, len(elbo) // 10):]
+        # the ELBO of the returned approximation where the backend recorded it
+        row.update(n_iter=int(a.get("n_iter", len(elbo))),
+                   elbo_final=float(a.get("elbo_final", np.mean(tail))))
+    if post.sizes["chain"] >= 2 and post.sizes["draw"] >= 4:
+        # the backends' own diagnostics: every weight, mean and covariance entry
+        draws = Draws.from_dataset(post)
+        row.update(
+            rhat_max=diagnostics.rhat_max(draws),
+            ess_bulk_min=diagnostics.ess_min(draws),
+            ess_tail_min=diagnostics.ess_min(draws, method="tail"),
+        )
+    if "diverging" in stats:
+        row["divergences"] = int(stats["diverging"].sum())
+    elif "divergences" in a:
+        row["divergences"] = int(a["divergences"])
+    if "permutation" in stats:
+        p = stats["permutation"].transpose("chain", "draw", "component").values
+        row["relabelled_draws"] = count_relabelled(p)
+        uniq, counts = np.unique(p.reshape(-1, k), axis=0, return_counts=True)
+        row["permutations"] = "; ".join(
+            f"({', '.join(map(str, u))}): {c}" for u, c in zip(uniq, counts, strict=True)
+        )
+    elif "relabelled_draws" in a:
+        row["relabelled_draws"] = int(a["relabelled_draws"])
+    return row
+
+
 def _convergence(fits: dict[str, Fit], perms: dict[str, np.ndarray]) -> pd.DataFrame:
 
     rows = []
     for label, f in fits.items():
-        a = f.attrs
-        post = f.idata.posterior
         k = f.spec.n_components
-        row: dict[str, Any] = {
-            "label": label, "backend": f.backend, "K": k, "covariance": f.spec.covariance,
-            "draws": _n_draws(post), "converged": f.converged,
-            "wall_time_s": float(a.get("wall_time", np.nan)),
-            "seed": a.get("seed"),
-        }
-        stats = f.idata.sample_stats if "sample_stats" in f.idata.groups() else xr.Dataset()
-        if "objective" in stats:
-            obj = np.asarray(stats["objective"].values, float)
-            tol = 1e-9 * np.maximum(1.0, np.abs(obj[1:]))
-            row.update(n_iter=int(a.get("n_iter", len(obj) - 1)),
-                       objective_final=float(obj[-1]),
-                       objective_monotone=bool(np.all(np.diff(obj) >= -tol)))
-        if "elbo" in stats:
-            elbo = np.asarray(stats["elbo"].values, float)
-            tail = elbo[-max(1, len(elbo) // 10):]
-            # the ELBO of the returned approximation where the backend recorded it
-            row.update(n_iter=int(a.get("n_iter", len(elbo))),
-                       elbo_final=float(a.get("elbo_final", np.mean(tail))))
-        if post.sizes["chain"] >= 2 and post.sizes["draw"] >= 4:
-            # the backends' own diagnostics: every weight, mean and covariance entry
-            draws = Draws.from_dataset(post)
-            row.update(
-                rhat_max=diagnostics.rhat_max(draws),
-                ess_bulk_min=diagnostics.ess_min(draws),
-                ess_tail_min=diagnostics.ess_min(draws, method="tail"),
-            )
-        if "diverging" in stats:
-            row["divergences"] = int(stats["diverging"].sum())
-        elif "divergences" in a:
-            row["divergences"] = int(a["divergences"])
-        if "permutation" in stats:
-            p = stats["permutation"].transpose("chain", "draw", "component").values
-            row["relabelled_draws"] = count_relabelled(p)
-            uniq, counts = np.unique(p.reshape(-1, k), axis=0, return_counts=True)
-            row["permutations"] = "; ".join(
-                f"({', '.join(map(str, u))}): {c}" for u, c in zip(uniq, counts, strict=True)
-            )
-        elif "relabelled_draws" in a:
-            row["relabelled_draws"] = int(a["relabelled_draws"])
         perm = perms.get(label, np.arange(k))
-        row["relabelled_to_reference"] = (
-            "none" if np.array_equal(perm, np.arange(k)) else
-            ", ".join(f"{i}<-{j}" for i, j in enumerate(perm))
-        )
-        rows.append(row)
+        rows.append({
+            "label": label, **convergence_row(f),
+            "relabelled_to_reference": (
+                "none" if np.array_equal(perm, np.arange(k)) else
+                ", ".join(f"{i}<-{j}" for i, j in enumerate(perm))),
+        })
     cols = ["label", "backend", "K", "covariance", "draws", "converged", "wall_time_s", "seed",
             "n_iter", "objective_final", "objective_monotone", "elbo_final", "rhat_max",
             "ess_bulk_min", "ess_tail_min", "divergences", "relabelled_draws",

@@ -20,7 +20,11 @@ import numpy as np
 import pandas as pd
 
 import ppgmm
+from ppgmm.compare import convergence_row
 from studies import common
+
+# the figures behind a fit's convergence flag kept in its row (absent where a backend has none)
+DIAGNOSTICS = ("n_iter", "rhat_max", "ess_bulk_min", "ess_tail_min", "divergences")
 
 MECHANISMS = ("MCAR", "MAR", "MNAR")
 RATES = (0.1, 0.25, 0.4)
@@ -79,10 +83,12 @@ def run_task(task: dict) -> list[dict]:
         return [{**row, "note": f"failed: {type(err).__name__}: {err}"[:300]}]
     fit, filled = (out, None) if isinstance(out, ppgmm.Fit) else out
     converged = bool(fit.converged) if isinstance(fit, ppgmm.Fit) else True
+    diag = convergence_row(fit) if isinstance(fit, ppgmm.Fit) else {}
     if not all(np.isfinite(a).all() for a in common.point_params(fit)):
         return [{**row, "wall_s": wall, "note": "failed: non-finite parameter estimates"}]
     return [{
         **row, "wall_s": wall, "converged": converged, "note": "",
+        **{k: diag[k] for k in DIAGNOSTICS if k in diag},
         "missing_fraction": float(np.isnan(data).mean()),
         **common.param_errors(common.point_params(fit), truth.params),
         **common.imputation_scores(fit, truth, data, filled),
@@ -244,19 +250,24 @@ def _convergence_section(ok: pd.DataFrame) -> list[str]:
     own = ok[ok["method"].isin(list(common.METHODS))]
     if own.empty:
         return []
+    # fits cached before their rows kept diagnostics have none: medians over those that do
+    diag = [c for c in ("rhat_max", "ess_bulk_min", "divergences") if c in own]
     rows = []
     for (meth, k, d, n), g in own.groupby(["method", "K", "D", "N"]):
         conv = g["converged"].astype(bool)
         rows.append({"method": meth, "(K, D)": f"({k}, {d})", "N": n, "fits": len(g),
                      "converged": conv.mean(),
                      "err_means, converged": g.loc[conv, "err_means"].median(),
-                     "err_means, not converged": g.loc[~conv, "err_means"].median()})
+                     "err_means, not converged": g.loc[~conv, "err_means"].median(),
+                     **{f"{c}, not converged": g.loc[~conv, c].median() for c in diag}})
     runs = "; ".join(f"{m}: {', '.join(f'{k}={v}' for k, v in opts.items() if k != 'progressbar')}"
                      for m, (_, _, opts) in common.METHODS.items())
     return ["## Convergence flags and accuracy", "",
             "Share of fits that met their own criterion (EM: gain per row below tol within "
             f"max_iter; ADVI: ppgmm's ELBO checks; NUTS: {common.NUTS_CRITERION}) and the "
-            "median max abs error of the means of the fits that met it and of those that did not. "
+            "median max abs error of the means of the fits that met it and of those that did not"
+            + (", and the median largest R-hat, smallest bulk ESS and divergences of those that "
+               "did not (over the fits whose rows keep them)" if diag else "") + ". "
             f"Run lengths here: {runs}. A flagged fit is reported, never dropped: the "
             "ratios above include it.", "", common.md_table(pd.DataFrame(rows)), ""]
 

@@ -104,6 +104,20 @@ def test_convergence_section_splits_the_error_by_flag():
     assert "pygmmis |" not in text
 
 
+def test_convergence_section_reports_diagnostics_of_flagged_fits_that_kept_them():
+    """Flagged NUTS fits with R-hat 1.02, 1.04 and one older row without diagnostics: the
+    median is over the two that have them, 1.03; converged fits' R-hat do not enter."""
+    ok = pd.DataFrame({"method": "NUTS", "K": 2, "D": 2, "N": 200,
+                       "converged": [True, False, False, False],
+                       "err_means": [1.0, 2.0, 3.0, 4.0],
+                       "rhat_max": [1.001, 1.02, 1.04, np.nan],
+                       "ess_bulk_min": [900.0, 100.0, 300.0, np.nan],
+                       "divergences": [0.0, 3.0, 0.0, np.nan]})
+    text = "\n".join(sweep._convergence_section(ok))
+    assert "| rhat_max, not converged | ess_bulk_min, not converged | divergences, not " in text
+    assert "| NUTS | (2, 2) | 200 | 4 | 0.25 | 1 | 3 | 1.03 | 200 | 1.5 |" in text
+
+
 def test_sbc_chisquare_matches_scipy():
     ranks = np.random.default_rng(1).integers(0, 100, 200)
     df = pd.DataFrame({"kind": "sbc", "method": "m", "quantity": "q", "rank": ranks,
@@ -267,6 +281,8 @@ def test_quick_mode_runs_caches_and_renders(name, tmp_path):
     assert len(data) and (data["note"].fillna("") == "").any()
     meta = json.loads((tmp_path / "data" / f"{name}.json").read_text())
     assert meta["runs"][0]["quick"] is True
+    if name == "sweep":  # a row keeps the figures behind its flag: EM's iteration count
+        assert (data.loc[data["method"].str.startswith("EM"), "n_iter"] >= 1).all()
     if name == "realdata":  # the HTML report of compare() at BIC's K, written by the run
         assert (tmp_path / "realdata_airquality.html").stat().st_size > 10_000
     for img in (tmp_path / "img").glob("*.png"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import sys
@@ -247,8 +248,11 @@ def _cluster(scheduler: str | None, quick: bool, workers: int | None):
     # pygmmis starts a multiprocessing pool: worker processes must be allowed children
     with dask.config.set({"distributed.worker.daemon": False}):
         n = workers or max(1, (os.cpu_count() or 1))
+        # Dask's own warnings (a task cancelled by Ctrl-C, a worker killed on shutdown) are
+        # noise to a reader of the study: a task's error is recorded in its row instead
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                          dashboard_address=":0") as cluster, Client(cluster) as client:
+                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                Client(cluster) as client:
             yield client
 
 

@@ -309,6 +309,27 @@ def test_convergence_warning_names_max_iter():
     assert "max_iter=2" in fit.attrs["warnings"]
 
 
+def test_unbounded_likelihood_is_named_in_the_convergence_warning():
+    """MLE with K=5 in D=10 on 200 rows: some components head for a singular covariance,
+    where the likelihood is unbounded. The warning names exactly those whose covariance, on
+    the features' variance scale, has an eigenvalue below 1e-4 (numpy's eigvalsh here)."""
+    data, _ = ppgmm.simulate(ppgmm.GMM(5), n=200, n_features=10, missing=0.25, seed=1)
+    with pytest.warns(ppgmm.ConvergenceWarning) as rec:
+        fit = ppgmm.fit(ppgmm.GMM(5, prior=None), data, seed=0, max_iter=50)
+    sd = np.nanstd(data, axis=0)
+    low = np.linalg.eigvalsh(fit.params.covariances / np.outer(sd, sd)).min(axis=1)
+    named = np.flatnonzero(low < 1e-4)
+    assert 0 < len(named) < 5
+    text = str(rec[0].message)
+    assert f"component(s) {', '.join(map(str, named))} are collapsing" in text
+    assert f"eigenvalue {low[named].min():.2g} " in text and "prior='default'" in text
+    # slow convergence without a collapse keeps the general advice
+    x, _, _ = mixture(seed=7, n=200, d=3, k=3)
+    with pytest.warns(ppgmm.ConvergenceWarning, match="increase max_iter") as rec:
+        ppgmm.fit(ppgmm.GMM(3, prior=None), x, seed=0, max_iter=2)
+    assert "collapsing" not in str(rec[0].message)
+
+
 def test_sklearn_stop_rule_takes_one_more_step_with_missing_data():
     """stop="sklearn" stops one M-step after the first small gain, in the same trajectory;
     stop="gain" also waits for the parameters to settle, so it stops no earlier than that."""

@@ -21,7 +21,14 @@ from ..data import MissingData
 from ..exceptions import ConvergenceWarning, PpgmmError, SpecError
 from ..fit import Fit, build_idata
 from ..numerics.alignment import align_to
-from ..numerics.em import EMRun, kmeans_labels, mean_imputed, params_from_resp, run_em
+from ..numerics.em import (
+    EMRun,
+    collapsing_components,
+    kmeans_labels,
+    mean_imputed,
+    params_from_resp,
+    run_em,
+)
 from ..numerics.init import kpod_labels
 from ..numerics.patterns import derived_quantities
 from ..prior import resolve_prior
@@ -172,10 +179,21 @@ def fit_em(
             f"last per-row gain {(best.objective[-1] - best.objective[-2]) / md.n:.3g} > "
             f"tol={tol:g}" if best.n_iter else "no iteration was run"
         )
+        idx, low = (collapsing_components(best.params.covariances, np.nanvar(md.values, 0))
+                    if prior is None else ((), ()))
+        if len(idx):  # an unbounded likelihood: more iterations only shrink the component
+            why = (
+                f"component(s) {', '.join(map(str, idx))} are collapsing (smallest covariance "
+                f"eigenvalue {min(low):.2g} of the features' variances), so the likelihood "
+                "grows without bound and the MLE does not exist here; use the prior "
+                "(prior='default'), fewer components, or a larger reg_covar."
+            )
+        else:
+            why = ("increase max_iter, loosen tol, or check the estimate: slow convergence often "
+                   "means components that overlap or more components than the data support "
+                   "(try fewer, or prior='default').")
         result.messages.append(
-            f"EM did not converge in max_iter={max_iter} iterations ({gain}); increase max_iter, "
-            "loosen tol, or check the estimate: slow convergence often means components that "
-            "overlap or more components than the data support (try fewer, or prior='default')."
+            f"EM did not converge in max_iter={max_iter} iterations ({gain}); {why}"
         )
         if warn:
             warnings.warn(result.messages[-1], ConvergenceWarning, stacklevel=4)

@@ -344,6 +344,22 @@ def _collapsed(cov: np.ndarray) -> bool:
     return bool(np.linalg.eigvalsh(cov).min() <= 1e-10 * scale)
 
 
+def collapsing_components(cov: np.ndarray, var: np.ndarray,
+                          rel: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    r"""Components whose covariance is nearly singular on the data's scale.
+
+    With :math:`S = \operatorname{diag}(s_1^2, \dots, s_D^2)` the features' variances,
+    component :math:`k` is collapsing when the smallest eigenvalue of
+    :math:`S^{-1/2}\Sigma_k S^{-1/2}` (its correlation-scale covariance) is below ``rel``: it
+    sits on fewer effective dimensions than the data, where the likelihood grows without
+    bound. Returns the indices and those smallest eigenvalues.
+    """
+    s = np.sqrt(np.where(var > 0, var, 1.0))
+    low = np.linalg.eigvalsh(cov / np.outer(s, s)).min(axis=-1)
+    idx = np.flatnonzero(low < rel)
+    return idx, low[idx]
+
+
 def fit_single_gaussian(md: MissingData, max_iter: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
     """Maximum-likelihood mean and covariance (N denominator) of one Gaussian under MAR."""
     x = md.values

@@ -13,6 +13,7 @@ import xarray as xr
 from scipy import integrate
 
 import ppgmm
+from ppgmm.compare import convergence_row
 from ppgmm.numerics.scores import (
     crps_ensemble,
     crps_normal,
@@ -415,6 +416,11 @@ def test_convergence_table(em_fit, pseudo_nuts, cmp):
     assert conv.loc["nuts", "ess_bulk_min"] == pytest.approx(
         min(float(bulk[v].min()) for v in bulk.data_vars), rel=1e-12)
     assert np.isnan(conv.loc["em", "rhat_max"])
+    # one fit's row, without a comparison: the same figures, only those the backend has
+    one = convergence_row(pseudo_nuts)
+    assert "rhat_max" not in convergence_row(em_fit)
+    assert one["rhat_max"] == conv.loc["nuts", "rhat_max"]
+    assert one["ess_bulk_min"] == conv.loc["nuts", "ess_bulk_min"]
 
 
 def test_model_comparison_by_bic(sim, em_fit):

@@ -178,6 +178,12 @@ class MissingData:
         return PatternLayout(self.zero_filled[o], self.pattern_index[o], self.patterns,
                              self.starts, o)
 
+    @cached_property
+    def var(self) -> np.ndarray:
+        """Each column's variance over its observed entries (N denominator), as chunked
+        data's ``var``."""
+        return np.nanvar(self.values, axis=0)
+
     @property
     def missing_index(self) -> tuple[np.ndarray, np.ndarray]:
         """(row, feature) positions of the missing entries, row-major."""

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from ..checks import check_int, check_number
-from ..chunked import ChunkedData
 from ..data import MissingData
 from ..exceptions import ConvergenceWarning, PpgmmError, SpecError
 from ..fit import Fit, build_idata
@@ -180,9 +179,7 @@ def fit_em(
             f"last per-row gain {(best.objective[-1] - best.objective[-2]) / md.n:.3g} > "
             f"tol={tol:g}" if best.n_iter else "no iteration was run"
         )
-        # the features' observed variances (a dask collection's were summed chunk by chunk)
-        var = md.var if isinstance(md, ChunkedData) else np.nanvar(md.values, axis=0)
-        idx, low = (collapsing_components(best.params.covariances, var)
+        idx, low = (collapsing_components(best.params.covariances, md.var)
                     if prior is None else ((), ()))
         if len(idx):  # an unbounded likelihood: more iterations only shrink the component
             why = (

@@ -362,10 +362,8 @@ def collapsing_components(cov: np.ndarray, var: np.ndarray,
 
 def fit_single_gaussian(md: MissingData, max_iter: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
     """Maximum-likelihood mean and covariance (N denominator) of one Gaussian under MAR."""
-    x = md.values
-    mean = np.nanmean(x, axis=0)
-    var = np.nanvar(x, axis=0)
-    var = np.where(var > 0, var, 1.0)
+    mean = np.nanmean(md.values, axis=0)
+    var = np.where(md.var > 0, md.var, 1.0)
     p0 = Params(np.ones(1), mean[None], np.diag(var)[None])
     run = run_em(p0, md.layout, "full", None, max_iter=max_iter, tol=1e-13, reg_covar=0.0)
     return run.params.means[0], run.params.covariances[0]

@@ -59,10 +59,9 @@ def _on(params: ppgmm.Params, sd: ppgmm.Params, ref: ppgmm.Params):
 
 def run_task(task: dict) -> list[dict]:
     """EM with bootstrap and NUTS on one data set."""
-    seed = common.seed_of("agreement", task["N"], task["rep"])
-    data, _ = ppgmm.simulate(FIXED, n=task["N"], missing=0.2, seed=seed)
+    data_seed, s = common.stream_seeds("agreement", task["N"], task["rep"])
+    data, _ = ppgmm.simulate(FIXED, n=task["N"], missing=0.2, seed=data_seed)
     quick = task["quick"]
-    s = seed % 2**31
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         em, em_wall = common.fit_method("EM (MAP)", 2, data, s, uncertainty="bootstrap",

@@ -148,15 +148,18 @@ def _hidden(fit: ppgmm.Fit, truth: ppgmm.Truth) -> np.ndarray:
 
 def run_task(task: dict) -> list[dict]:
     """One SBC or coverage replication of one method."""
-    seed = common.seed_of(task["kind"], task["rep"])
-    rng = np.random.default_rng(seed)
-    truth_params = prior_draw(rng) if task["kind"] == "sbc" else FIXED
+    theta_seed, data_seed, fit_seed = common.stream_seeds(
+        task["kind"], task["rep"], streams=("parameters", "data", "fit"))
+    if task["kind"] == "sbc":
+        truth_params = prior_draw(np.random.default_rng(theta_seed))
+    else:
+        truth_params = FIXED
     n = 100 if task["kind"] == "sbc" else 200
     data, truth = ppgmm.simulate(truth_params, n=60 if task["quick"] else n, missing=0.2,
-                                 seed=seed)
+                                 seed=data_seed)
     base = {"kind": task["kind"], "rep": task["rep"], "method": task["method"]}
     try:
-        fit = _fit(task, data, seed % 2**31)
+        fit = _fit(task, data, fit_seed)
     except Exception as err:  # recorded, not hidden
         return [{**base, "note": f"failed: {type(err).__name__}: {err}"[:300]}]
     q, xm = _draws(fit)

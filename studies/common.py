@@ -77,6 +77,17 @@ def seed_of(*key: Any) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
 
 
+def stream_seeds(*key: Any, streams: tuple[str, ...] = ("data", "fit")) -> tuple[int, ...]:
+    """One seed (below 2**31, as every backend takes) per named random stream of a task.
+
+    A task's streams (its true parameters, its data, its fit) must not share random numbers:
+    a fit seeded like the data it is given would start from the very draws that made the
+    data, and a simulation-based calibration needs the data independent of how the
+    parameters were drawn. Each stream's seed is :func:`seed_of` the key and its name.
+    """
+    return tuple(seed_of(*key, name) % 2**31 for name in streams)
+
+
 # --------------------------------------------------------------------------- methods
 
 

@@ -18,7 +18,7 @@ import ppgmm
 pytest.importorskip("sklearn")
 pytest.importorskip("pyarrow")
 common = pytest.importorskip("studies.common")
-from studies import calibration, cost, realdata, runner, sweep  # noqa: E402
+from studies import agreement, calibration, cost, realdata, runner, sweep  # noqa: E402
 
 TRUTH = ppgmm.Params(np.array([0.3, 0.7]), np.array([[0.0, 0.0], [3.0, 1.0]]),
                      np.array([[[1.0, 0.2], [0.2, 0.5]], [[0.8, -0.1], [-0.1, 1.5]]]))
@@ -79,6 +79,59 @@ def test_peer_imputation_scores_against_hand_computation():
 def test_seeds_are_stable_and_distinct():
     assert common.seed_of("MCAR", 0.1, 2) == common.seed_of("MCAR", 0.1, 2)
     assert common.seed_of("MCAR", 0.1, 2) != common.seed_of("MCAR", 0.1, 3)
+
+
+def _disjoint_streams(seeds: dict) -> bool:
+    """Whether generators seeded with ``seeds``' values share no word of their first 64."""
+    words = [set(np.random.default_rng(s).integers(2**63, size=64).tolist())
+             for s in seeds.values()]
+    return all(not (a & b) for i, a in enumerate(words) for b in words[i + 1:])
+
+
+def test_calibration_draws_parameters_data_and_fit_from_separate_streams(monkeypatch):
+    """The data of an SBC replication must be independent of how its parameters were drawn,
+    and the fit must not replay the draws that made its data (they once shared one seed)."""
+    seen: dict = {}
+    real = ppgmm.simulate
+
+    def simulate(*args, seed, **kw):
+        seen["data"] = seed
+        return real(*args, seed=seed, **kw)
+
+    def prior_draw(rng):
+        seen["parameters"] = rng.bit_generator.seed_seq.entropy
+        return calibration.FIXED
+
+    def fit(task, data, seed):
+        seen["fit"] = seed
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ppgmm, "simulate", simulate)
+    monkeypatch.setattr(calibration, "prior_draw", prior_draw)
+    monkeypatch.setattr(calibration, "_fit", fit)
+    rows = calibration.run_task({"kind": "sbc", "rep": 3, "method": "NUTS", "quick": True})
+    assert rows[0]["note"].startswith("failed: RuntimeError")
+    assert set(seen) == {"parameters", "data", "fit"} and seen["fit"] < 2**31
+    assert _disjoint_streams(seen)
+
+
+def test_agreement_fits_from_a_stream_separate_from_its_data(monkeypatch):
+    seen: dict = {}
+    real = ppgmm.simulate
+
+    def simulate(*args, seed, **kw):
+        seen["data"] = seed
+        return real(*args, seed=seed, **kw)
+
+    def fit_method(name, k, data, seed, **kw):
+        seen["fit"] = seed
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ppgmm, "simulate", simulate)
+    monkeypatch.setattr(common, "fit_method", fit_method)
+    with pytest.raises(RuntimeError, match="stop here"):
+        agreement.run_task({"N": 100, "rep": 0, "quick": True})
+    assert set(seen) == {"data", "fit"} and _disjoint_streams(seen)
 
 
 def test_ratio_table_is_the_geometric_mean_of_paired_ratios():

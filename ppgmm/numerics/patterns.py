@@ -57,7 +57,7 @@ class PatternFactors(NamedTuple):
 
     logdet: np.ndarray  # (P, K) log|Sigma_k,oo|
     maps: np.ndarray  # (P, D, K * D): Sigma_k,oo^-1 embedded, all components side by side
-    offsets: np.ndarray  # (P, K * D): (mu_k on o) @ Sigma_k,oo^-1
+    offsets: np.ndarray  # (P, K * D): (mu_k - c on o) @ Sigma_k,oo^-1, c = centre(params)
     n_obs: np.ndarray  # (P,) observed entries per pattern
 
     def precisions(self) -> np.ndarray:
@@ -97,8 +97,22 @@ def _triangular_inverse(chol: np.ndarray) -> np.ndarray:
     return out
 
 
+def centre(params: Params) -> np.ndarray:
+    r"""The point :math:`c = \sum_k w_k \mu_k` the E-step measures the rows from, (D,).
+
+    Residuals are formed as :math:`(x_{i,o} - c_o) - (\mu_{k,o} - c_o)`, exactly
+    :math:`x_{i,o} - \mu_{k,o}`, so that the products with :math:`\Sigma_{k,oo}^{-1}` carry
+    rounding of the data's spread, not of its distance from zero (data such as 1e5 + N(0, 1)
+    would otherwise lose the log-likelihood's last digits).
+    """
+    return params.weights @ params.means
+
+
 def pattern_factors(params: Params, patterns: np.ndarray) -> PatternFactors:
-    """Factorise every observed sub-covariance, batched over patterns and components."""
+    """Factorise every observed sub-covariance, batched over patterns and components.
+
+    The offsets are those of the means measured from :func:`centre`.
+    """
     _, mu, sigma = params
     k, d = mu.shape
     o = patterns.astype(float)  # (P, D)
@@ -119,14 +133,15 @@ def pattern_factors(params: Params, patterns: np.ndarray) -> PatternFactors:
     diag = np.arange(d)
     prec[:, :, diag, diag] -= m[:, None, :]
     maps = np.ascontiguousarray(np.moveaxis(prec, 1, 2).reshape(len(o), d, k * d))
-    offsets = (mu[None, :, None, :] @ prec)[:, :, 0, :].reshape(len(o), -1)
+    offsets = ((mu - centre(params))[None, :, None, :] @ prec)[:, :, 0, :].reshape(len(o), -1)
     return PatternFactors(logdet, maps, offsets, patterns.sum(axis=1))
 
 
 def _transform(xs: np.ndarray, starts: np.ndarray, factors: PatternFactors, k: int) -> np.ndarray:
     r"""Precision-weighted residuals :math:`v_{ik} = \Sigma_{k,oo}^{-1}(x_{i,o} - \mu_{k,o})`.
 
-    Rows are pattern-sorted; the result has shape (N, K, D), zero on missing entries.
+    Rows are pattern-sorted and measured from :func:`centre` (``xs`` holds :math:`x - c`);
+    the result has shape (N, K, D), zero on missing entries.
     """
     n, d = xs.shape
     out = np.empty((n, k * d))
@@ -163,11 +178,13 @@ def e_step(params: Params, layout: PatternLayout,
     """
     w, mu, _ = params
     k = mu.shape[0]
-    xs = layout.xs
+    c = centre(params)
+    xs = layout.xs - c
     f = pattern_factors(params, layout.patterns) if factors is None else factors
     v = _transform(xs, layout.starts, f, k)
-    # r_ik . v_ik with r_ik = x0_i - mu_k on the observed entries (v is zero elsewhere)
-    quad = np.einsum("nd,nkd->nk", xs, v) - np.einsum("kd,nkd->nk", mu, v)
+    # r_ik . v_ik with r_ik = (x0_i - c) - (mu_k - c) on the observed entries (v is zero
+    # elsewhere)
+    quad = np.einsum("nd,nkd->nk", xs, v) - np.einsum("kd,nkd->nk", mu - c, v)
     with np.errstate(divide="ignore"):
         log_w = np.log(w)
     pat = layout.pat

@@ -16,7 +16,7 @@ from sklearn.exceptions import NotFittedError
 
 from .checks import SEED_LIMIT, check_seed
 from .data import prepare
-from .exceptions import SpecError
+from .exceptions import DataError, SpecError
 from .spec import GMM, Params
 
 __all__ = ["GaussianMixture"]
@@ -72,9 +72,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_init : int, default 1
     init_params : {"kmeans", "k-means++", "kmeans++", "random"}, default "kmeans"
         "random" starts from random responsibilities. The three k-means spellings all
-        start from k-means (Lloyd's iterations seeded by k-means++) on the mean-imputed,
-        standardised data, which is what scikit-learn's default "kmeans" does on complete
-        data; scikit-learn's "k-means++" takes the seeds alone.
+        start from k-means (Lloyd's iterations seeded by k-means++) on the mean-imputed
+        data with each column standardised, so no feature dominates by its units.
+        scikit-learn's default "kmeans" clusters the raw columns, and its "k-means++"
+        takes the seeds alone.
     weights_init, means_init, precisions_init : array-like, optional
         Starting values in scikit-learn's shapes; missing ones come from ``init_params``.
     prior : None, "default" or ppgmm.Prior, default None
@@ -243,13 +244,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self._fitted().spec.n_parameters(self.n_features_in_)
 
     def bic(self, X: Any) -> float:
-        """-2 loglik(X) + p log n, with mclust's (and scikit-learn's) parameter count p."""
-        n = np.shape(X)[0]
-        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
+        """-2 loglik(X) + p log n, with mclust's (and scikit-learn's) parameter count p.
+
+        n counts the rows of ``X`` with an observed entry: a row with none carries no
+        information (its log-likelihood is 0, and the fit drops such rows).
+        """
+        fit = self._fitted()
+        n = int(fit._data_or(X).observed.any(axis=1).sum())
+        if n == 0:
+            raise DataError("X has no row with an observed entry: its BIC is undefined")
+        return -2 * float(fit.score_samples(X).sum()) + self._n_parameters() * np.log(n)
 
     def aic(self, X: Any) -> float:
         """-2 loglik(X) + 2 p."""
-        return -2 * self.score(X) * np.shape(X)[0] + 2 * self._n_parameters()
+        return -2 * float(self.score_samples(X).sum()) + 2 * self._n_parameters()
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Draw complete rows and their components (seeded by ``random_state``)."""

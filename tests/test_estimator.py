@@ -103,6 +103,10 @@ def test_accepts_nan_and_scores_observed_subvectors():
     # bic uses the parameter count of mclust / scikit-learn
     p_count = ppgmm.GMM(2).n_parameters(3)
     assert gm.bic(xm) == pytest.approx(-2 * ref.sum() + p_count * np.log(200), rel=1e-10)
+    # a row with no observed entry carries no information: n stays the 200 informative rows
+    empty = np.vstack([xm, np.full((1, 3), np.nan)])
+    assert gm.bic(empty) == pytest.approx(-2 * ref.sum() + p_count * np.log(200), rel=1e-10)
+    assert gm.aic(empty) == pytest.approx(-2 * ref.sum() + 2 * p_count, rel=1e-10)
 
 
 def test_prior_gives_the_map():

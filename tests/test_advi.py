@@ -87,6 +87,21 @@ def test_minibatch_agrees_with_full_data(data, meanfield):
     assert float(z.max()) < 0.25
 
 
+@pytest.mark.filterwarnings("ignore::ppgmm.ConvergenceWarning")  # short runs: location only
+def test_minibatch_fit_after_one_of_fewer_rows_uses_all_its_rows():
+    """A minibatch fit compiled for 30 rows must not be reused for 90 (it drew batches from
+    the first 30 only): K=1 on 90 rows whose last 60 sit 6 higher ends at their mean
+    (posterior sd of the mean about 0.3), not at the first 30 rows' (3.8 lower)."""
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(30, 2))
+    large = np.vstack([rng.normal(size=(30, 2)), rng.normal(size=(60, 2)) + 6.0])
+    kw = dict(backend="advi", seed=0, n_iter=1500, window=500, draws=200, batch_size=10)
+    ppgmm.fit(GMM(1), small, **kw)
+    fit = ppgmm.fit(GMM(1), large, **kw)
+    mean = fit.idata.posterior["means"].mean(("chain", "draw")).values[0]
+    assert np.abs(mean - large.mean(0)).max() < 0.5
+
+
 def test_minibatch_full_data_elbo_in_row_blocks(data):
     """The convergence check of minibatch ADVI sums the likelihood over row blocks of the
     minibatch size, one draw at a time (bounded memory at any N): it equals the full-batch
@@ -129,3 +144,18 @@ def test_out_of_memory_says_to_use_minibatches(data, monkeypatch):
     monkeypatch.setitem(advi.ENGINES, "jax", oom)
     with pytest.raises(PpgmmError, match=r"out of memory.*240 rows.*batch_size="):
         ppgmm.fit(GMM(2, "full"), data, backend="advi", seed=1)
+
+
+def test_convergence_check_reads_q_s_marginal_standard_deviations():
+    """The parameter check divides by sd_i = sqrt((L L^T)_ii), q's marginal sd: for
+    full-rank more than exp(rho_i), the diagonal of L alone."""
+    from ppgmm.backends.advi import Gaussian
+
+    rng = np.random.default_rng(3)
+    rho, off = rng.normal(size=4), rng.normal(size=6)
+    for full in (False, True):
+        fam = Gaussian(4, full)
+        lmat = np.asarray(fam.scale(rho, off))
+        np.testing.assert_allclose(fam.marginal_sd(rho, off), np.sqrt(np.diag(lmat @ lmat.T)),
+                                   rtol=1e-12)
+    assert (Gaussian(4, True).marginal_sd(rho, off)[1:] > np.exp(rho[1:])).all()

@@ -30,7 +30,8 @@ the optimiser's jitter and is what the fit returns): its full-data ELBO is estim
 32 draws, and the fit has converged when, between two successive windows, (i) the ELBO
 changed by less than :math:`\max(\mathrm{tol}\,|\mathrm{ELBO}|,\ 2\,\mathrm{se})` and (ii)
 no coordinate of the mean moved by more than ``param_tol`` of its standard deviation and no
-log standard deviation by more than ``param_tol``. The ELBO alone settles within its noise
+log standard deviation by more than ``param_tol`` (the marginal standard deviations of q, the
+norms of the rows of :math:`L` for full-rank). The ELBO alone settles within its noise
 long before the variances do (it stopped every fit at the first allowed check). When the
 ELBO no longer gains but the parameters still move, the step is lowered (the
 optimiser's jitter is then what moves them). With minibatches, the checks read a fixed
@@ -98,6 +99,16 @@ class Gaussian(NamedTuple):
 
         lmat = jnp.diag(jnp.exp(rho))
         return lmat.at[np.tril_indices(self.dim, -1)].set(off) if self.full else lmat
+
+    def marginal_sd(self, rho: np.ndarray, off: np.ndarray) -> np.ndarray:
+        r"""Standard deviation of each coordinate under q: the norms of the rows of
+        :math:`L` (``exp(rho)`` for mean-field; full-rank adds the row's ``off`` entries)."""
+        var = np.exp(2.0 * np.asarray(rho, dtype=float))
+        if self.full:
+            lower = np.zeros((self.dim, self.dim))
+            lower[np.tril_indices(self.dim, -1)] = off
+            var = var + (lower**2).sum(axis=1)
+        return np.sqrt(var)
 
     def entropy(self, rho: Any) -> Any:
         r""":math:`H[q] = \sum \rho + \tfrac{d}{2}(1 + \log 2\pi)`."""
@@ -204,7 +215,10 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
 
     from .pymc_model import ROW_NAMES, padding_row
 
-    key = _structure(model, start, method, n_mc, window, batch)
+    # a minibatch density draws from and scales to all n_rows rows, so it is compiled per N;
+    # the full-data one reads N from its data's shape
+    key = (*_structure(model, start, method, n_mc, window, batch),
+           *(() if batch is None else (n_rows,)))
     if key in _CACHE:
         return _CACHE[key]
     if os.environ.get("PPGMM_DEBUG_CACHE"):
@@ -275,7 +289,8 @@ def _compiled(model: Any, start: dict, *, method: str, n_mc: int, window: int,
             # vmapped over as many draws as keep the likelihood's (N, K, D, D) work arrays
             # within ELBO_BLOCK_ENTRIES (all 32 at small N, one at a time at a million rows)
             k, d = model.ppgmm_structure[:2]
-            per = max(1, min(n_draws, ELBO_BLOCK_ENTRIES // (n_rows * k * d * d)))
+            n = data[rows[0]].shape[0]
+            per = max(1, min(n_draws, ELBO_BLOCK_ENTRIES // (n * k * d * d)))
             return (jax.lax.map(lambda th: logp_full(th, data, key), theta, batch_size=per)
                     + family.entropy(rho))
         # minibatches are for many rows: one draw at a time, rows in blocks
@@ -359,9 +374,10 @@ def _check_window(c: Compiled, avg: tuple, prev: tuple | None, key: Any, data: t
         return None
     shift = log_shift = np.inf
     if prev is not None:
-        sd = np.exp(rho)
+        sd = c.family.marginal_sd(rho, off)
+        sd_prev = c.family.marginal_sd(*(np.asarray(a) for a in prev[1:]))
         shift = float(np.max(np.abs(m - np.asarray(prev[0])) / sd))
-        log_shift = float(np.max(np.abs(rho - np.asarray(prev[1]))))
+        log_shift = float(np.max(np.abs(np.log(sd) - np.log(sd_prev))))
     return Window(float(e.mean()), float(e.std() / np.sqrt(len(e))), shift, log_shift,
                   learning_rate)
 

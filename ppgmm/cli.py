@@ -22,6 +22,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from .io import check_writable
+
 __all__ = ["main", "DEMO_SETTINGS"]
 
 #: backend options of ``ppgmm demo``: small enough to finish in about a minute on 2 cores,
@@ -187,10 +189,13 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
 
 
 def _check_out(path: str | None) -> None:
-    """Fail before any fitting when an output's folder does not exist."""
-    folder = os.path.dirname(os.path.abspath(path)) if path else ""
-    if folder and not os.path.isdir(folder):
-        raise UsageError(f"cannot write {path}: the folder {folder!r} does not exist")
+    """Fail before any fitting when an output cannot be written (no such folder, or a
+    folder given for a file)."""
+    if path:
+        try:
+            check_writable(path)
+        except OSError as err:
+            raise UsageError(str(err)) from None
 
 
 def _options_help() -> str:

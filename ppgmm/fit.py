@@ -645,6 +645,8 @@ def load(path: str) -> Fit:
     """
     import arviz as az
 
+    if os.path.isdir(str(path)):
+        raise IsADirectoryError(f"{str(path)!r} is a folder, not a fit file")
     if not os.path.isfile(str(path)):
         raise FileNotFoundError(f"no such file: {str(path)!r}")
     try:

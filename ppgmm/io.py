@@ -13,7 +13,28 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "check_writable"]
+
+
+def check_writable(path: str | os.PathLike) -> str:
+    """The absolute ``path``, after checking that a file can be written there.
+
+    Raises
+    ------
+    IsADirectoryError
+        If ``path`` is a folder.
+    FileNotFoundError
+        If the folder ``path`` would go in does not exist.
+    """
+    target = os.path.abspath(os.fspath(path))
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"cannot write {os.fspath(path)!r}: it is a folder; give a "
+                                "file name")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {os.fspath(path)!r}: the folder {folder!r} "
+                                "does not exist")
+    return target
 
 
 @contextlib.contextmanager
@@ -22,7 +43,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[str]:
 
     Write to the yielded path (by name: netCDF writers open it themselves). When the block
     ends without an exception the file is fsynced and renamed to ``path``; otherwise it is
-    deleted and ``path`` is untouched.
+    deleted and ``path`` is untouched. A missing folder or a ``path`` that is a folder is
+    refused before anything is written (:func:`check_writable`).
 
     Examples
     --------
@@ -30,7 +52,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[str]:
     ...     with open(tmp, "w") as fh:
     ...         fh.write(text)
     """
-    target = os.path.abspath(os.fspath(path))
+    target = check_writable(path)
     folder, name = os.path.split(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     os.close(fd)

@@ -106,6 +106,7 @@ BAD = [
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "-o", "nope=1"], "unknown option"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--columns", "x"], "not in"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/no/such/dir/f.nc"], "does not exist"),
+    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}"], "it is a folder"),
     (["fit", "{d}/empty.csv", "-k", "2", "--out", "{t}/f.nc"], "could not read"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "-o", "tol=\"abc\""],
      "tol should be a non-negative number"),

@@ -324,6 +324,23 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["r.html"]
 
 
+def test_writes_to_a_folder_or_a_missing_folder_name_the_user_s_path(tmp_path):
+    """No temporary file's name in the message, and nothing left behind."""
+    from ppgmm.io import atomic_write
+
+    with pytest.raises(IsADirectoryError, match=r"it is a folder") as err, \
+            atomic_write(tmp_path):
+        pass
+    assert ".tmp" not in str(err.value)
+    missing = tmp_path / "no" / "f.nc"
+    with pytest.raises(FileNotFoundError, match=r"the folder .*no' does not exist") as err, \
+            atomic_write(missing):
+        pass
+    assert ".tmp" not in str(err.value) and os.listdir(tmp_path) == []
+    with pytest.raises(IsADirectoryError, match="is a folder, not a fit file"):
+        ppgmm.load(tmp_path)
+
+
 def test_report_is_written_through_atomic_write(x, tmp_path, monkeypatch):
     import ppgmm.io
 

@@ -417,3 +417,16 @@ def test_pymc_engines_run_on_the_smallest_model():
         assert f.attrs["engine"] == engine
         assert abs(float(f.params.means[0, 0]) - float(em.params.means[0, 0])) < sd
         assert 0.5 < f.params.covariances[0, 0, 0] / em.params.covariances[0, 0, 0] < 2
+
+
+def test_rhat_of_one_chain_is_nan_and_logs_nothing(capfd):
+    """ArviZ needs two chains for R-hat; one chain gives NaN without ArviZ's log line,
+    while the ESS of the chain is still ArviZ's."""
+    from ppgmm.numerics.diagnostics import ess_min, rhat_max
+
+    rng = np.random.default_rng(0)
+    d = Draws(rng.dirichlet([5, 5], size=(1, 100)), rng.normal(size=(1, 100, 2, 2)),
+              np.broadcast_to(np.eye(2), (1, 100, 2, 2, 2)) * rng.uniform(1, 2, (1, 100, 2, 1, 1)))
+    assert np.isnan(rhat_max(d))
+    assert ess_min(d) > 10
+    assert "validation failed" not in "".join(capfd.readouterr())

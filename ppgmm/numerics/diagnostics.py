@@ -34,7 +34,7 @@ def _arviz(stat: str, draws: Draws, **kwargs) -> np.ndarray:
     import arviz as az
 
     x = scalar_draws(draws)
-    if x.shape[1] < 4:
+    if x.shape[1] < 4 or (stat == "rhat" and x.shape[0] < 2):  # ArviZ's minimum (it logs)
         return np.array([])
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # constant draws: NaN, dropped
@@ -43,7 +43,8 @@ def _arviz(stat: str, draws: Draws, **kwargs) -> np.ndarray:
 
 
 def rhat_max(draws: Draws) -> float:
-    """Largest rank-normalised split R-hat over all scalar parameters (NaN under 4 draws)."""
+    """Largest rank-normalised split R-hat over all scalar parameters (NaN under 4 draws
+    or with one chain)."""
     r = _arviz("rhat", draws)
     return float(r.max()) if r.size else float("nan")
 

@@ -37,6 +37,11 @@ def _to_type(cov: np.ndarray, covariance: str) -> np.ndarray:
     return cov.copy()
 
 
+def _type_shape(covariance: str, k: int, d: int) -> tuple[int, ...]:
+    """scikit-learn's shape of a ``covariance``-type precision or covariance array."""
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance]
+
+
 def _from_type(a: np.ndarray, covariance: str, k: int, d: int) -> np.ndarray:
     """scikit-learn's per-type shape to full (K, D, D)."""
     a = np.asarray(a, dtype=float)
@@ -175,9 +180,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.precisions_init is None:
             cov = base.covariances
         else:
-            prec = _from_type(self.precisions_init, spec.covariance, spec.n_components, md.d)
-            cov = np.linalg.inv(prec)
+            cov = self._covariances_from_precisions_init(spec, md.d)
         return Params(w, mu, cov)
+
+    def _covariances_from_precisions_init(self, spec: GMM, d: int) -> np.ndarray:
+        """Full covariances from ``precisions_init``, checked like scikit-learn checks it."""
+        want = _type_shape(spec.covariance, spec.n_components, d)
+        a = np.asarray(self.precisions_init, dtype=float)
+        if a.shape != want:
+            raise SpecError(f"precisions_init for covariance_type={spec.covariance!r} should "
+                            f"have shape {want}, but has shape {a.shape}")
+        prec = _from_type(a, spec.covariance, spec.n_components, d)
+        if not (np.isfinite(prec).all() and np.allclose(prec, np.swapaxes(prec, 1, 2))
+                and (np.linalg.eigvalsh(prec).min(axis=1) > 0).all()):
+            raise SpecError("precisions_init should be symmetric and positive definite "
+                            "(for 'diag' and 'spherical': positive)")
+        return np.linalg.inv(prec)
 
     def fit(self, X: Any, y: Any = None) -> GaussianMixture:
         """Fit by EM; NaN entries are marginalised."""

@@ -241,6 +241,19 @@ def test_init_params_spellings_of_scikit_learn(init):
         ppgmm.GaussianMixture(2, init_params="random_from_data").fit(x)
 
 
+@pytest.mark.parametrize("cov, bad, match", [
+    ("diag", np.ones(2), r"shape \(2, 2\), but has shape \(2,\)"),
+    ("full", np.ones((2, 2)), r"shape \(2, 2, 2\)"),
+    ("tied", np.ones((2, 2, 2)), r"shape \(2, 2\), but has shape \(2, 2, 2\)"),
+    ("spherical", np.zeros(2), "positive"),
+    ("full", np.ones((2, 2, 2)), "positive definite"),
+])
+def test_precisions_init_of_the_wrong_shape_or_not_positive_is_refused(cov, bad, match):
+    x, _, _ = mixture(seed=3, n=100, d=2, k=2)
+    with pytest.raises(ppgmm.SpecError, match=match):
+        ppgmm.GaussianMixture(2, covariance_type=cov, precisions_init=bad).fit(x)
+
+
 def test_random_state_generators_and_feature_names():
     import pandas as pd
 

@@ -212,14 +212,19 @@ def _labels(fits: Any) -> dict[str, Fit]:
             + (f" holding {bad}" if bad else "")
         )
     if isinstance(fits, Mapping):
-        return {str(k): v for k, v in fits.items()}
+        labels = [str(k) for k in fits]
+        twice = sorted({k for k in labels if labels.count(k) > 1})
+        if twice:
+            raise PpgmmError(f"the keys of fits give the label(s) {twice} more than once "
+                             "(labels are the keys as text); give each fit its own key")
+        return dict(zip(labels, fits.values(), strict=True))
     backends = [f.backend for f in given]
     out: dict[str, Fit] = {}
     for f, b in zip(given, backends, strict=True):
         label = b if backends.count(b) == 1 else f"{b} K={f.spec.n_components}"
         if backends.count(b) > 1 and f.transformed_columns:
             label += " " + ", ".join(f"{t}({c})" for c, t in f.transformed_columns.items())
-        if label in out:
+        if label in out and out[label].spec.covariance != f.spec.covariance:
             label = f"{label} ({f.spec.covariance})"
         base, i = label, 2
         while label in out:

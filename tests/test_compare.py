@@ -423,6 +423,15 @@ def test_convergence_table(em_fit, pseudo_nuts, cmp):
     assert one["ess_bulk_min"] == conv.loc["nuts", "ess_bulk_min"]
 
 
+def test_labels_say_how_fits_differ_and_never_drop_one(sim, em_fit):
+    spec, data, _ = sim
+    diag = ppgmm.fit(ppgmm.GMM(2, "diag"), data, seed=0)
+    assert ppgmm.compare([em_fit, em_fit]).labels == ["em K=2", "em K=2 #2"]
+    assert ppgmm.compare([em_fit, diag]).labels == ["em K=2", "em K=2 (diag)"]
+    with pytest.raises(ppgmm.PpgmmError, match=r"label\(s\) \['1'\] more than once"):
+        ppgmm.compare({1: em_fit, "1": diag})
+
+
 def test_model_comparison_by_bic(sim, em_fit):
     spec, data, _ = sim
     fits = [ppgmm.fit(ppgmm.GMM(k), data, seed=0) for k in (1, 3)] + [em_fit]

@@ -64,6 +64,8 @@ def _k_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"K should be a positive integer (number of components), but got {text!r}"
         )
+    if len(set(ks)) < len(ks):
+        raise argparse.ArgumentTypeError(f"K repeats a value in {text!r}; list each K once")
     return ks
 
 
@@ -125,6 +127,14 @@ def _transforms(args) -> dict[str, str]:
 # --------------------------------------------------------------------------- helpers
 
 
+def _is_number(text: str, decimal: str = ".") -> bool:
+    try:
+        float(text.replace(decimal, ".") if decimal != "." else text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None,
               decimal: str = ".") -> Any:
     import pandas as pd
@@ -146,18 +156,27 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
             raise UsageError(f"the header of {path} repeats the column name(s) {dup}; column "
                              "names should be unique")
         df = pd.read_csv(path, sep=sep, na_values=na_values or None, decimal=decimal)
+        given = [h for h in names if h]
+        bare = bool(given) and all(_is_number(h, decimal) for h in given)
+        if bare:
+            warnings.warn(f"{path}: the first line holds numbers only ({', '.join(names[:4])}"
+                          f"{', ...' if len(names) > 4 else ''}); it is read as the column "
+                          "names, not as a row of data. If the file has no header line, "
+                          "add one", UserWarning, stacklevel=2)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UsageError(f"could not read {path} as CSV: {err}") from None
     if df.shape[0] == 0:
         raise UsageError(f"{path} has a header but no data rows")
-    if len(df.columns) and str(df.columns[0]).startswith("Unnamed: 0"):
+    if not bare and len(df.columns) and str(df.columns[0]).startswith("Unnamed: 0"):
         # a CSV written with its row index (pandas' default): row labels, not a feature
         df = df.set_index(df.columns[0])
         df.index.name = None
         warnings.warn(f"{path}: the first column has no name; it is used as row labels, "
                       "not as a feature", UserWarning, stacklevel=2)
-    if columns:
+    if columns is not None:
         wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        if not wanted:
+            raise UsageError(f"--columns names no column; its columns are {list(df.columns)}")
         unknown = [c for c in wanted if c not in df.columns]
         if unknown:
             raise UsageError(
@@ -332,9 +351,10 @@ def _cmd_compare(args) -> int:
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
-    if unknown or not backends:
+    if unknown or not backends or len(set(backends)) < len(backends):
         raise UsageError(
-            f"--backends should list some of {', '.join(BACKENDS)}, but got {args.backends!r}"
+            f"--backends should list some of {', '.join(BACKENDS)}, each once, but got "
+            f"{args.backends!r}"
         )
     options = _split_options(args.option or [], backends)
     _check_out(args.report)

@@ -107,6 +107,9 @@ BAD = [
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--columns", "x"], "not in"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/no/such/dir/f.nc"], "does not exist"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}"], "it is a folder"),
+    (["compare", "{d}/data.csv", "-k", "2,2", "--backends", "em"], "repeats a value"),
+    (["compare", "{d}/data.csv", "-k", "2", "--backends", "em,em"], "each once"),
+    (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--columns", " "], "names no column"),
     (["fit", "{d}/empty.csv", "-k", "2", "--out", "{t}/f.nc"], "could not read"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "-o", "tol=\"abc\""],
      "tol should be a non-negative number"),
@@ -183,6 +186,16 @@ def test_tabs_and_a_written_index_read_like_the_plain_csv(files, tmp_path, capsy
     for f in fits:
         assert f.feature_names == ["height", "weight"]
         np.testing.assert_allclose(f.params.means, ref.params.means, rtol=1e-12)
+
+
+def test_a_csv_without_a_header_line_is_named_in_a_warning(files, tmp_path, capsys):
+    pd.read_csv(files / "data.csv").to_csv(tmp_path / "bare.csv", header=False, index=False)
+    code, _, err = run(["fit", tmp_path / "bare.csv", "-k", "2", "--out", tmp_path / "f.nc"],
+                       capsys)
+    assert code == 0 and "the first line holds numbers only" in err
+    code, _, err = run(["fit", files / "data.csv", "-k", "2", "--out", tmp_path / "g.nc"],
+                       capsys)
+    assert code == 0 and "numbers only" not in err
 
 
 def test_help_exits_0(capsys):

@@ -578,12 +578,16 @@ def _check_support(values: np.ndarray, feats: list[str], n_components: int,
     per = {"full": d + 1, "tied": 1, "diag": 2, "spherical": 2}.get(covariance or "", 2)
     need = n_components * per + (d if covariance == "tied" else 0)
     distinct = _distinct_rows(values, need)
-    if n_components >= 2 and distinct < need:
+    if distinct < need and (n_components >= 2 or n > 1):  # one row: its own errors follow
+        what = (f"{n_components} components with {covariance or 'their'} covariances need: "
+                "components may sit on single points" if n_components >= 2 else
+                f"one component with a {covariance or 'full'} covariance needs: its covariance "
+                "is singular")
+        fix = ("fewer components, covariance='diag' or 'tied'" if n_components >= 2 else
+               "covariance='diag' or 'spherical'")
         warnings.warn(
-            f"the data have {distinct} distinct rows, fewer than the {need} that "
-            f"{n_components} components with {covariance or 'their'} covariances need: "
-            "components may sit on single points (a degenerate fit, whatever 'converged' says). "
-            "Use fewer components, covariance='diag' or 'tied', or the default prior",
+            f"the data have {distinct} distinct rows, fewer than the {need} that {what} (a "
+            f"degenerate fit, whatever 'converged' says). Use {fix}, or the default prior",
             UserWarning, stacklevel=4,
         )
 

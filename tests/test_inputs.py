@@ -134,6 +134,14 @@ def test_few_distinct_rows_warns(rng):
         ppgmm.fit(ppgmm.GMM(2), x, seed=0)
 
 
+def test_one_component_on_too_few_distinct_rows_warns(rng):
+    """Two distinct points in 3-D: the MLE covariance is singular (its likelihood is held
+    up by reg_covar alone), so K=1 warns too."""
+    x = np.repeat(rng.normal(size=(2, 3)), 25, axis=0)
+    with pytest.warns(UserWarning, match="2 distinct rows, fewer than the 4 that one component"):
+        ppgmm.fit(ppgmm.GMM(1, prior=None), x, seed=0)
+
+
 def test_column_observed_in_few_rows_warns(x):
     x = x.copy()
     x[3:, 1] = np.nan

@@ -108,6 +108,9 @@ class MissingData:
         then hold :math:`f_j(x_{ij})`, and ``given`` the values as given.
     given : ndarray of shape (n, d), optional
         The values before the transform (None when there is none).
+    column_labels : tuple of int, optional
+        A DataFrame's column labels when they are integers (as ``pd.DataFrame(x)`` makes
+        them), so that imputations come back with them; ``feature_names`` holds their text.
     """
 
     values: np.ndarray
@@ -123,6 +126,7 @@ class MissingData:
     dropped: tuple[int, ...] = ()
     transform: ColumnTransforms | None = None
     given: np.ndarray | None = None
+    column_labels: tuple[int, ...] | None = None
 
     @property
     def n(self) -> int:
@@ -198,6 +202,7 @@ class MissingData:
         input_kind: str = "ndarray",
         index_name: str | None = None,
         dropped: tuple[int, ...] = (),
+        column_labels: tuple[int, ...] | None = None,
     ) -> MissingData:
         """Group already validated values by missingness pattern."""
         observed = ~np.isnan(values)
@@ -234,13 +239,15 @@ class MissingData:
             input_kind=input_kind,
             index_name=index_name,
             dropped=tuple(dropped),
+            column_labels=column_labels,
         )
 
     def wrap(self, values: np.ndarray) -> Any:
         """Return ``values`` (n, d) in the type and labels the data came in."""
         if self.input_kind == "DataFrame":
+            columns = self.feature_names if self.column_labels is None else self.column_labels
             return pd.DataFrame(values, index=pd.Index(self.obs_names, name=self.index_name),
-                                columns=self.feature_names)
+                                columns=list(columns))
         if self.input_kind == "DataArray":
             return xr.DataArray(
                 values,
@@ -427,6 +434,23 @@ def _dataset(data: xr.Dataset) -> tuple[np.ndarray, list[str], np.ndarray, str]:
     return np.column_stack(cols), feats, np.asarray(obs), str(dim)
 
 
+def _savable(index: pd.Index) -> np.ndarray:
+    """Row labels as netCDF stores them: numbers, naive times or text as they are; others
+    (a MultiIndex's tuples, times with a time zone, mixed objects) as their text."""
+    if isinstance(index, pd.MultiIndex) or isinstance(index.dtype, pd.DatetimeTZDtype) or not (
+            index.dtype.kind in "biufM"
+            or pd.api.types.infer_dtype(index, skipna=False) == "string"):
+        return np.array([str(i) for i in index])
+    return np.asarray(index)
+
+
+def _int_labels(columns: pd.Index) -> tuple[int, ...] | None:
+    """A DataFrame's column labels when all are integers (else None: text is kept)."""
+    if isinstance(columns, pd.MultiIndex) or columns.dtype.kind not in "iu":
+        return None
+    return tuple(int(c) for c in columns)
+
+
 def _to_array(data: Any) -> tuple[np.ndarray, list[str], np.ndarray, str, str | None]:
     """Values (n, d) with NaN where missing, feature names, row labels, kind, index name."""
     import scipy.sparse
@@ -449,7 +473,7 @@ def _to_array(data: Any) -> tuple[np.ndarray, list[str], np.ndarray, str, str | 
         )
     if isinstance(data, pd.DataFrame):
         name = data.index.name
-        return (_frame(data), [str(c) for c in data.columns], np.asarray(data.index),
+        return (_frame(data), [str(c) for c in data.columns], _savable(data.index),
                 "DataFrame", None if name is None else str(name))
     if isinstance(data, xr.DataArray):
         return (*_dataarray(data), "DataArray", None)
@@ -641,11 +665,13 @@ def prepare(
         For a transform of a column the data do not have.
     """
     values, feats, obs, kind, index_name = _to_array(data)
+    labels = _int_labels(data.columns) if isinstance(data, pd.DataFrame) else None
     if feature_names is not None:
         cols = match_features(feats, values.shape[1], kind != "ndarray", feature_names,
                               fitted_by)
         if cols is not None:
             values = values[:, cols]
+            labels = labels and tuple(labels[c] for c in cols)
         feats = list(feature_names)
     if values.shape[1] == 0:
         raise DataError(
@@ -691,7 +717,7 @@ def prepare(
         )
     if n_components is not None:
         _check_support(values, feats, n_components, covariance)
-    md = MissingData.from_arrays(values, feats, obs, kind, index_name, dropped)
+    md = MissingData.from_arrays(values, feats, obs, kind, index_name, dropped, labels)
     if not isinstance(transform, ColumnTransforms):
         transform = ColumnTransforms.resolve(transform, feats)
     return md.transformed(transform)

@@ -154,6 +154,7 @@ def build_idata(
         input_kind=md.input_kind,
         **({"index_name": md.index_name} if md.index_name is not None else {}),
         **({"dropped_rows": json.dumps(list(md.dropped))} if md.dropped else {}),
+        **({"column_labels": json.dumps(list(md.column_labels))} if md.column_labels else {}),
         n_obs=int(md.n),
         n_patterns=int(md.n_patterns),
     )
@@ -323,6 +324,8 @@ class Fit:
             str(self.attrs.get("input_kind", "ndarray")),
             self.attrs.get("index_name"),
             tuple(json.loads(self.attrs.get("dropped_rows", "[]"))),
+            tuple(json.loads(self.attrs["column_labels"])) if "column_labels" in self.attrs
+            else None,
         )
 
     def __repr__(self) -> str:

@@ -116,6 +116,35 @@ def test_full_covariances_stored_for_every_type(data):
 # --------------------------------------------------------------------------- round trips
 
 
+def test_integer_columns_come_back_as_integers(tmp_path):
+    """pd.DataFrame(x) labels its columns 0..D-1: imputations keep them, saved or not, and
+    new data come back in the fitted order with their own labels."""
+    x = mcar(mixture(seed=3, n=60, d=3, k=2)[0], 0.2)
+    df = pd.DataFrame(x)
+    f = ppgmm.fit(ppgmm.GMM(2), df, seed=0)
+    f.to_netcdf(tmp_path / "f.nc")
+    for imp in (f.impute(), ppgmm.load(tmp_path / "f.nc").impute(), f.impute(df[[2, 0, 1]])):
+        assert list(imp.columns) == [0, 1, 2]
+        assert_array_equal(imp[0].notna(), True)
+        assert_array_equal(imp.values[~np.isnan(x)], x[~np.isnan(x)])
+
+
+@pytest.mark.parametrize("index", [
+    pd.MultiIndex.from_product([range(6), range(10)], names=["a", "b"]),
+    pd.date_range("2020-01-01", periods=60, tz="UTC"),
+    pd.Index([1, "a"] * 30, dtype=object),
+])
+def test_fits_of_frames_with_any_row_index_save_and_load(index, tmp_path):
+    """Row labels netCDF cannot hold (tuples, times with a zone, mixed objects) are kept as
+    their text, so such a fit saves; numbers, naive times and text are kept as they are."""
+    x = mcar(mixture(seed=3, n=60, d=2, k=2)[0], 0.2)
+    f = ppgmm.fit(ppgmm.GMM(2), pd.DataFrame(x, index=index, columns=["u", "v"]), seed=0)
+    f.to_netcdf(tmp_path / "f.nc")
+    back = ppgmm.load(tmp_path / "f.nc").impute()
+    assert list(back.index) == [str(i) for i in index]
+    pd.testing.assert_frame_equal(back, f.impute())
+
+
 def test_netcdf_round_trip_is_exact(fit, data, tmp_path):
     path = tmp_path / "fit.nc"
     fit.to_netcdf(path)

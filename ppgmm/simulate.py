@@ -128,10 +128,12 @@ def simulate(
 
     Parameters
     ----------
-    spec_or_params : GMM, Params, xarray.Dataset or mapping
+    spec_or_params : GMM, Fit, Params, xarray.Dataset or mapping
         A spec (parameters drawn by :func:`random_params`; a ``transform`` maps the data
-        back, see above) or explicit parameters with weights (K,), means (K, D) and
-        covariances (K, D, D), such as ``fit.point()``.
+        back, see above), a fit (its point estimate; the transforms it was fitted under map
+        the data back to the data's scale), or explicit parameters with weights (K,), means
+        (K, D) and covariances (K, D, D), such as ``fit.point()`` (on the scale the mixture
+        was fitted on).
     n : int, default 500
     n_features : int, default 2
         Dimension D when a spec is given.
@@ -197,8 +199,20 @@ def simulate(
         mask = rng.random((n, d)) < p
     empty = np.flatnonzero(mask.all(axis=1))
     mask[empty, rng.integers(0, d, len(empty))] = False
-    if isinstance(spec_or_params, GMM) and spec_or_params.transform:
-        ct = ColumnTransforms.resolve(spec_or_params.transform, [f"x{j}" for j in range(d)])
-        x = x if ct is None else ct.inverse(x)
+    x = _original_scale(spec_or_params, x)
     data = np.where(mask, np.nan, x)
     return data, Truth(params, x, mask, labels, mechanism)
+
+
+def _original_scale(source: Any, x: np.ndarray) -> np.ndarray:
+    """``x`` drawn on the mixture's scale, mapped back by the transforms of ``source`` (a
+    spec's ``transform``, or those a fit was fitted under)."""
+    from .fit import Fit
+
+    if isinstance(source, Fit):
+        ct = source.transform
+    elif isinstance(source, GMM) and source.transform:
+        ct = ColumnTransforms.resolve(source.transform, [f"x{j}" for j in range(x.shape[1])])
+    else:
+        ct = None
+    return x if ct is None else ct.inverse(x)

@@ -555,6 +555,17 @@ def test_simulate_maps_a_transformed_spec_back():
     assert ppgmm.fit(spec, a, seed=0).transform.mapping() == {"x0": "log", "x1": "logit"}
 
 
+def test_simulate_from_a_transformed_fit_is_on_the_data_s_scale():
+    """simulate(fit) maps back through the fit's transforms: the same draws as from its
+    point estimate (the mixture's scale), with np.exp on the log column."""
+    f = ppgmm.fit(GMM(2, transform={0: "log"}), ppgmm.simulate(
+        GMM(2, transform={0: "log"}), n=200, n_features=2, seed=0)[0], seed=0)
+    a, truth = ppgmm.simulate(f, n=100, missing=0.0, seed=1)
+    b, _ = ppgmm.simulate(f.params, n=100, missing=0.0, seed=1)
+    np.testing.assert_allclose(a, np.column_stack([np.exp(b[:, 0]), b[:, 1]]), rtol=1e-14)
+    np.testing.assert_array_equal(truth.values, a)
+
+
 def test_nuts_log_likelihood_includes_the_jacobian():
     """NUTS (2 chains of 100 + 100 draws on 30 rows): each stored draw's per-row
     log-likelihood, which LOO reads, is the original scale's (scipy plus the Jacobian of

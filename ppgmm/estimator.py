@@ -88,6 +88,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     random_state : int, numpy Generator or RandomState, optional
         An int in [0, 2**63) seeds every fit identically; a Generator or RandomState gives
         each fit a seed drawn from it (so refits differ), as in scikit-learn.
+    warm_start : bool, default False
+        When True, a refit of the same model starts from the last fit's solution, with one
+        initialisation (``n_init`` is then ignored), as in scikit-learn.
+    verbose : int, default 0
+        1 prints whether the fit converged, 2 also the objective per row every
+        ``verbose_interval`` iterations (printed when the fit ends, from its stored trace).
+    verbose_interval : int, default 10
 
     Attributes
     ----------
@@ -118,6 +125,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         precisions_init: Any = None,
         prior: Any = None,
         random_state: Any = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -131,6 +141,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.precisions_init = precisions_init
         self.prior = prior
         self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
 
     # ------------------------------------------------------------------ sklearn protocol
     def __sklearn_tags__(self):
@@ -203,10 +216,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         spec = GMM(self.n_components, self.covariance_type, self.prior)
         seed = self._seed()
+        last = getattr(self, "fit_", None)
+        warm = (bool(self.warm_start) and last is not None and last.spec == spec
+                and len(last.feature_names) == np.shape(X)[1])
         result = fit(
-            spec, X, backend="em", seed=seed, n_init=self.n_init,
-            init=self._init(spec, X, seed), max_iter=self.max_iter, tol=self.tol,
-            reg_covar=self.reg_covar, imputation_draws=0, stop="sklearn",
+            spec, X, backend="em", seed=seed, n_init=1 if warm else self.n_init,
+            init=last.params if warm else self._init(spec, X, seed), max_iter=self.max_iter,
+            tol=self.tol, reg_covar=self.reg_covar, imputation_draws=0, stop="sklearn",
         )
         result._fitted_by = type(self).__name__
         self.fit_ = result
@@ -228,7 +244,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self.feature_names_in_ = np.asarray(list(columns), dtype=object)
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
+        if self.verbose:
+            self._print_trace()
         return self
+
+    def _print_trace(self) -> None:
+        """What ``verbose`` asks for, from the finished fit's trace."""
+        if self.verbose >= 2:
+            every = max(1, int(self.verbose_interval))
+            for i in range(every - 1, len(self.lower_bounds_), every):
+                print(f"  Iteration {i + 1}\t objective per row {self.lower_bounds_[i]:.8g}")
+        print(f"Initialization {'converged' if self.converged_ else 'did not converge'} "
+              f"after {self.n_iter_} iterations (objective per row {self.lower_bound_:.8g}).")
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
         """Fit, then return the most probable component of each row."""

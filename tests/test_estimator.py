@@ -241,6 +241,27 @@ def test_init_params_spellings_of_scikit_learn(init):
         ppgmm.GaussianMixture(2, init_params="random_from_data").fit(x)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::ppgmm.ConvergenceWarning")
+def test_warm_start_continues_as_scikit_learn_does(capsys):
+    """Three fits of 3 iterations each, every one from the last one's solution: the same
+    parameters and objective as scikit-learn's warm_start after each call."""
+    x, _, _ = mixture(seed=1, n=300, d=3, k=3)
+    w0, mu0, c0 = _start(x, 3, "full")
+    kw = dict(weights_init=w0, means_init=mu0, precisions_init=precisions_init(c0, "full"),
+              max_iter=3, tol=0.0, warm_start=True)
+    ours, theirs = ppgmm.GaussianMixture(3, verbose=1, **kw), SkGM(3, **kw)
+    for _ in range(3):
+        ours.fit(x)
+        theirs.fit(x)
+        assert ours.n_iter_ == theirs.n_iter_ == 3
+        assert_allclose(ours.means_, theirs.means_, rtol=1e-10, atol=1e-12)
+        assert ours.lower_bound_ == pytest.approx(theirs.lower_bound_, rel=1e-12)
+    assert capsys.readouterr().out.count("did not converge after 3 iterations") == 3
+    cold = ppgmm.GaussianMixture(3, **{**kw, "warm_start": False}).fit(x).fit(x)
+    assert not np.allclose(cold.means_, ours.means_)  # without it, each fit starts afresh
+
+
 @pytest.mark.parametrize("cov, bad, match", [
     ("diag", np.ones(2), r"shape \(2, 2\), but has shape \(2,\)"),
     ("full", np.ones((2, 2)), r"shape \(2, 2, 2\)"),

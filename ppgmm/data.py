@@ -265,6 +265,10 @@ _TEXT_ADVICE = (
     "ppgmm does not parse text: convert numbers stored as text first (pd.to_numeric(df[col]) "
     "or x.astype(float)), and drop or encode other columns (e.g. df.select_dtypes('number'))"
 )
+_BOOL_ADVICE = (
+    "A Gaussian mixture is not a model of true/false values: drop such columns, or convert "
+    "them with x.astype(float) if 0 and 1 are meant as numbers"
+)
 _RESHAPE = (
     "Reshape your data with x.reshape(-1, 1) if it has a single feature, or x.reshape(1, -1) if "
     "it is a single row"
@@ -272,9 +276,10 @@ _RESHAPE = (
 
 
 def _not_numeric(names: list, why: str) -> DataTypeError:
+    advice = (_BOOL_ADVICE if why == "booleans" else _TEXT_ADVICE)
     return DataTypeError(
         f"column(s) {names} are not numeric ({why}); ppgmm models numeric features only. "
-        f"{_TEXT_ADVICE}."
+        f"{advice}."
     )
 
 

@@ -243,8 +243,9 @@ def build_chunked_idata(
 
 
 def _stack(da: xr.DataArray) -> np.ndarray:
-    """(chain * draw, ...) values."""
-    return da.stack(sample=("chain", "draw")).transpose("sample", ...).values
+    """(chain * draw, ...) values, chain by chain (also when ``...`` has no entries)."""
+    v = da.transpose("chain", "draw", ...).values
+    return v.reshape(v.shape[0] * v.shape[1], *v.shape[2:])
 
 
 @dataclass(eq=False)
@@ -551,6 +552,9 @@ class Fit:
         seeded by ``[seed, c]``).
         """
         seed = check_seed(seed)
+        if draws is not None and not (isinstance(draws, int | np.integer)
+                                      and not isinstance(draws, bool) and draws >= 1):
+            raise ValueError(f"draws should be None or a positive integer, but got {draws!r}")
         lazy = self._chunked_rows(data)
         if lazy is not None:
             return self._impute_chunked(*lazy, draws=draws, seed=seed)
@@ -565,7 +569,7 @@ class Fit:
             if not on_demand and not (isinstance(draws, int) and 1 <= draws <= len(stored)):
                 raise ValueError(
                     f"draws should be an integer between 1 and the {len(stored)} stored "
-                    f"predictive draws, but got {draws!r}; refit with more draws"
+                    f"predictive draws, but got {draws!r}; refit with more imputation_draws"
                 )
             if not on_demand:
                 pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)

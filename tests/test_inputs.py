@@ -223,6 +223,29 @@ def test_other_non_numeric_columns_are_named(column, why):
         prepare(df)
 
 
+def test_boolean_columns_get_advice_about_booleans():
+    with pytest.raises(ppgmm.DataError, match=r"not a model of true/false.*astype\(float\)"):
+        prepare(np.array([[True, False], [False, True]]))
+
+
+def test_options_that_would_be_ignored_or_out_of_range_say_so(x):
+    with pytest.raises(ppgmm.SpecError, match="used only with uncertainty='bootstrap'"):
+        ppgmm.fit(ppgmm.GMM(2), x, seed=0, n_bootstrap=5)
+    fit = ppgmm.fit(ppgmm.GMM(2), x, seed=0)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="draws should be None or a positive integer"):
+            fit.impute(draws=bad)
+    with pytest.raises(ValueError, match="refit with more imputation_draws"):
+        fit.impute(draws=10_000)
+
+
+def test_draws_of_data_with_nothing_missing_are_the_data(rng):
+    x = rng.normal(size=(50, 2))
+    fit = ppgmm.fit(ppgmm.GMM(2), x, seed=0)
+    sets = fit.impute(draws=3)
+    assert len(sets) == 3 and all(np.array_equal(s, x) for s in sets)
+
+
 def test_masked_array_masked_entries_are_missing(x):
     m = np.ma.masked_array(x, mask=np.zeros_like(x, dtype=bool))
     m.mask[2, 1] = m.mask[5, 0] = True

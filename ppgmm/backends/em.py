@@ -135,7 +135,7 @@ def fit_em(
     tol: float = 1e-10,
     reg_covar: float | None = None,
     uncertainty: str | None = None,
-    n_bootstrap: int = 200,
+    n_bootstrap: int | None = None,
     imputation_draws: int | None = None,
     stop: str = "gain",
     accelerate: bool = True,
@@ -153,7 +153,10 @@ def fit_em(
     if not isinstance(accelerate, bool | np.bool_):
         raise SpecError(f"accelerate should be True or False, but got {accelerate!r}")
     if uncertainty == "bootstrap":
-        n_bootstrap = check_int("n_bootstrap", n_bootstrap, 2)
+        n_bootstrap = 200 if n_bootstrap is None else check_int("n_bootstrap", n_bootstrap, 2)
+    elif n_bootstrap is not None:
+        raise SpecError(f"n_bootstrap={n_bootstrap!r} is used only with "
+                        "uncertainty='bootstrap'; add that option, or drop n_bootstrap")
     if stop not in ("gain", "sklearn"):
         raise SpecError(f"stop should be 'gain' or 'sklearn', but got {stop!r}")
     if uncertainty not in (None, "bootstrap"):
@@ -176,8 +179,8 @@ def fit_em(
     result = EMResult(best.params, best, prior, reg, n_init)
     if not best.converged:
         gain = (
-            f"last per-row gain {(best.objective[-1] - best.objective[-2]) / md.n:.3g} > "
-            f"tol={tol:g}" if best.n_iter else "no iteration was run"
+            f"last per-row gain {(best.objective[-1] - best.objective[-2]) / md.n:.3g}, not "
+            f"below tol={tol:g}" if best.n_iter else "no iteration was run"
         )
         idx, low = (collapsing_components(best.params.covariances, md.var)
                     if prior is None else ((), ()))

@@ -387,6 +387,7 @@ def test_small_scale_data_with_default_reg_covar_does_not_raise():
     assert abs(trace[-1] - trace[-2]) / len(x) < 1e-10
 
 
+@pytest.mark.filterwarnings("ignore:reg_covar=.* is added to every:UserWarning")  # chosen large
 @pytest.mark.parametrize(("covariance_type", "reg_covar", "scale"),
                          [("full", 1e-6, 0.01), ("full", 0.3, 1.0), ("tied", 0.01, 1.0),
                           ("diag", 0.3, 1.0)])

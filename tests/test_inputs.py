@@ -392,3 +392,16 @@ def test_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(ppgmm.__file__)))
     assert out.stdout.strip() == "[]"
+
+
+def test_reg_covar_large_next_to_the_data_s_variances_warns():
+    """Two clusters 4 apart in units of 1e-4: reg_covar's 1e-6 is 20 times a column's
+    variance (about 5e-8) and merges them (scikit-learn does the same, silently)."""
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(size=(100, 2)), rng.normal(size=(100, 2)) + 4]) * 1e-4
+    with pytest.warns(UserWarning, match=r"reg_covar=1e-06 .* \(reg_covar is 2\d times it\)"):
+        ppgmm.GaussianMixture(2, random_state=0).fit(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ppgmm.GaussianMixture(2, random_state=0, reg_covar=1e-12).fit(x)
+        ppgmm.GaussianMixture(2, random_state=0).fit(x * 100)

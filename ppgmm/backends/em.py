@@ -164,6 +164,8 @@ def fit_em(
     prior = resolve_prior(spec, md)
     reg = (0.0 if prior is not None else 1e-6) if reg_covar is None else check_number(
         "reg_covar", reg_covar)
+    if warn:
+        _warn_if_reg_covar_dominates(reg, md)
     rng = np.random.default_rng(seed)
     layout = md.layout
     if not isinstance(init, str):
@@ -241,6 +243,29 @@ def _draws_to_store(md: MissingData, requested: int | None) -> int:
         return int(requested)
     n_missing = int(md.n * md.d - md.observed.sum())
     return 20 if 20 * n_missing <= DRAWS_LIMIT else 0
+
+
+#: reg_covar above this fraction of a column's variance is warned about
+REG_COVAR_SHARE = 1e-2
+
+
+def _warn_if_reg_covar_dominates(reg: float, md: MissingData) -> None:
+    """Warn when ``reg_covar``, added to every covariance diagonal, is not small next to
+    the data's own variances (data in tiny units: it then merges clusters silently)."""
+    var = np.asarray(md.var, dtype=float)
+    small = var[var > 0]
+    if reg <= 0 or not small.size or reg <= REG_COVAR_SHARE * small.min():
+        return
+    j = int(np.flatnonzero(var == small.min())[0])
+    share = reg / small.min()
+    size = f"{share:.2g} times" if share >= 1 else f"{share:.1%} of"
+    warnings.warn(
+        f"reg_covar={reg:g} is added to every covariance diagonal, but column "
+        f"{md.feature_names[j]!r} has variance {small.min():.3g} (reg_covar is {size} it), "
+        "so it inflates the covariances and can merge clusters. Rescale the data (e.g. "
+        "standardise the columns) or set a smaller reg_covar",
+        UserWarning, stacklevel=5,
+    )
 
 
 def em_backend(spec: GMM, md: MissingData, *, seed: int | None = None, **options: Any) -> Fit:

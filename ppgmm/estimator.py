@@ -37,11 +37,6 @@ def _to_type(cov: np.ndarray, covariance: str) -> np.ndarray:
     return cov.copy()
 
 
-def _type_shape(covariance: str, k: int, d: int) -> tuple[int, ...]:
-    """scikit-learn's shape of a ``covariance``-type precision or covariance array."""
-    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance]
-
-
 def _from_type(a: np.ndarray, covariance: str, k: int, d: int) -> np.ndarray:
     """scikit-learn's per-type shape to full (K, D, D)."""
     a = np.asarray(a, dtype=float)
@@ -198,7 +193,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _covariances_from_precisions_init(self, spec: GMM, d: int) -> np.ndarray:
         """Full covariances from ``precisions_init``, checked like scikit-learn checks it."""
-        want = _type_shape(spec.covariance, spec.n_components, d)
+        want = _to_type(np.zeros((spec.n_components, d, d)), spec.covariance).shape
         a = np.asarray(self.precisions_init, dtype=float)
         if a.shape != want:
             raise SpecError(f"precisions_init for covariance_type={spec.covariance!r} should "

@@ -566,7 +566,7 @@ class Fit:
             stored = _stack(self.idata.posterior_predictive["x_missing"])
             # a point estimate (EM) that stored no draws draws them on demand
             on_demand = "estimate" in self.idata.groups() and len(stored) == 0
-            if not on_demand and not (isinstance(draws, int) and 1 <= draws <= len(stored)):
+            if not on_demand and draws > len(stored):  # draws >= 1: checked above
                 raise ValueError(
                     f"draws should be an integer between 1 and the {len(stored)} stored "
                     f"predictive draws, but got {draws!r}; refit with more imputation_draws"
@@ -595,8 +595,6 @@ class Fit:
         feats = self.feature_names
         if draws is None:
             return wrap(row_map(self.params, rows, "mean"), kind, feats, obs)
-        if not (isinstance(draws, int) and draws >= 1):
-            raise ValueError(f"draws should be a positive integer, but got {draws!r}")
         sims = row_map(self.params, rows, "draws", seed=seed, draws=draws)
         return [wrap(sims[i], kind, feats, obs) for i in range(draws)]
 

@@ -362,6 +362,7 @@ def _cmd_compare(args) -> int:
     truth = None
     if args.truth:
         truth = _read_csv(args.truth, args.columns, args.na_values, args.decimal)
+        _check_truth(truth, df, args.truth, args.data)
     fits = []
     for k in args.k:
         spec = ppgmm.GMM(k, covariance=args.covariance, prior=_prior(args),
@@ -387,6 +388,17 @@ def _cmd_compare(args) -> int:
     if args.report:
         print(f"report: {os.path.abspath(cmp.report(args.report))}")
     return _status(args, fits)
+
+
+def _check_truth(truth, df, truth_path: str, data_path: str) -> None:
+    """Refuse a --truth file that cannot score the data, before any fitting."""
+    if truth.shape != df.shape:
+        raise UsageError(f"{truth_path} should hold the complete data, with the shape of "
+                         f"{data_path} {df.shape}, but has shape {truth.shape}")
+    gaps = int((truth.isna().to_numpy() & df.isna().to_numpy()).sum())
+    if gaps:
+        raise UsageError(f"{truth_path} should be complete where {data_path} has missing "
+                         f"values, but {gaps} of those entries are empty in it too")
 
 
 def _cmd_report(args) -> int:

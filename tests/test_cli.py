@@ -28,6 +28,7 @@ def files(tmp_path_factory):
     cols = ["height", "weight"]
     pd.DataFrame(data, columns=cols).to_csv(d / "data.csv", index=False)
     pd.DataFrame(truth.values, columns=cols).to_csv(d / "truth.csv", index=False)
+    pd.DataFrame(truth.values[:10], columns=cols).to_csv(d / "short.csv", index=False)
     text = pd.DataFrame(data, columns=cols).assign(name="x")
     text.to_csv(d / "text.csv", index=False)
     (d / "empty.csv").write_text("")
@@ -116,6 +117,11 @@ BAD = [
     (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "--report", "{t}/no/r.html"],
      "does not exist"),
     (["fit", "{d}/data.csv", "--out", "{t}/f.nc"], "required"),
+    # a --truth that cannot score the data is refused before anything is fitted
+    (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "--truth", "{d}/short.csv"],
+     "with the shape of"),
+    (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "--truth", "{d}/data.csv"],
+     "of those entries are empty in it too"),
     (["compare", "{d}/data.csv", "-k", "2", "--backends", "em,gibbs"], "--backends"),
     (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "-o", "x=1"], "BACKEND.KEY"),
     (["report", "{d}/missing.nc", "--out", "{t}/r.html"], "no such file"),

@@ -669,6 +669,12 @@ def prepare(
     SpecError
         For a transform of a column the data do not have.
     """
+    if feature_names is not None and isinstance(data, pd.DataFrame):
+        names = [str(c) for c in data.columns]
+        if set(feature_names) <= set(names) and len(set(names)) == len(names):
+            # new data for a fitted model: columns it was not fitted on are not read, so an
+            # id or text column beside the features is ignored whatever its type
+            data = data.iloc[:, [names.index(f) for f in feature_names]]
     values, feats, obs, kind, index_name = _to_array(data)
     labels = _int_labels(data.columns) if isinstance(data, pd.DataFrame) else None
     if feature_names is not None:

@@ -273,6 +273,11 @@ def test_predict_proba_with_nan_in_new_data(fit):
     # a DataFrame with reordered columns is matched by name
     df = pd.DataFrame(new, columns=["a", "b", "c"])[["c", "a", "b"]]
     assert_allclose(fit.predict_proba(df), p, rtol=1e-12)
+    # columns the model was not fitted on are not read, whatever their type
+    wide = df.assign(id=[f"s{i}" for i in range(len(df))], extra=np.nan, flag=True)
+    assert_allclose(fit.predict_proba(wide), p, rtol=1e-12)
+    assert_allclose(fit.impute(wide)[["a", "b", "c"]].to_numpy(),
+                    fit.impute(df)[["a", "b", "c"]].to_numpy(), rtol=1e-12)
 
 
 def test_score_samples_new_data(fit):

@@ -531,7 +531,7 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
             means[label] = (w * mu).sum(1)
             lows[label], highs[label] = (normal_mixture_quantile(w, mu, var, p) for p in q)
             continue
-        means[label] = np.asarray(f.impute(), dtype=float)[rows, cols]
+        means[label] = f._completed(f._data_or(None), True, None, None)[rows, cols]
         pp = f.idata.posterior_predictive["x_missing"].transpose("missing", "chain", "draw")
         x = pp.values.reshape(n_mis, pp.sizes["chain"] * pp.sizes["draw"])
         draws[label] = x

@@ -559,10 +559,16 @@ class Fit:
         if lazy is not None:
             return self._impute_chunked(*lazy, draws=draws, seed=seed)
         md = self._data_or(data)
-        if data is None and draws is None and "estimate" not in self.idata.groups():
+        out = self._completed(md, data is None, draws, seed)
+        return md.wrap(out) if draws is None else [md.wrap(x) for x in out]
+
+    def _completed(self, md: MissingData, fitted: bool, draws: int | None,
+                   seed: int | None) -> np.ndarray | list[np.ndarray]:
+        """:meth:`impute` as arrays (n, d) on the original scale, before wrapping."""
+        if fitted and draws is None and "estimate" not in self.idata.groups():
             mean = self.idata.posterior["imputed_mean"].mean(("chain", "draw")).values
-            return md.wrap(self._fill(md, mean))
-        if data is None and draws is not None:
+            return self._fill(md, mean)
+        if fitted and draws is not None:
             stored = _stack(self.idata.posterior_predictive["x_missing"])
             # a point estimate (EM) that stored no draws draws them on demand
             on_demand = "estimate" in self.idata.groups() and len(stored) == 0
@@ -573,7 +579,7 @@ class Fit:
                 )
             if not on_demand:
                 pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)
-                return [md.wrap(self._fill(md, stored[i])) for i in pick]
+                return [self._fill(md, stored[i]) for i in pick]
         layout = md.layout
         n_draws = 0 if draws is None else int(draws)
         mean, sims = conditional_draws(self.params, e_step(self.params, layout), layout,
@@ -584,9 +590,7 @@ class Fit:
             out = np.repeat(md.original[None], len(sims), axis=0)
             out[:, rows, cols] = sims[:, rows, cols]
             mean, sims = self._fill(md, mean[rows, cols]), out
-        if draws is None:
-            return md.wrap(mean)
-        return [md.wrap(x) for x in sims]
+        return mean if draws is None else list(sims)
 
     def _impute_chunked(self, rows: Any, obs: np.ndarray | None, kind: str, *,
                         draws: int | None, seed: int | None) -> Any:

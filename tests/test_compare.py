@@ -272,6 +272,19 @@ def test_truth_as_array_or_dataframe_gives_the_same_scores(sim, em_fit, cmp):
     pd.testing.assert_frame_equal(b.imputation_scores, expected)
 
 
+def test_fits_of_an_xarray_dataset_compare_like_fits_of_the_array(sim):
+    # impute() returns a Dataset for Dataset input; compare reads the arrays beneath it
+    spec, data, truth = sim
+    ds = xr.Dataset({f"x{j}": ("obs", data[:, j]) for j in range(data.shape[1])})
+    got = [ppgmm.fit(spec, x, seed=0, uncertainty="bootstrap", n_bootstrap=5)
+           for x in (ds, data)]
+    a, b = (ppgmm.compare([f], truth=truth.values) for f in got)
+    pd.testing.assert_frame_equal(a.imputation_scores, b.imputation_scores, rtol=1e-12)
+    rows, cols = np.nonzero(np.isnan(data))
+    np.testing.assert_allclose(a.imputations["mean"].sel(backend="em"),
+                               np.asarray(got[1].impute())[rows, cols], rtol=1e-12)
+
+
 def test_truth_rows_line_up_when_empty_rows_were_dropped(sim, tmp_path):
     """Row labels 1..n are not positions: the truth (positional, as simulate returns it)
     must still be matched to the rows kept after dropping a row with nothing observed."""

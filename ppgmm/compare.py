@@ -28,6 +28,7 @@ from .numerics.alignment import align_to, count_relabelled
 from .numerics.patterns import missing_marginals
 from .numerics.scores import (
     crps_ensemble,
+    crps_mapped_normal_mixture,
     crps_normal,
     crps_normal_mixture,
     l2_distance,
@@ -193,6 +194,10 @@ class Comparison:
 # --------------------------------------------------------------------------- helpers
 
 
+#: the label of the imputation baseline (observed column means) among the fits' labels
+BASELINE = "column mean"
+
+
 def _labels(fits: Any) -> dict[str, Fit]:
     """Fits by label: the backend name, made unique with K, transforms, covariance, then a
     counter."""
@@ -217,6 +222,9 @@ def _labels(fits: Any) -> dict[str, Fit]:
         if twice:
             raise PpgmmError(f"the keys of fits give the label(s) {twice} more than once "
                              "(labels are the keys as text); give each fit its own key")
+        if BASELINE in labels:
+            raise PpgmmError(f"{BASELINE!r} names the imputation baseline in a comparison; "
+                             "give that fit another key")
         return dict(zip(labels, fits.values(), strict=True))
     backends = [f.backend for f in given]
     out: dict[str, Fit] = {}
@@ -513,15 +521,15 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
     coords = {"missing_obs": miss["missing_obs"].values,
               "missing_feature": miss["missing_feature"].values}
     q = [(1 - interval_prob) / 2, (1 + interval_prob) / 2]
-    means, lows, highs, draws, exact = {}, {}, {}, {}, {}
+    means, lows, highs, draws, exact, mapped = {}, {}, {}, {}, {}, {}
     for label in labels:
         f = fits[label]
         ct = f.transform
         if _n_draws(f.idata.posterior) == 1 and n_mis and ct is not None:
             # a point estimate on a transformed scale: its predictive is a normal mixture
-            # there, whose quantiles map back through the increasing inverse exactly; the
-            # CRPS (no closed form on the original scale) comes from the stored draws below
-            w, mu, var = missing_marginals(f.params, md.transformed(ct))
+            # there, whose quantiles map back through the increasing inverse exactly, and
+            # whose CRPS on the original scale is a 1-D integral (_crps_mapped)
+            mapped[label] = w, mu, var = missing_marginals(f.params, md.transformed(ct))
             lows[label], highs[label] = (
                 ct.inverse_entries(normal_mixture_quantile(w, mu, var, p), cols) for p in q)
         elif _n_draws(f.idata.posterior) == 1 and n_mis:
@@ -547,7 +555,7 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
     dev2 = np.where(md.observed, (md.values - obs_mean) ** 2, 0.0).sum(0)
     obs_sd = np.sqrt(dev2 / np.maximum(n_obs - 1, 1)) * np.where(n_obs > 1, 1.0, np.nan)
     z = ndtri(q[1])
-    base = "column mean"
+    base = BASELINE
     means[base] = obs_mean[cols]
     lows[base], highs[base] = obs_mean[cols] - z * obs_sd[cols], obs_mean[cols] + z * obs_sd[cols]
     names = list(means)
@@ -565,16 +573,36 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
     if truth is not None and n_mis:
         y = _truth_array(truth, ref_fit)[rows, cols]
         crps = np.stack([
-            crps_ensemble(draws[b], y) if b in draws and draws[b].shape[1] >= 2
-            else crps_normal_mixture(*exact[b], y) if b in exact
+            crps_normal_mixture(*exact[b], y) if b in exact
+            else _crps_mapped(fits[b].transform, *mapped[b], y, cols) if b in mapped
             else crps_normal(obs_mean[cols], obs_sd[cols], y) if b == base
-            else np.abs(means[b] - y)
+            else crps_ensemble(draws[b], y) if draws[b].shape[1] >= 2
+            else np.full(n_mis, np.nan)
             for b in names
         ])
         ds["truth"] = ("missing", y)
         ds["crps"] = (("backend", "missing"), crps)
         scores = _scores(ds, md.feature_names)
     return ds, scores
+
+
+def _crps_mapped(ct: Any, w: np.ndarray, mu: np.ndarray, var: np.ndarray, y: np.ndarray,
+                 cols: np.ndarray) -> np.ndarray:
+    """Exact CRPS of a point estimate's predictive on the original scale: a normal mixture
+    per entry on the transformed scale, mapped back through each column's inverse."""
+    out = np.empty(len(y))
+    for j, t in enumerate(ct.by_column):
+        sel = cols == j
+        if t is None:
+            out[sel] = crps_normal_mixture(w[sel], mu[sel], var[sel], y[sel])
+            continue
+        yj = y[sel]
+        s = np.where(yj <= t.lower, -np.inf, np.where(yj >= t.upper, np.inf, 0.0))
+        inside = t.contains(yj)
+        s[inside] = t.forward(yj[inside])
+        out[sel] = crps_mapped_normal_mixture(w[sel], mu[sel], var[sel], yj, s, t.inverse,
+                                              t.inverse_derivative)
+    return out
 
 
 def _scores(ds: xr.Dataset, features: list[str]) -> pd.DataFrame:

@@ -76,6 +76,12 @@ class Transform:
         y = np.asarray(y, dtype=float)
         return np.exp(y) if self.name == "log" else expit(y)
 
+    def inverse_derivative(self, y: Any) -> np.ndarray:
+        r""":math:`(f^{-1})'(y)`: :math:`e^y` for ``"log"``, :math:`\sigma(y)\sigma(-y)` for
+        ``"logit"``."""
+        y = np.asarray(y, dtype=float)
+        return np.exp(y) if self.name == "log" else expit(y) * expit(-y)
+
     def log_jacobian(self, x: Any) -> np.ndarray:
         r""":math:`\log|f'(x)|`, the log-density correction of one entry."""
         x = np.asarray(x, dtype=float)

@@ -16,6 +16,7 @@ import ppgmm
 from ppgmm.compare import convergence_row
 from ppgmm.numerics.scores import (
     crps_ensemble,
+    crps_mapped_normal_mixture,
     crps_normal,
     crps_normal_mixture,
     l2_distance,
@@ -181,6 +182,45 @@ def test_normal_mixture_crps_and_quantiles_match_scipy(rng):
     # one component: the normal closed form
     np.testing.assert_allclose(crps_normal_mixture(np.ones((4, 1)), mu[:, :1], var[:, :1], y),
                                crps_normal(mu[:, 0], np.sqrt(var[:, 0]), y), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["log", "logit"])
+def test_crps_of_a_mapped_normal_mixture_matches_adaptive_quadrature(rng, name):
+    """CRPS of X = h(Y), Y a normal mixture, against quad of (F(x) - 1{x >= y})^2 on the
+    original scale with F from scipy; truths inside and beyond h's range."""
+    from scipy.stats import norm
+
+    from ppgmm.transforms import TRANSFORMS
+
+    t = TRANSFORMS[name]
+    w = rng.dirichlet(np.ones(3), size=6)
+    mu, var = rng.normal(0, 1.5, (6, 3)), rng.uniform(0.02, 2.0, (6, 3))
+    y = t.inverse(rng.normal(0, 2, 6))
+    y[0], y[1] = -0.7, (2.5 if name == "logit" else y[1])  # below / above the range
+    s = np.full(6, np.nan)
+    s[t.contains(y)] = t.forward(y[t.contains(y)])
+    s[y <= t.lower], s[y >= t.upper] = -np.inf, np.inf
+    got = crps_mapped_normal_mixture(w, mu, var, y, s, t.inverse, t.inverse_derivative)
+    for m in range(6):
+        def cdf(x, m=m):
+            if x <= t.lower:
+                return 0.0
+            if x >= t.upper:
+                return 1.0
+            return float((w[m] * norm.cdf(t.forward(x), mu[m], np.sqrt(var[m]))).sum())
+
+        top = t.upper if np.isfinite(t.upper) else np.inf
+        cuts = sorted({t.lower, min(max(y[m], t.lower), top), top})
+        pieces = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+        ref = abs(y[m] - min(max(y[m], t.lower), top))  # the stretch beyond the range
+        for a, b in pieces:
+            ref += integrate.quad(lambda x, m=m: (cdf(x) - (x >= y[m])) ** 2, a, b, limit=500,
+                                  epsabs=1e-14, epsrel=1e-12)[0]
+        assert got[m] == pytest.approx(ref, rel=1e-9)
+    # the identity map gives the closed form
+    ident = crps_mapped_normal_mixture(w, mu, var, mu[:, 0], mu[:, 0], lambda v: v,
+                                       np.ones_like)
+    np.testing.assert_allclose(ident, crps_normal_mixture(w, mu, var, mu[:, 0]), rtol=1e-10)
 
 
 def test_crps_ensemble_of_many_normal_draws_approaches_closed_form(rng):
@@ -471,6 +511,8 @@ def test_reference_by_label_and_bad_input(em_fit, pseudo_nuts):
         ppgmm.compare([em_fit, "not a fit"])
     with pytest.raises(ppgmm.PpgmmError, match="hdi_prob should be"):
         ppgmm.compare([em_fit], hdi_prob=1.5)
+    with pytest.raises(ppgmm.PpgmmError, match="names the imputation baseline"):
+        ppgmm.compare({"em": em_fit, "column mean": pseudo_nuts})
 
 
 def test_fits_of_different_data_are_refused(sim, em_fit):

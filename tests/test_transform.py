@@ -435,6 +435,19 @@ def test_compare_interval_of_a_transformed_point_fit():
         np.testing.assert_allclose(imp[name].values,
                                    stats.lognorm.ppf(p, s=sd, scale=np.exp(m)), rtol=1e-8)
     np.testing.assert_allclose(imp["mean"].values, np.exp(m + sd**2 / 2), rtol=1e-10)
+    # the CRPS of that log-normal predictive (closed form, Baran and Lerch 2015), whether
+    # or not the fit stored predictive draws
+    y = np.array([2.0, 0.5])
+    phi = stats.norm.cdf
+    lz = (np.log(y) - m) / sd
+    ref = (y * (2 * phi(lz) - 1)
+           - 2 * np.exp(m + sd**2 / 2) * (phi(lz - sd) + phi(sd / np.sqrt(2)) - 1))
+    truth = x.copy()
+    truth[[2, 9], 0] = y
+    for draws in (0, 1, 20):
+        g = ppgmm.fit(GMM(1, transform={0: "log"}), x, seed=0, imputation_draws=draws)
+        got = ppgmm.compare([g], truth=truth).imputations["crps"].sel(backend="em").values
+        np.testing.assert_allclose(got, ref, rtol=1e-9)
 
 
 # --------------------------------------------------------------------------- several columns

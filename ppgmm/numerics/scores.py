@@ -6,10 +6,14 @@ r"""Scores of fitted mixtures and predictive distributions.
 - :func:`crps_ensemble`: the continuous ranked probability score of predictive draws,
   :math:`E|X-y| - \tfrac12 E|X-X'|`;
 - :func:`crps_normal`, :func:`crps_normal_mixture`: the same score in closed form;
+- :func:`crps_mapped_normal_mixture`: the score of an increasing map of a normal mixture
+  (a fit on a transformed scale, scored on the original one), by quadrature;
 - :func:`normal_mixture_quantile`: quantiles of a normal mixture per entry.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -18,7 +22,12 @@ from ..spec import Params
 from .densities import gaussian_overlaps
 
 __all__ = ["l2_distance", "crps_ensemble", "crps_normal", "crps_normal_mixture",
-           "normal_mixture_quantile"]
+           "crps_mapped_normal_mixture", "normal_mixture_quantile"]
+
+#: breakpoints of the quadrature panels, in component sds either side of each component mean
+PANEL_SDS = (0.0, 1.5, 3.0, 6.0, 12.0)
+#: Gauss-Legendre nodes per panel
+PANEL_NODES = 16
 
 
 def l2_distance(p: Params, q: Params, *, relative: bool = False) -> float:
@@ -101,6 +110,47 @@ def crps_normal_mixture(w: np.ndarray, mu: np.ndarray, var: np.ndarray,
     pair = w[:, :, None] * w[:, None, :] * a(mu[:, :, None] - mu[:, None, :],
                                              var[:, :, None] + var[:, None, :])
     return first - 0.5 * pair.sum((1, 2))
+
+
+def crps_mapped_normal_mixture(w: np.ndarray, mu: np.ndarray, var: np.ndarray,
+                               y: np.ndarray, s: np.ndarray, inverse: Callable,
+                               d_inverse: Callable) -> np.ndarray:
+    r"""CRPS at ``y`` of :math:`X = h(Y)`, :math:`Y \sim \sum_k w_k N(\mu_k, \sigma_k^2)`,
+    for an increasing :math:`h`; arrays (M, K), ``y`` and ``s`` (M,).
+
+    ``s`` is :math:`h^{-1}(y)` (:math:`-\infty` or :math:`+\infty` for a ``y`` below or
+    above the range of :math:`h`); ``inverse`` is :math:`h` and ``d_inverse`` its
+    derivative. With :math:`G` the mixture's cdf and :math:`x = h(t)`,
+
+    .. math:: \mathrm{CRPS} = \int (F(x) - 1\{x \ge y\})^2\,dx
+              = \int (G(t) - 1\{t \ge s\})^2\,h'(t)\,dt.
+
+    The integral over :math:`[L, U]`, the components' means :math:`\mp 12` sds, is split at
+    :math:`s' = \min(\max(s, L), U)` and at each mean :math:`\pm` (1.5, 3, 6) sds, and
+    each panel is integrated by Gauss-Legendre (:data:`PANEL_NODES` nodes; relative error
+    below 1e-9 in the tests, against adaptive quadrature on the original scale). Between
+    :math:`s` and :math:`s'` the integrand is :math:`h'(t)` to within :math:`\Phi(-12)^2`,
+    which adds :math:`|y - h(s')|`; beyond :math:`[L, U]` the rest is below
+    :math:`\Phi(-12)^2` times :math:`h`'s growth. With :math:`h` the identity this is
+    :func:`crps_normal_mixture` (to quadrature accuracy).
+    """
+    w, mu, var = (np.asarray(a, dtype=float) for a in (w, mu, var))
+    y, s = np.asarray(y, dtype=float), np.asarray(s, dtype=float)
+    sd = np.sqrt(var)
+    offsets = np.array([-o for o in PANEL_SDS[:0:-1]] + list(PANEL_SDS))
+    edges = (mu[:, :, None] + offsets * sd[:, :, None]).reshape(len(mu), -1)
+    lo, hi = edges.min(1), edges.max(1)
+    cut = np.clip(s, lo, hi)
+    edges = np.sort(np.concatenate([edges, cut[:, None]], axis=1), axis=1)
+    x, wq = np.polynomial.legendre.leggauss(PANEL_NODES)
+    a, b = edges[:, :-1, None], edges[:, 1:, None]  # (M, P, 1)
+    t = 0.5 * (a + b) + 0.5 * (b - a) * x  # (M, P, Q)
+    g = (w[:, None, None, :] * ndtr((t[..., None] - mu[:, None, None, :])
+                                    / sd[:, None, None, :])).sum(-1)
+    step = (t >= cut[:, None, None]).astype(float)
+    integrand = (g - step) ** 2 * d_inverse(t)
+    inside = (0.5 * (b - a)[..., 0] * (integrand * wq).sum(-1)).sum(1)
+    return inside + np.abs(y - inverse(cut))
 
 
 def normal_mixture_quantile(w: np.ndarray, mu: np.ndarray, var: np.ndarray,

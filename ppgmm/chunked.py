@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .data import (
@@ -69,6 +70,11 @@ def _as_dask_array(data: Any) -> tuple[Any, list[str], np.ndarray | None, str]:
         return data.data, feats, obs, "dask.DataArray"
     if hasattr(data, "to_dask_array") and hasattr(data, "dtypes"):  # a dask DataFrame
         check_dtypes(data.dtypes.items())
+        # nullable numbers (Float64, Int64: pd.NA for missing) as float64 with NaN
+        nullable = {c: "float64" for c, t in data.dtypes.items()
+                    if pd.api.types.is_extension_array_dtype(t)
+                    and pd.api.types.is_numeric_dtype(t)}
+        data = data.astype(nullable) if nullable else data
         return (data.to_dask_array(lengths=True), [str(c) for c in data.columns], None,
                 "dask.DataFrame")
     if data.ndim != 2:
@@ -474,7 +480,7 @@ def prepare_chunked(data: Any, *, n_components: int | None = None, persist: Any 
 # --------------------------------------------------------------------------- per-row maps
 
 
-def _row_block(block: np.ndarray, params: Params, what: str, seed: Any, draws: int,
+def _row_block(block: np.ndarray, params: Params, what: str, seed: Any, draw: int,
                block_info: Any = None) -> np.ndarray:
     """One chunk's per-row quantity ``what`` at ``params`` (rows with no entry allowed)."""
     x = np.asarray(block, dtype=float)
@@ -489,32 +495,31 @@ def _row_block(block: np.ndarray, params: Params, what: str, seed: Any, draws: i
             return layout.unsort(e.row_loglik)
         if what == "proba":
             return layout.unsort(e.resp)
+        if what == "mean":
+            return conditional_draws(params, e, layout, np.random.default_rng(0), 0)[0]
         where = 0 if block_info is None else block_info[0]["chunk-location"][0]
-        rng = np.random.default_rng([int(seed), where])
-        mean, sims = conditional_draws(params, e, layout, rng, draws)
-    return mean if what == "mean" else sims
+        rng = np.random.default_rng([int(seed), where, int(draw)])
+        return conditional_draws(params, e, layout, rng, 1)[1][0]
 
 
 def row_map(params: Params, x: Any, what: str, *, seed: int | None = None,
-            draws: int = 0) -> Any:
+            draw: int = 0) -> Any:
     """A lazy per-row quantity of the dask array ``x`` (n, d), chunk by chunk.
 
     ``what``: "loglik" (n,), "proba" (n, K), "mean" (n, d: missing entries replaced by
-    :math:`E[x_{mis} \\mid x_{obs}]`) or "draws" (m, n, d: ``draws`` predictive draws;
-    chunk ``c`` draws from ``numpy.random.default_rng([seed, c])``).
+    :math:`E[x_{mis} \\mid x_{obs}]`) or "draw" (n, d: predictive draw number ``draw``;
+    chunk ``c`` draws it from ``numpy.random.default_rng([seed, c, draw])``, so each draw
+    is computed alone, and the same chunks give the same draws).
     """
     x = _rows_chunked(x)
     k = len(params.weights)
     seed = int(np.random.SeedSequence(seed).entropy % 2**63) if seed is None else seed
-    args = (params, what, seed, draws)
+    args = (params, what, seed, draw)
     if what == "loglik":
         return x.map_blocks(_row_block, *args, drop_axis=1, dtype=float)
     if what == "proba":
         return x.map_blocks(_row_block, *args, chunks=(x.chunks[0], (k,)), dtype=float)
-    if what == "mean":
-        return x.map_blocks(_row_block, *args, dtype=float)
-    return x.map_blocks(_row_block, *args, new_axis=0, chunks=((draws,), *x.chunks),
-                        dtype=float)
+    return x.map_blocks(_row_block, *args, dtype=float)
 
 
 def as_rows(data: Any, feature_names: list[str]) -> tuple[Any, np.ndarray | None, str]:
@@ -527,14 +532,25 @@ def as_rows(data: Any, feature_names: list[str]) -> tuple[Any, np.ndarray | None
 
 def wrap(arr: Any, kind: str, feature_names: list[str], obs: np.ndarray | None) -> Any:
     """A lazy (n, d) result in the type the data came in: a dask array, a dask-backed
-    DataArray or a dask DataFrame (positional index)."""
+    DataArray or a dask DataFrame, labelled by ``obs`` (the fitted rows' positions, which
+    skip dropped rows), else positional."""
     if kind == "dask.DataArray":
         coords: dict[str, Any] = {"feature": feature_names}
         if obs is not None:
             coords["obs"] = obs
         return xr.DataArray(arr, dims=("obs", "feature"), coords=coords)
     if kind == "dask.DataFrame":
+        import dask.array as da
         import dask.dataframe as dd
 
-        return dd.from_dask_array(arr, columns=feature_names)
+        out = dd.from_dask_array(arr, columns=feature_names)
+        if obs is None:
+            return out
+        labels = dd.from_dask_array(da.from_array(obs, chunks=(arr.chunks[0],)))
+        return out.map_partitions(_label_rows, labels, meta=out._meta,
+                                  align_dataframes=False).clear_divisions()
     return arr
+
+
+def _label_rows(part: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+    return part.set_axis(pd.Index(labels.to_numpy()), axis=0)

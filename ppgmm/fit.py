@@ -487,7 +487,9 @@ class Fit:
         """(dask rows, row labels, input kind) of dask data or a chunked fit's data; else None."""
         if data is None and self.chunked:
             x = self.idata.observed_data["x"]
-            rows = x.data if is_dask(x) else x.chunk({"obs": 250_000}).data  # read back
+            # read back: in the chunks it was fitted in, so seeded draws repeat
+            sizes = tuple(json.loads(self.attrs.get("row_chunks", "[]"))) or 250_000
+            rows = x.data if is_dask(x) else x.chunk({"obs": sizes}).data
             return rows, np.asarray(x["obs"].values), str(self.attrs["input_kind"])
         if data is not None and is_dask(data):
             from .chunked import as_rows
@@ -549,7 +551,7 @@ class Fit:
         Same type as the input (ndarray, DataFrame or DataArray), or a list of them. For
         dask data and chunked fits: lazy, of the input's dask type, computed chunk by chunk
         when read or written; draws are made on request at :meth:`point` (chunk ``c``
-        seeded by ``[seed, c]``).
+        seeded by ``[seed, c, i]`` for draw ``i``).
         """
         seed = check_seed(seed)
         if draws is not None and not (isinstance(draws, int | np.integer)
@@ -599,8 +601,10 @@ class Fit:
         feats = self.feature_names
         if draws is None:
             return wrap(row_map(self.params, rows, "mean"), kind, feats, obs)
-        sims = row_map(self.params, rows, "draws", seed=seed, draws=draws)
-        return [wrap(sims[i], kind, feats, obs) for i in range(draws)]
+        if seed is None:  # one seed for the set, so its draws are distinct streams
+            seed = int(np.random.SeedSequence().entropy % 2**63)
+        return [wrap(row_map(self.params, rows, "draw", seed=seed, draw=i), kind, feats, obs)
+                for i in range(draws)]
 
     @staticmethod
     def _fill(md: MissingData, missing_values: np.ndarray) -> np.ndarray:

@@ -229,6 +229,14 @@ def test_other_dask_inputs(client, data):
     _same(mem, ff)
     out = ff.impute()
     assert is_dask(out) and list(out.columns) == feats
+    # rows keep their positions in the data (the dropped rows 10, 250, 599 are skipped),
+    # as in memory, so the imputations join back to the input
+    pd.testing.assert_index_equal(out.compute().index, mem.impute().index, exact=False)
+    # nullable columns (pd.NA for missing, as read_parquet(dtype_backend="numpy_nullable"))
+    nullable = pd.DataFrame(data, columns=feats).astype("Float64")
+    _same(mem, _fit(spec, dd.from_pandas(nullable, npartitions=3), init=p0))
+    assert_allclose(out.compute().loc[[9, 11, 600]].to_numpy(),
+                    mem.impute().loc[[9, 11, 600]].to_numpy(), rtol=1e-10, atol=1e-12)
 
 
 def test_per_row_outputs_lazy_and_equal(client, data, tmp_path):
@@ -267,6 +275,11 @@ def test_per_row_outputs_lazy_and_equal(client, data, tmp_path):
                     rtol=1e-10)
     assert_allclose(back.params.means, mem.params.means, rtol=1e-10)
     assert back.chunked and is_dask(back.impute())
+    # a seed gives the same draws after loading (read back in the fitted chunks), and a
+    # draw does not depend on how many were asked for
+    before = [x.compute() for x in dsk.impute(draws=2, seed=5)]
+    assert_allclose(back.impute(draws=2, seed=5)[1].compute(), before[1], rtol=0, atol=0)
+    assert_allclose(dsk.impute(draws=1, seed=5)[0].compute(), before[0], rtol=0, atol=0)
     assert_allclose(back.impute().compute(), mem.impute(), rtol=1e-10, atol=1e-12)
     zpath = dsk.to_zarr(str(tmp_path / "fit.zarr"))
     read = xr.open_zarr(zpath, group="observed_data")
@@ -314,6 +327,8 @@ def test_validation_errors_as_in_memory(client):
         ppgmm.fit(spec, da.from_array(small), backend="nuts")
     with pytest.raises(ppgmm.SpecError, match="needs the data in memory"):
         ppgmm.fit(spec, da.from_array(small), uncertainty="bootstrap")
+    with pytest.raises(ppgmm.SpecError, match="init_sample should be an integer >= 2"):
+        ppgmm.fit(spec, da.from_array(mixture(seed=2, n=60, d=3)[0]), init_sample=1)
 
 
 def test_in_memory_path_does_not_load_dask():

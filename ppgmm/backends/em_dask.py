@@ -44,7 +44,8 @@ def fit_dask(spec: GMM, data: ChunkedData, *, seed: int | None = None, n_init: i
     draws are made on request (``fit.impute(draws=m)``).
     """
     n_init = check_int("n_init", n_init, 1)
-    init_sample = check_int("init_sample", init_sample, 1)
+    # the start is fitted to the sample: it needs at least one row per component
+    init_sample = check_int("init_sample", init_sample, spec.n_components)
     if uncertainty is not None:
         raise SpecError(
             f"uncertainty={uncertainty!r} refits on resampled data sets, which needs the data "
@@ -103,6 +104,8 @@ def em_dask_backend(spec: GMM, data: Any, *, seed: int | None = None, persist: A
         "warnings": json.dumps(res.messages),
         "persisted": int(cd.persisted),
         "n_chunks": len(cd.parts),
+        # rows kept per chunk: a loaded fit is read back in these chunks (seeded draws)
+        "row_chunks": json.dumps([int(c) for c in rows.chunks[0]]),
         **({"dropped_rows": json.dumps(list(cd.dropped))} if cd.dropped else {}),
     }
     stats = xr.Dataset(

@@ -36,7 +36,7 @@ from .data import (
     match_features,
 )
 from .exceptions import DataError
-from .numerics.em import SuffStats, expected_stats, run_em
+from .numerics.em import SINGLE_GAUSSIAN_TOL, SuffStats, expected_stats, run_em
 from .numerics.patterns import conditional_draws, e_step
 from .spec import Params
 
@@ -354,8 +354,8 @@ class ChunkedData:
                 stats = self.expected_stats(p0)
                 self._moments = stats.mean[0], stats.scatter[0] / self.n
             else:
-                run = run_em(p0, self.expected_stats, "full", None, max_iter=10_000, tol=1e-13,
-                             reg_covar=0.0, n=self.n)
+                run = run_em(p0, self.expected_stats, "full", None, max_iter=10_000,
+                             tol=SINGLE_GAUSSIAN_TOL, reg_covar=0.0, n=self.n)
                 self._moments = run.params.means[0], run.params.covariances[0]
         return self._moments
 

@@ -20,6 +20,7 @@ from numpy.testing import assert_allclose
 
 import ppgmm
 from ppgmm.chunked import is_dask, persist_fits, prepare_chunked
+from ppgmm.numerics.em import run_em
 from ppgmm.prior import data_moments
 
 da = pytest.importorskip("dask.array")
@@ -107,7 +108,15 @@ def test_prior_moments_chunk_by_chunk(client, data):
         md = ppgmm.prepare(data)
         cd = prepare_chunked(da.from_array(data, chunks=50))
     for got, want in zip(data_moments(cd), data_moments(md), strict=True):
-        assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+        assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    # a fixed point of the K=1 EM (the MAR maximum likelihood), not a loosely stopped run:
+    # one more EM step moves nothing beyond 1e-10 relative (the rule; it was 3e-7)
+    mean, cov = data_moments(md)
+    cov = cov * (md.n - 1) / md.n  # data_moments gives the N - 1 form; the MLE has N
+    step = run_em(ppgmm.Params(np.ones(1), mean[None], cov[None]), md.layout, "full", None,
+                  max_iter=1, tol=0.0, reg_covar=0.0).params
+    assert_allclose(step.means[0], mean, rtol=1e-9, atol=1e-13)
+    assert_allclose(step.covariances[0], cov, rtol=1e-9, atol=1e-13)
     full, _, _ = mixture(seed=1, n=500, d=3)
     mean, cov = data_moments(prepare_chunked(da.from_array(full, chunks=64)))
     assert_allclose(mean, full.mean(0), rtol=1e-12)

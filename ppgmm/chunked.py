@@ -33,6 +33,7 @@ from .data import (
     check_array_dtype,
     check_dims,
     check_dtypes,
+    check_scale,
     match_features,
 )
 from .exceptions import DataError
@@ -147,7 +148,8 @@ def _summarise(x: np.ndarray, n_in: int, empty: np.ndarray) -> ChunkSummary:
     first = tuple(int(i) for i in np.argwhere(inf)[0]) if n_inf else (-1, -1)
     obs = ~np.isnan(x) & ~inf
     count = obs.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # over: values near 1e160 square past float64; check_scale refuses them after the pass
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         z = np.where(obs, x, 0.0)
         mean = np.divide(z.sum(0), count, out=np.zeros(d), where=count > 0)
         m2 = (np.where(obs, x - mean, 0.0) ** 2).sum(0)
@@ -233,7 +235,8 @@ def _merge(summaries: list[ChunkSummary]) -> tuple[np.ndarray, ...]:
         n = count + s.count
         frac = np.divide(s.count, n, out=np.zeros(len(n)), where=n > 0)
         delta = s.mean - mean
-        m2 = m2 + s.m2 + count * frac * delta**2
+        with np.errstate(over="ignore", invalid="ignore"):  # as in _summarise
+            m2 = m2 + s.m2 + count * frac * delta**2
         mean = mean + frac * delta
         count = n
     var = np.divide(m2, count, out=np.zeros(len(count)), where=count > 0)
@@ -467,6 +470,8 @@ def prepare_chunked(data: Any, *, n_components: int | None = None, persist: Any 
     if drop_empty and (count == 0).any():
         names = [feats[j] for j in np.flatnonzero(count == 0)]
         raise DataError(f"column(s) {names} have no observed value; remove them before fitting")
+    check_scale(np.where(count > 0, low, np.inf), np.where(count > 0, high, -np.inf), feats,
+                fitting=n_components is not None)
     if n_components is not None and sum(kept) < n_components:
         raise DataError(
             f"data should have at least n_components={n_components} usable rows, but got "

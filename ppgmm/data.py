@@ -22,7 +22,7 @@ from .exceptions import DataError, DataTypeError
 from .transforms import ColumnTransforms
 
 __all__ = ["MissingData", "PatternLayout", "prepare", "check_dtypes", "check_dims",
-           "check_array_dtype", "match_features"]
+           "check_array_dtype", "match_features", "check_scale"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -556,9 +556,18 @@ _LARGEST, _SMALLEST_SPREAD = 1e100, 1e-100
 
 def _check_scale(values: np.ndarray, feats: list[str], *, fitting: bool) -> None:
     with np.errstate(invalid="ignore"):
-        big = np.nanmax(np.abs(values), axis=0, initial=0.0)
-        spread = np.nanmax(values, axis=0, initial=-np.inf) - np.nanmin(values, axis=0,
-                                                                         initial=np.inf)
+        low = np.nanmin(values, axis=0, initial=np.inf)
+        high = np.nanmax(values, axis=0, initial=-np.inf)
+    check_scale(low, high, feats, fitting=fitting)
+
+
+def check_scale(low: np.ndarray, high: np.ndarray, feats: list[str], *, fitting: bool) -> None:
+    """A DataError for a column beyond float64's comfortable range or varying too little,
+    from each column's observed lowest and highest values (inf / -inf when none)."""
+    big = np.maximum(np.abs(np.where(np.isfinite(low), low, 0.0)),
+                     np.abs(np.where(np.isfinite(high), high, 0.0)))
+    with np.errstate(invalid="ignore"):
+        spread = high - low
     fix = ("rescale the columns first, e.g. (x - x.mean()) / x.std() or by a power of ten; "
            "squares and products of the values must stay within float64's range (about "
            "1e-300 to 1e300)")

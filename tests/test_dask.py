@@ -325,6 +325,11 @@ def test_validation_errors_as_in_memory(client):
     want = _message(lambda: ppgmm.fit(spec, x))
     assert "have no observed value" in want
     assert _message(lambda: ppgmm.fit(spec, da.from_array(x, chunks=16))) == want
+    for scale in (1e160, 1e-160):  # beyond float64's comfortable range, either way
+        far = mixture(seed=2, n=60, d=3)[0] * np.array([1.0, scale, 1.0])
+        want = _message(lambda far=far: ppgmm.fit(spec, far))
+        assert "rescale the columns" in want
+        assert _message(lambda far=far: ppgmm.fit(spec, da.from_array(far, chunks=16))) == want
     small = mixture(seed=2, n=2, d=3)[0]
     want = _message(lambda: ppgmm.fit(ppgmm.GMM(3), small))
     assert _message(lambda: ppgmm.fit(ppgmm.GMM(3), da.from_array(small))) == want

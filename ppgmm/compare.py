@@ -586,6 +586,12 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
     return ds, scores
 
 
+def _scale_words(scale: list[str | None], names: list[str]) -> str:
+    """Transforms by column in words: "{'Ozone': 'log'}", or "none"."""
+    named = {f: t for f, t in zip(names, scale, strict=True) if t is not None}
+    return str(named) if named else "none"
+
+
 def _crps_mapped(ct: Any, w: np.ndarray, mu: np.ndarray, var: np.ndarray, y: np.ndarray,
                  cols: np.ndarray) -> np.ndarray:
     """Exact CRPS of a point estimate's predictive on the original scale: a normal mixture
@@ -870,9 +876,19 @@ def compare(
     truth_params = None
     if truth is not None and hasattr(truth, "params"):
         tp = as_params(truth, name="truth")
-        if tp.means.shape == fits[ref].params.means.shape:
-            aligned, _ = align_to(tp, fits[ref].params)
-            truth_params = params_dataset(aligned, fits[ref].feature_names)
+        ref_fit = fits[ref]
+        ref_scale = [ref_fit.transformed_columns.get(f) for f in ref_fit.feature_names]
+        truth_scale = [getattr(truth, "transform", {}).get(f"x{j}")
+                       for j in range(len(ref_scale))]
+        if truth_scale != ref_scale:
+            notes.append(
+                f"truth: the true parameters are on the scale of transform "
+                f"{_scale_words(truth_scale, ref_fit.feature_names)}, the reference fit's "
+                f"({ref}) on {_scale_words(ref_scale, ref_fit.feature_names)}; they are not "
+                "shown beside its estimates")
+        elif tp.means.shape == ref_fit.params.means.shape:
+            aligned, _ = align_to(tp, ref_fit.params)
+            truth_params = params_dataset(aligned, ref_fit.feature_names)
     imputations, scores = _imputations(fits, compared, ref, truth, interval_prob)
     md = fits[ref].data
     if md.dropped:

@@ -26,7 +26,7 @@ the same mask for the same seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,10 @@ class Truth:
     labels : ndarray of int, shape (n,)
         The component each row was drawn from.
     mechanism : str
+    transform : dict of str to str
+        {feature ("x0", ...): transform name} of the columns whose ``params`` are on a
+        transformed scale ({} when none): ``compare`` shows the true parameters only beside
+        a reference fit on the same scale.
     """
 
     params: Params
@@ -66,6 +70,7 @@ class Truth:
     mask: np.ndarray
     labels: np.ndarray
     mechanism: str
+    transform: dict[str, str] = field(default_factory=dict)
 
     def point(self) -> Any:
         """The true parameters as an xarray Dataset, like :meth:`ppgmm.Fit.point`."""
@@ -199,20 +204,21 @@ def simulate(
         mask = rng.random((n, d)) < p
     empty = np.flatnonzero(mask.all(axis=1))
     mask[empty, rng.integers(0, d, len(empty))] = False
-    x = _original_scale(spec_or_params, x)
+    ct = _transforms_of(spec_or_params, d)
+    x = x if ct is None else ct.inverse(x)
     data = np.where(mask, np.nan, x)
-    return data, Truth(params, x, mask, labels, mechanism)
+    scale = {} if ct is None else {f"x{j}": t.name for j, t in enumerate(ct.by_column)
+                                   if t is not None}
+    return data, Truth(params, x, mask, labels, mechanism, scale)
 
 
-def _original_scale(source: Any, x: np.ndarray) -> np.ndarray:
-    """``x`` drawn on the mixture's scale, mapped back by the transforms of ``source`` (a
-    spec's ``transform``, or those a fit was fitted under)."""
+def _transforms_of(source: Any, d: int) -> ColumnTransforms | None:
+    """The transforms that map a draw on the mixture's scale back to the data's: a spec's
+    ``transform``, or those a fit was fitted under (by position)."""
     from .fit import Fit
 
     if isinstance(source, Fit):
-        ct = source.transform
-    elif isinstance(source, GMM) and source.transform:
-        ct = ColumnTransforms.resolve(source.transform, [f"x{j}" for j in range(x.shape[1])])
-    else:
-        ct = None
-    return x if ct is None else ct.inverse(x)
+        return source.transform
+    if isinstance(source, GMM) and source.transform:
+        return ColumnTransforms.resolve(source.transform, [f"x{j}" for j in range(d)])
+    return None

@@ -566,6 +566,19 @@ def test_simulate_maps_a_transformed_spec_back():
     for p, q in zip(truth.params, plain.params, strict=True):
         np.testing.assert_array_equal(p, q)
     assert ppgmm.fit(spec, a, seed=0).transform.mapping() == {"x0": "log", "x1": "logit"}
+    assert truth.transform == {"x0": "log", "x1": "logit"} and plain.transform == {}
+
+
+def test_true_parameters_are_shown_only_beside_a_fit_on_their_scale():
+    spec = GMM(2, transform={"x0": "log"})
+    data, truth = ppgmm.simulate(spec, n=200, n_features=2, missing=0.2, seed=1)
+    same = ppgmm.compare([ppgmm.fit(spec, data, seed=0)], truth=truth)
+    assert same.truth_params is not None and not same.warnings
+    raw = ppgmm.compare([ppgmm.fit(GMM(2), data, seed=0)], truth=truth)
+    assert raw.truth_params is None
+    assert any("on the scale of transform {'x0': 'log'}, the reference fit's (em) on none"
+               in w for w in raw.warnings)
+    assert raw.imputation_scores is not None  # the complete data still score imputations
 
 
 def test_simulate_from_a_transformed_fit_is_on_the_data_s_scale():

@@ -422,7 +422,10 @@ def _agreement(fits: dict[str, Fit], ref: str, compared: list[str], rel: xr.Data
             continue
         r = float(rel.sel(backend=b, backend_=ref))
         ok = fits[b].converged and fits[ref].converged
-        if not ok and not include_unconverged:
+        if fits[b].transformed_columns != fits[ref].transformed_columns:
+            # densities on different scales: their distance measures the transform
+            verdict = "not judged: fitted on a different scale (transform)"
+        elif not ok and not include_unconverged:
             verdict = "not judged: did not converge"
         elif t is None:
             verdict = "not judged: no EM bootstrap fit to set the threshold"

@@ -246,14 +246,19 @@ def _fig_forest(cmp: Comparison) -> str:
     nrow = int(np.ceil(len(panels) / ncol))
     fig, axes = plt.subplots(nrow, ncol, squeeze=False,
                              figsize=(4.2 * ncol, nrow * (0.9 + 0.3 * k * len(labels))))
+    # a feature's means are drawn for the fits on the reference's scale of that feature
+    scale = cmp.fits[cmp.reference].transformed_columns
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for ax, (var, feat) in zip(axes.flat, panels, strict=False):
-            sub = data if feat is None else [d.sel(feature=[feat]) for d in data]
-            az.plot_forest(sub, model_names=[_mark(cmp, b) for b in labels], var_names=[var],
-                           combined=True, hdi_prob=cmp.hdi_prob, ax=ax, legend=ax is axes.flat[0],
-                           textsize=9)
-            ax.set_title(var if feat is None else f"means: {feat}", fontsize=10)
+            keep = [i for i, b in enumerate(labels) if feat is None
+                    or cmp.fits[b].transformed_columns.get(feat) == scale.get(feat)]
+            sub = [data[i] if feat is None else data[i].sel(feature=[feat]) for i in keep]
+            az.plot_forest(sub, model_names=[_mark(cmp, labels[i]) for i in keep],
+                           var_names=[var], combined=True, hdi_prob=cmp.hdi_prob, ax=ax,
+                           legend=ax is axes.flat[0], textsize=9)
+            shown = f"{scale[feat]}({feat})" if feat in scale else feat
+            ax.set_title(var if feat is None else f"means: {shown}", fontsize=10)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"point and {cmp.hdi_prob:.0%} HDI per backend")

@@ -579,6 +579,11 @@ def test_true_parameters_are_shown_only_beside_a_fit_on_their_scale():
     assert any("on the scale of transform {'x0': 'log'}, the reference fit's (em) on none"
                in w for w in raw.warnings)
     assert raw.imputation_scores is not None  # the complete data still score imputations
+    # a raw-scale fit is not judged against a log-scale reference by density distance
+    boot = ppgmm.fit(GMM(2), data, seed=0, uncertainty="bootstrap", n_bootstrap=5)
+    both = ppgmm.compare({"log": ppgmm.fit(spec, data, seed=0), "raw": boot}, reference="log")
+    assert both.agreement.set_index("backend").loc["raw", "verdict"] == (
+        "not judged: fitted on a different scale (transform)")
 
 
 def test_simulate_from_a_transformed_fit_is_on_the_data_s_scale():

@@ -641,7 +641,9 @@ def _convergence_section(cmp: Comparison) -> str:
 
 def _model_comparison_section(cmp: Comparison) -> str:
     mc = cmp.model_comparison
-    return (_table(mc, grey=_bad(cmp, mc["label"])) if mc is not None else
+    how = ('<p class="note">BIC: smaller is better; LOO elpd: larger is better; rank 0 is the '
+           "best fit of its backend.</p>")
+    return (how + _table(mc, grey=_bad(cmp, mc["label"])) if mc is not None else
             '<p class="note">One fit per backend: pass fits with several K to compare them '
             "(BIC for EM, LOO for ADVI and NUTS).</p>")
 

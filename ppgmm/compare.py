@@ -373,15 +373,18 @@ def _parameters(fits: dict[str, Fit], ref: str, hdi_prob: float):
     return params, posteriors, perms
 
 
-def _em_in_hdi(params: xr.Dataset, fits: dict[str, Fit], include_unconverged: bool
+def _em_in_hdi(params: xr.Dataset, fits: dict[str, Fit], ref: str, include_unconverged: bool
                ) -> xr.Dataset:
+    """Whether an EM estimate (the reference's when it is one, else the first) lies in each
+    other fit's HDI, for the fits on that estimate's scale."""
     labels = [str(b) for b in params["backend"].values
               if include_unconverged or fits[str(b)].converged]
-    em = [b for b in labels if kind(fits[b].backend) == "optimum"]
+    em = sorted((b for b in labels if kind(fits[b].backend) == "optimum"), key=lambda b: b != ref)
     others = [
         b for b in labels
         if kind(fits[b].backend) != "optimum" and bool(np.isfinite(params["weights"].sel(
             backend=b, stat="hdi_lower")).all())
+        and em and fits[b].transformed_columns == fits[em[0]].transformed_columns
     ]
     if not em or not others:
         return xr.Dataset()
@@ -913,7 +916,7 @@ def compare(
         fits=fits,
         reference=ref,
         parameters=params,
-        em_in_hdi=_em_in_hdi(params, fits, include_unconverged),
+        em_in_hdi=_em_in_hdi(params, fits, ref, include_unconverged),
         distance=_distance(fits, list(fits), relative=False),
         relative_distance=rel,
         imputations=imputations,

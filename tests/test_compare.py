@@ -402,6 +402,18 @@ def test_hdi_and_containment_flags_agree_with_arviz(em_fit, boot_fit, cmp):
     assert list(cmp.em_in_hdi["backend"].values) == ["nuts"]
 
 
+def test_hdi_flags_use_the_reference_em_estimate(sim, em_fit, pseudo_nuts):
+    spec, data, _ = sim
+    other = ppgmm.fit(ppgmm.GMM(2, prior=None), data, seed=0, init=em_fit.point())
+    c = ppgmm.compare({"mle": other, "map": em_fit, "nuts": pseudo_nuts}, reference="map")
+    assert c.em_in_hdi.attrs["em"] == "map"
+    lo = c.parameters["means"].sel(backend="nuts", stat="hdi_lower")
+    hi = c.parameters["means"].sel(backend="nuts", stat="hdi_upper")
+    est = em_fit.point()["means"]
+    np.testing.assert_array_equal(c.em_in_hdi["means"].sel(backend="nuts"),
+                                  (lo <= est) & (est <= hi))
+
+
 def test_a_parameter_outside_the_hdi_is_flagged(em_fit, boot_fit):
     shifted = posterior_like(boot_fit)
     shifted.idata.posterior["means"] = shifted.idata.posterior["means"] + 100.0

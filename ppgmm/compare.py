@@ -592,6 +592,27 @@ def _imputations(fits: dict[str, Fit], labels: list[str], ref: str, truth: Any,
     return ds, scores
 
 
+def _truth_params(truth: Any, ref_fit: Fit, ref: str, notes: list[str]) -> xr.Dataset | None:
+    """A Truth's parameters on the reference's labels, when they are on its scale (else a
+    note says why they are not shown)."""
+    if truth is None or not hasattr(truth, "params"):
+        return None
+    tp = as_params(truth, name="truth")
+    ref_scale = [ref_fit.transformed_columns.get(f) for f in ref_fit.feature_names]
+    truth_scale = [getattr(truth, "transform", {}).get(f"x{j}") for j in range(len(ref_scale))]
+    if truth_scale != ref_scale:
+        notes.append(
+            f"truth: the true parameters are on the scale of transform "
+            f"{_scale_words(truth_scale, ref_fit.feature_names)}, the reference fit's ({ref}) "
+            f"on {_scale_words(ref_scale, ref_fit.feature_names)}; they are not shown beside "
+            "its estimates")
+        return None
+    if tp.means.shape != ref_fit.params.means.shape:
+        return None
+    aligned, _ = align_to(tp, ref_fit.params)
+    return params_dataset(aligned, ref_fit.feature_names)
+
+
 def _scale_words(scale: list[str | None], names: list[str]) -> str:
     """Transforms by column in words: "{'Ozone': 'log'}", or "none"."""
     named = {f: t for f, t in zip(names, scale, strict=True) if t is not None}
@@ -879,22 +900,7 @@ def compare(
             notes.append(f"{label}: the {f.backend} fit did not meet its convergence criterion.")
     params, posteriors, perms = _parameters(fits, ref, hdi_prob)
     compared = [str(b) for b in params["backend"].values]
-    truth_params = None
-    if truth is not None and hasattr(truth, "params"):
-        tp = as_params(truth, name="truth")
-        ref_fit = fits[ref]
-        ref_scale = [ref_fit.transformed_columns.get(f) for f in ref_fit.feature_names]
-        truth_scale = [getattr(truth, "transform", {}).get(f"x{j}")
-                       for j in range(len(ref_scale))]
-        if truth_scale != ref_scale:
-            notes.append(
-                f"truth: the true parameters are on the scale of transform "
-                f"{_scale_words(truth_scale, ref_fit.feature_names)}, the reference fit's "
-                f"({ref}) on {_scale_words(ref_scale, ref_fit.feature_names)}; they are not "
-                "shown beside its estimates")
-        elif tp.means.shape == ref_fit.params.means.shape:
-            aligned, _ = align_to(tp, ref_fit.params)
-            truth_params = params_dataset(aligned, ref_fit.feature_names)
+    truth_params = _truth_params(truth, fits[ref], ref, notes)
     imputations, scores = _imputations(fits, compared, ref, truth, interval_prob)
     md = fits[ref].data
     if md.dropped:

@@ -76,6 +76,13 @@ def as_params(obj: Any, n_components: int | None = None, n_features: int | None 
         raise SpecError(f"{name}: weights should be positive and sum to 1")
     if not (np.isfinite(mu).all() and np.isfinite(cov).all()):
         raise SpecError(f"{name}: means and covariances should be finite")
+    gap = np.abs(cov - np.swapaxes(cov, -1, -2))
+    if gap.max(initial=0.0) > 1e-8 * np.abs(cov).max(initial=0.0):
+        # a Cholesky factorisation reads one triangle only: check the other agrees
+        j, a, b = np.unravel_index(int(np.argmax(gap)), gap.shape)
+        raise SpecError(
+            f"{name}: covariances should be symmetric, but component {j} has "
+            f"[{a}, {b}] = {cov[j, a, b]:.6g} and [{b}, {a}] = {cov[j, b, a]:.6g}")
     try:
         np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:

@@ -125,6 +125,18 @@ def test_low_mnar_rate_with_many_features_is_met(seed):
     assert abs(truth.mask.mean() - 0.1) < 4 * np.sqrt(0.1 * 0.9 / truth.mask.size)
 
 
+@pytest.mark.parametrize(("mechanism", "strength"), [("MNAR", 15.0), ("MNAR", 100.0),
+                                                     ("MAR", 100.0)])
+def test_steep_slopes_meet_the_rate(mechanism, strength):
+    """A steep slope needs an intercept beyond +-50 (scipy's brentq raised there): the
+    rate is met within 4 binomial se, and the mask still follows the values."""
+    data, truth = ppgmm.simulate(ppgmm.GMM(2), 2000, n_features=3, missing=0.2,
+                                 mechanism=mechanism, strength=strength, seed=0)
+    assert abs(truth.mask.mean() - 0.2) < 4 * np.sqrt(0.2 * 0.8 / truth.mask.size)
+    driver = truth.values[:, 1] if mechanism == "MNAR" else truth.values[:, 0]
+    assert np.corrcoef(truth.mask[:, 1], driver)[0, 1] > 0.3
+
+
 def test_rate_above_what_nonempty_rows_allow_is_refused():
     p = ppgmm.Params(np.array([1.0]), np.zeros((1, 2)), np.eye(2)[None])
     with pytest.raises(ppgmm.SpecError, match="at most 0.5 of the entries"):

@@ -139,6 +139,9 @@ def _good_init():
         ({"weights": np.array([1.2, -0.2])}, "weights should be positive and sum to 1"),
         ({"means": np.zeros((3, 2))}, "init parameters should have the shapes"),
         ({"covariances": np.stack([np.eye(2), -np.eye(2)])}, "symmetric positive definite"),
+        # positive definite by its lower triangle, which is all a Cholesky factor reads
+        ({"covariances": np.stack([np.eye(2), [[1.0, 0.0], [0.9, 1.0]]])},
+         r"component 1 has \[0, 1\] = 0 and \[1, 0\] = 0.9"),
     ],
 )
 def test_bad_init_parameters(x, change, match):

@@ -235,6 +235,22 @@ def mcse(values: Any) -> float:
     return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
 
 
+def stratified_mcse(values: Any, strata: Any) -> float:
+    """Monte Carlo standard error of the mean of replications pooled over strata whose
+    levels differ: the pooled within-stratum variance over n (deviations from each
+    stratum's own mean, n - S degrees of freedom), so a difference between strata is not
+    counted as noise."""
+    v = pd.Series(np.asarray(values, dtype=float))
+    key = pd.Series(list(strata))
+    ok = np.isfinite(v)
+    v, key = v[ok], key[ok]
+    dof = len(v) - key.nunique()
+    if dof < 1:
+        return np.nan
+    dev = v - v.groupby(key).transform("mean")
+    return float(np.sqrt((dev**2).sum() / dof / len(v)))
+
+
 # --------------------------------------------------------------------------- running
 
 

@@ -146,6 +146,24 @@ def test_ratio_table_is_the_geometric_mean_of_paired_ratios():
     assert r["mcse"] == pytest.approx(np.exp(lr.mean()) * lr.std(ddof=1) / np.sqrt(3))
 
 
+def test_ratio_mcse_measures_spread_within_cells():
+    """Two (K, D, N) cells at different levels: the spread is taken about each cell's
+    mean (pooled within-cell variance, n - 2 dof), not about the overall mean."""
+    rows, ratios = [], {(2, 200): [1.0, 2.0, 4.0], (3, 2000): [8.0, 16.0]}
+    for (k, n), rs in ratios.items():
+        for rep, ratio in enumerate(rs):
+            for meth, v in (("EM (MLE)", 1.0), ("peer", ratio)):
+                rows.append({"mechanism": "MCAR", "rate": 0.1, "K": k, "D": 2, "N": n,
+                             "rep": rep, "method": meth, "err_means": v, "note": ""})
+    r = sweep.ratio_table(pd.DataFrame(rows)).iloc[0]
+    a, b = np.log(ratios[2, 200]), np.log(ratios[3, 2000])
+    within = (((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / (5 - 2)
+    gm = np.exp(np.concatenate([a, b]).mean())
+    assert r["mcse"] == pytest.approx(gm * np.sqrt(within / 5), rel=1e-12)
+    pooled = np.concatenate([a, b]).std(ddof=1) / np.sqrt(5)
+    assert r["mcse"] < gm * pooled  # the level difference is not counted as noise
+
+
 def test_convergence_section_splits_the_error_by_flag():
     """By hand: NUTS fits with errors 1, 3 (converged) and 10, 20 (not): share 0.5, medians
     2 and 15; a peer (always 'converged') is left out."""

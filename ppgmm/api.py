@@ -40,13 +40,16 @@ def fit(spec: GMM, data: Any, *, backend: str = "em", seed: int | None = None,
     **options
         Backend options. With ``spec.transform``, every backend fits the transformed
         columns and the result is mapped back (:mod:`ppgmm.transforms`). EM: ``n_init``
-        (1), ``init`` ("kmeans++", "random" or parameters such as ``fit.point()``),
-        ``max_iter`` (1000), ``tol`` (1e-10, on the gain in the objective per row),
-        ``reg_covar`` (1e-6 for MLE, 0 under a prior),
+        (1), ``init`` ("auto": emEM, short EM runs from several k-POD starts on a
+        subsample, the best one continued; "kpod", "kmeans++", "random", or parameters such
+        as ``fit.point()``), ``max_iter`` (1000), ``tol`` (1e-10, on the gain in the
+        objective per row), ``reg_covar`` (1e-6 for MLE, 0 under a prior),
         ``uncertainty`` (None or "bootstrap"), ``n_bootstrap`` (200),
-        ``imputation_draws`` (20), ``stop`` ("gain": stop once a step gains less than
-        ``tol``; "sklearn": scikit-learn's rule, one M-step later). See the ADVI and NUTS
-        backends for theirs.
+        ``imputation_draws`` (None: 20 stored predictive draws, or none when that would
+        exceed a million numbers; they are then drawn on request), ``stop`` ("gain": stop
+        once a step gains less than ``tol``; "sklearn": scikit-learn's rule, one M-step
+        later), ``accelerate`` (True: SQUAREM steps, with ``stop="gain"``). See the ADVI and
+        NUTS backends for theirs.
 
     Returns
     -------

@@ -195,9 +195,12 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
             hint = " (decimal commas? use --decimal ,)"
         elif len(text):
             odd = text[pd.to_numeric(text, errors="coerce").isna()]
-            if len(odd):
+            marker = len(odd) < len(text) and odd.str.strip().nunique() == 1
+            if marker:  # numbers and one other token: likely a code for missing
                 hint = (f" (e.g. {odd.iloc[0]!r}; if that marks a missing value, use "
                         f"--na-values {odd.iloc[0].strip()!r})")
+            elif len(odd):
+                hint = f" (they hold text, e.g. {odd.iloc[0]!r})"
         raise UsageError(
             f"column(s) {bad} of {path} are not numeric{hint}; choose numeric columns with "
             "--columns A,B,..."

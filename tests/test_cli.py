@@ -99,7 +99,8 @@ def test_compare_and_report_commands_agree(files, tmp_path, capsys):
 
 BAD = [
     (["fit", "{d}/nope.csv", "-k", "2", "--out", "{t}/f.nc"], "no such file"),
-    (["fit", "{d}/text.csv", "-k", "2", "--out", "{t}/f.nc"], "not numeric"),
+    (["fit", "{d}/text.csv", "-k", "2", "--out", "{t}/f.nc"],
+     "text.csv are not numeric (they hold text, e.g. 'x')"),
     (["fit", "{d}/data.csv", "-k", "0", "--out", "{t}/f.nc"], "positive integer"),
     (["fit", "{d}/data.csv", "-k", "two", "--out", "{t}/f.nc"], "positive integer"),
     (["fit", "{d}/data.csv", "-k", "500", "--out", "{t}/f.nc"], "at least n_components=500"),

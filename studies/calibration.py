@@ -203,10 +203,22 @@ def sbc_tests(df: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _n_distinct(tests: pd.DataFrame) -> int:
+    """The most quantities tested for one method, mirrored ones counted once."""
+    kept = tests[~tests["quantity"].isin(MIRRORED)].dropna(subset=["chi2_p"])
+    return int(kept.groupby("method").size().max()) if len(kept) else 0
+
+
+#: a quantity whose ranks mirror another's (with K = 2, w[2] = 1 - w[1]): one test, not two
+MIRRORED = ("w[2]",)
+
+
 def _family_p(tests: pd.DataFrame) -> pd.Series:
     """Per method, the Bonferroni p-value of "every quantity's ranks are uniform": the
-    smallest p-value times the number of quantities tested, at most 1."""
-    g = tests.dropna(subset=["chi2_p"]).groupby("method")["chi2_p"]
+    smallest p-value times the number of distinct quantities tested (:data:`MIRRORED` left
+    out), at most 1."""
+    kept = tests[~tests["quantity"].isin(MIRRORED)].dropna(subset=["chi2_p"])
+    g = kept.groupby("method")["chi2_p"]
     return (g.min() * g.size()).clip(upper=1.0)
 
 
@@ -340,10 +352,11 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
                   "Chi-square p-values of the ranks (10 bins, fewer below 40 replications: "
                   "at least 4 expected per bin; none below 8); small p = not uniform = "
                   f"miscalibrated. Replications: {n}.", "", common.md_table(wide), "",
-                  f"With {wide.shape[0]} quantities per method, a calibrated method's smallest "
-                  f"p-value falls below 0.05 in up to {1 - 0.95 ** wide.shape[0]:.0%} of "
-                  "studies; the family-wise (Bonferroni) p-value, the smallest p times the "
-                  "number of quantities, is what to hold against 0.05: "
+                  f"With {_n_distinct(tests)} distinct quantities per method (w[2] = 1 - w[1] "
+                  "ranks as its mirror image), a calibrated method's smallest p-value falls "
+                  f"below 0.05 in up to {1 - 0.95 ** _n_distinct(tests):.0%} of studies; the "
+                  "family-wise (Bonferroni) p-value, the smallest p times that number, is what "
+                  "to hold against 0.05: "
                   + "; ".join(f"{m} {p:.2g}" for m, p in _family_p(tests).items()) + ".", ""]
         fig = _rank_figure(df, out)
         if fig:
@@ -393,6 +406,6 @@ def headline(df: pd.DataFrame, meta: dict) -> str:
     tests = sbc_tests(df)
     if not tests.empty:
         parts.append("SBC rank uniformity, family-wise (Bonferroni) p-value over "
-                     f"{tests.groupby('method').size().max()} quantities; small = miscalibrated: "
+                     f"{_n_distinct(tests)} distinct quantities; small = miscalibrated: "
                      + "; ".join(f"{m} {p:.2g}" for m, p in _family_p(tests).items()) + ".")
     return "\n\n".join(parts) or "No results."

@@ -457,3 +457,11 @@ def test_only_repeated_key_keeps_both_values_and_unknown_key_is_an_error(tmp_pat
         runner.main(["sweep", "--only", "k=2", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="KEY=V1,V2"):
         runner.main(["sweep", "--only", "K", "--out", str(tmp_path)])
+
+
+def test_family_wise_p_counts_mirrored_weights_once():
+    """With K = 2, w[2] = 1 - w[1] ranks as w[1]'s mirror (the same chi-square p): the
+    Bonferroni factor counts the two once."""
+    tests = pd.DataFrame({"method": ["NUTS"] * 3, "quantity": ["w[1]", "w[2]", "mu[1,0]"],
+                          "chi2_p": [0.01, 0.01, 0.4]})
+    assert calibration._family_p(tests)["NUTS"] == pytest.approx(0.02, rel=1e-12)

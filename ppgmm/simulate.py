@@ -41,7 +41,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import expit
 
-from .checks import check_seed
+from .checks import check_number, check_seed
 from .exceptions import SpecError
 from .numerics.em import constrain_covariance
 from .spec import GMM, Params, as_params
@@ -141,6 +141,7 @@ def simulate(
     missing: float = 0.2,
     mechanism: str = "MCAR",
     strength: float = 2.0,
+    separation: float = 3.0,
     seed: int | None = 0,
 ) -> tuple[np.ndarray, Truth]:
     """Draw ``n`` rows from a Gaussian mixture and mask entries.
@@ -161,6 +162,9 @@ def simulate(
     mechanism : {"MCAR", "MAR", "MNAR"}, default "MCAR"
     strength : float, default 2.0
         Slope of the logistic missingness model for MAR and MNAR.
+    separation : float, default 3.0
+        With a spec: the sd of the drawn means, in units of the components' typical sd
+        (:func:`random_params`); larger gives better separated components.
     seed : int, optional
 
     Returns
@@ -177,7 +181,8 @@ def simulate(
         raise SpecError(f"n should be a positive integer, but got {n!r}")
     rng = np.random.default_rng(check_seed(seed))
     if isinstance(spec_or_params, GMM):
-        params = random_params(spec_or_params, n_features, rng)
+        params = random_params(spec_or_params, n_features, rng,
+                               check_number("separation", separation))
     else:
         params = as_params(spec_or_params)
     w, mu, cov = params

@@ -215,3 +215,15 @@ def test_mar_single_gaussian_is_consistent_where_complete_cases_are_biased():
     se = np.sqrt(1.0 / n) * 2  # at most twice the complete-data SE with 60% of x1 missing
     assert abs(fit.params.means[0, 1] - 1.0) < 4 * se
     assert abs(np.nanmean(data[:, 1]) - 1.0) > 20 * se
+
+
+def test_separation_scales_the_drawn_means():
+    """means ~ N(0, separation^2 I): the same seed at twice the separation gives twice the
+    means and the same weights and covariances."""
+    _, a = ppgmm.simulate(ppgmm.GMM(3), 50, n_features=2, seed=4)
+    _, b = ppgmm.simulate(ppgmm.GMM(3), 50, n_features=2, seed=4, separation=6.0)
+    np.testing.assert_allclose(b.params.means, 2 * a.params.means, rtol=1e-14)
+    np.testing.assert_array_equal(b.params.weights, a.params.weights)
+    np.testing.assert_array_equal(b.params.covariances, a.params.covariances)
+    with pytest.raises(ppgmm.SpecError, match="separation should be a non-negative number"):
+        ppgmm.simulate(ppgmm.GMM(3), 50, separation=-1.0)

@@ -102,6 +102,26 @@ def test_converged_parameters_match_sklearn(covariance_type):
     assert fit.loglik == pytest.approx(sk.score(x) * len(x), rel=1e-10)
 
 
+def test_iris_vvv_three_components_reaches_mclust_published_optimum():
+    """Fisher's iris, K=3 full covariances, MLE, default options: mclust's published fit
+    (Scrucca et al. 2016, summary(Mclust(iris[, -5], G = 3, modelNames = "VVV"))) has
+    log-likelihood -180.1858, df 44, BIC -580.8399 (mclust's sign). mclust stops at a
+    relative tolerance of 1e-5, so the optimum is at most a little above its figure."""
+    from sklearn.datasets import load_iris
+
+    x = load_iris().data
+    fit = ppgmm.fit(ppgmm.GMM(3, prior=None), x, seed=0)
+    assert fit.converged
+    assert -180.1858 - 5e-5 <= fit.loglik <= -180.1858 + 1e-3
+    assert fit.spec.n_parameters(4) == 44
+    assert fit.bic() == pytest.approx(-2 * fit.loglik + 44 * np.log(150), rel=1e-12)
+    assert 580.8399 - 2e-3 <= fit.bic() <= 580.8399 + 1e-4
+    # scikit-learn from several starts finds the same optimum
+    sk = GaussianMixture(3, covariance_type="full", n_init=3, tol=1e-8, max_iter=2000,
+                         reg_covar=1e-6, random_state=0).fit(x)
+    assert fit.loglik == pytest.approx(sk.score(x) * len(x), abs=1e-3)
+
+
 # --------------------------------------------------------------------------- log-likelihood
 
 

@@ -380,13 +380,15 @@ def _em_in_hdi(params: xr.Dataset, fits: dict[str, Fit], ref: str, include_uncon
     labels = [str(b) for b in params["backend"].values
               if include_unconverged or fits[str(b)].converged]
     em = sorted((b for b in labels if kind(fits[b].backend) == "optimum"), key=lambda b: b != ref)
+    if not em:
+        return xr.Dataset()
     others = [
         b for b in labels
         if kind(fits[b].backend) != "optimum" and bool(np.isfinite(params["weights"].sel(
             backend=b, stat="hdi_lower")).all())
-        and em and fits[b].transformed_columns == fits[em[0]].transformed_columns
+        and fits[b].transformed_columns == fits[em[0]].transformed_columns
     ]
-    if not em or not others:
+    if not others:
         return xr.Dataset()
     est = params.sel(backend=em[0], stat="point", drop=True)
     sub = params.sel(backend=others)

@@ -689,7 +689,7 @@ def prepare(
     if feature_names is not None:
         cols = match_features(feats, values.shape[1], kind != "ndarray", feature_names,
                               fitted_by)
-        if cols is not None:
+        if cols is not None and cols != list(range(values.shape[1])):  # else: no copy
             values = values[:, cols]
             labels = labels and tuple(labels[c] for c in cols)
         feats = list(feature_names)

@@ -549,9 +549,8 @@ class Fit:
         Returns
         -------
         Same type as the input (ndarray, DataFrame, DataArray or Dataset), or a list of
-        them. For
-        dask data and chunked fits: lazy, of the input's dask type, computed chunk by chunk
-        when read or written; draws are made on request at :meth:`point` (chunk ``c``
+        them. For dask data and chunked fits: lazy, of the input's dask type, computed chunk
+        by chunk when read or written; draws are made on request at :meth:`point` (chunk ``c``
         seeded by ``[seed, c, i]`` for draw ``i``).
         """
         seed = check_seed(seed)

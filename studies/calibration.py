@@ -203,22 +203,25 @@ def sbc_tests(df: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _n_distinct(tests: pd.DataFrame) -> int:
-    """The most quantities tested for one method, mirrored ones counted once."""
-    kept = tests[~tests["quantity"].isin(MIRRORED)].dropna(subset=["chi2_p"])
-    return int(kept.groupby("method").size().max()) if len(kept) else 0
-
-
 #: a quantity whose ranks mirror another's (with K = 2, w[2] = 1 - w[1]): one test, not two
 MIRRORED = ("w[2]",)
 
 
+def _distinct(tests: pd.DataFrame) -> pd.DataFrame:
+    """The tests that ran, :data:`MIRRORED` quantities left out."""
+    return tests[~tests["quantity"].isin(MIRRORED)].dropna(subset=["chi2_p"])
+
+
+def _n_distinct(tests: pd.DataFrame) -> int:
+    """The most quantities tested for one method, mirrored ones counted once."""
+    kept = _distinct(tests)
+    return int(kept.groupby("method").size().max()) if len(kept) else 0
+
+
 def _family_p(tests: pd.DataFrame) -> pd.Series:
     """Per method, the Bonferroni p-value of "every quantity's ranks are uniform": the
-    smallest p-value times the number of distinct quantities tested (:data:`MIRRORED` left
-    out), at most 1."""
-    kept = tests[~tests["quantity"].isin(MIRRORED)].dropna(subset=["chi2_p"])
-    g = kept.groupby("method")["chi2_p"]
+    smallest p-value times the number of distinct quantities tested, at most 1."""
+    g = _distinct(tests).groupby("method")["chi2_p"]
     return (g.min() * g.size()).clip(upper=1.0)
 
 
@@ -348,13 +351,14 @@ def render(df: pd.DataFrame, meta: dict, out: Path) -> str:
         wide = tests.pivot_table(index="quantity", columns="method", values="chi2_p").reset_index()
         wide.columns.name = None
         n = tests.groupby("method")["replications"].max().to_dict()
+        m = _n_distinct(tests)
         lines += ["## SBC rank uniformity", "",
                   "Chi-square p-values of the ranks (10 bins, fewer below 40 replications: "
                   "at least 4 expected per bin; none below 8); small p = not uniform = "
                   f"miscalibrated. Replications: {n}.", "", common.md_table(wide), "",
-                  f"With {_n_distinct(tests)} distinct quantities per method (w[2] = 1 - w[1] "
+                  f"With {m} distinct quantities per method (w[2] = 1 - w[1] "
                   "ranks as its mirror image), a calibrated method's smallest p-value falls "
-                  f"below 0.05 in up to {1 - 0.95 ** _n_distinct(tests):.0%} of studies; the "
+                  f"below 0.05 in up to {1 - 0.95 ** m:.0%} of studies; the "
                   "family-wise (Bonferroni) p-value, the smallest p times that number, is what "
                   "to hold against 0.05: "
                   + "; ".join(f"{m} {p:.2g}" for m, p in _family_p(tests).items()) + ".", ""]

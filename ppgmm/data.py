@@ -269,6 +269,10 @@ _BOOL_ADVICE = (
     "A Gaussian mixture is not a model of true/false values: drop such columns, or convert "
     "them with x.astype(float) if 0 and 1 are meant as numbers"
 )
+_OTHER_ADVICE = (
+    "Drop such columns (e.g. df.select_dtypes('number')), or encode them as numbers first "
+    "if that is meant (e.g. dates as days since a start)"
+)
 _RESHAPE = (
     "Reshape your data with x.reshape(-1, 1) if it has a single feature, or x.reshape(1, -1) if "
     "it is a single row"
@@ -276,7 +280,8 @@ _RESHAPE = (
 
 
 def _not_numeric(names: list, why: str) -> DataTypeError:
-    advice = (_BOOL_ADVICE if why == "booleans" else _TEXT_ADVICE)
+    advice = (_BOOL_ADVICE if why == "booleans" else
+              _OTHER_ADVICE if why.startswith("dtype ") else _TEXT_ADVICE)
     return DataTypeError(
         f"column(s) {names} are not numeric ({why}); ppgmm models numeric features only. "
         f"{advice}."

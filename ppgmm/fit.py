@@ -540,9 +540,10 @@ class Fit:
             :mod:`ppgmm.transforms`). An integer m gives a list of m
             completed data sets for multiple imputation: for the fitted data, m of the
             stored predictive draws ``x_missing`` (spread evenly over chains and draws,
-            so a Bayesian or bootstrap fit carries parameter uncertainty); for new data,
-            or an EM fit that stored none, draws from the predictive distribution at
-            :meth:`point`.
+            so a Bayesian or bootstrap fit carries parameter uncertainty; asking for more
+            than were stored is an error there); for new data, or an EM point fit asked
+            for more than it stored, m draws from the predictive distribution at
+            :meth:`point`, seeded by ``seed``.
         seed : int, optional
             Seed for draws computed on demand.
 
@@ -572,12 +573,16 @@ class Fit:
             return self._fill(md, mean)
         if fitted and draws is not None:
             stored = _stack(self.idata.posterior_predictive["x_missing"])
-            # a point estimate (EM) that stored no draws draws them on demand
-            on_demand = "estimate" in self.idata.groups() and len(stored) == 0
+            # a point estimate (EM without bootstrap) asked for more draws than it stored
+            # makes all of them on demand at the estimate, as for new data
+            point = ("estimate" in self.idata.groups()
+                     and self.attrs.get("uncertainty", "none") == "none")
+            on_demand = point and draws > len(stored)
             if not on_demand and draws > len(stored):  # draws >= 1: checked above
                 raise ValueError(
                     f"draws should be an integer between 1 and the {len(stored)} stored "
-                    f"predictive draws, but got {draws!r}; refit with more imputation_draws"
+                    f"predictive draws, but got {draws!r}; they carry parameter uncertainty "
+                    "(posterior or bootstrap draws), so more need a refit with more draws"
                 )
             if not on_demand:
                 pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)

@@ -350,6 +350,29 @@ def test_unbounded_likelihood_is_named_in_the_convergence_warning():
     assert "collapsing" not in str(rec[0].message)
 
 
+def test_converged_degenerate_mle_is_named():
+    """A component on one value of a column converges, held up only by reg_covar. The
+    likelihood is unbounded there: with reg_covar 1000 times smaller the log-likelihood
+    grows by about n_k log(1000) / 2 (the component's rows gain that much density), so the
+    value reported is reg_covar's, and the warning says so and names the column."""
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(size=(200, 2)), np.c_[np.full(30, 3.0), rng.normal(size=30)]]
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[np.isnan(x).all(axis=1), 1] = 0.5
+    spec = ppgmm.GMM(2, prior=None)
+    with pytest.warns(UserWarning, match=r"component\(s\) 1 \(along 'x0'\) collapsed") as rec:
+        fit = ppgmm.fit(spec, x, seed=0)
+    assert fit.converged and "reg_covar=1e-06" in str(rec[0].message)
+    assert "collapsed" in fit.attrs["warnings"]
+    with pytest.warns(UserWarning, match="collapsed"):
+        finer = ppgmm.fit(spec, x, seed=0, reg_covar=1e-9)
+    n_k = np.sum(x[:, 0] == 3.0)
+    assert finer.loglik - fit.loglik == pytest.approx(n_k * np.log(1e3) / 2, rel=0.02)
+    with warnings.catch_warnings():  # the prior keeps the component proper: no warning
+        warnings.simplefilter("error")
+        ppgmm.fit(ppgmm.GMM(2), x, seed=0)
+
+
 def test_sklearn_stop_rule_takes_one_more_step_with_missing_data():
     """stop="sklearn" stops one M-step after the first small gain, in the same trajectory;
     stop="gain" also waits for the parameters to settle, so it stops no earlier than that."""
@@ -392,7 +415,8 @@ def test_collapsing_component_gives_helpful_error_then_reg_covar_fixes_it():
             with pytest.warns(UserWarning, match="4 distinct rows, fewer than the 12"):
                 ppgmm.fit(spec, x, init=init, reg_covar=0.0, max_iter=50)
     with pytest.warns(UserWarning, match="distinct rows"):  # degenerate, as the warning says
-        fit = ppgmm.fit(spec, x, init=init, reg_covar=1e-3, max_iter=50)
+        with pytest.warns(UserWarning, match="collapsed"):
+            fit = ppgmm.fit(spec, x, init=init, reg_covar=1e-3, max_iter=50)
     assert np.isfinite(fit.loglik)
 
 

@@ -235,8 +235,11 @@ def test_multiple_imputation(fit, data):
         assert_array_equal(s.to_numpy()[obs], xm[obs])
         assert not s.isna().any().any()
     assert not np.allclose(sets[0].to_numpy(), sets[1].to_numpy())
-    with pytest.raises(ValueError, match="between 1 and the 7 stored"):
-        fit.impute(draws=8)
+    # more than the 7 stored: all 8 drawn at the estimate, as for new data with that seed
+    more = fit.impute(draws=8, seed=1)
+    for a, b in zip(more, fit.impute(df, draws=8, seed=1), strict=True):
+        assert_array_equal(a.to_numpy(), b.to_numpy())
+    assert not np.allclose(more[0].to_numpy(), sets[0].to_numpy())
 
 
 def test_predictive_draws_have_the_conditional_moments():

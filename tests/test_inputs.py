@@ -139,7 +139,9 @@ def test_one_component_on_too_few_distinct_rows_warns(rng):
     up by reg_covar alone), so K=1 warns too."""
     x = np.repeat(rng.normal(size=(2, 3)), 25, axis=0)
     with pytest.warns(UserWarning, match="2 distinct rows, fewer than the 4 that one component"):
-        ppgmm.fit(ppgmm.GMM(1, prior=None), x, seed=0)
+        with pytest.warns(UserWarning, match=r"component\(s\) 0 .* collapsed") as rec:
+            ppgmm.fit(ppgmm.GMM(1, prior=None), x, seed=0)
+    assert "fewer components" not in str(rec[-1].message)
 
 
 def test_column_observed_in_few_rows_warns(x):
@@ -223,6 +225,15 @@ def test_other_non_numeric_columns_are_named(column, why):
         prepare(df)
 
 
+@pytest.mark.parametrize("column", [pd.Categorical(["a", "b", "a"]),
+                                    pd.date_range("2020", periods=3)])
+def test_category_and_date_columns_are_not_told_about_text(column):
+    df = pd.DataFrame({"ok": [1.0, 2.0, 3.0], "bad": column})
+    with pytest.raises(ppgmm.DataError, match="Drop such columns") as err:
+        prepare(df)
+    assert "text" not in str(err.value)
+
+
 def test_boolean_columns_get_advice_about_booleans():
     with pytest.raises(ppgmm.DataError, match=r"not a model of true/false.*astype\(float\)"):
         prepare(np.array([[True, False], [False, True]]))
@@ -235,8 +246,10 @@ def test_options_that_would_be_ignored_or_out_of_range_say_so(x):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="draws should be None or a positive integer"):
             fit.impute(draws=bad)
-    with pytest.raises(ValueError, match="refit with more imputation_draws"):
-        fit.impute(draws=10_000)
+    xm = _nan(x, np.random.default_rng(1))
+    boot = ppgmm.fit(ppgmm.GMM(2), xm, seed=0, uncertainty="bootstrap", n_bootstrap=2)
+    with pytest.raises(ValueError, match="between 1 and the 2 stored.*parameter uncertainty"):
+        boot.impute(draws=3)
 
 
 def test_draws_of_data_with_nothing_missing_are_the_data(rng):

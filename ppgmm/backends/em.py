@@ -179,13 +179,17 @@ def fit_em(
             best = run
     assert best is not None
     result = EMResult(best.params, best, prior, reg, n_init)
+    idx, low = (collapsing_components(best.params.covariances, md.var)
+                if prior is None else ((), ()))
+    if best.converged and len(idx):
+        result.messages.append(_degenerate_message(best.params, md, idx, low, reg))
+        if warn:
+            warnings.warn(result.messages[-1], UserWarning, stacklevel=4)
     if not best.converged:
         gain = (
             f"last per-row gain {(best.objective[-1] - best.objective[-2]) / md.n:.3g}, not "
             f"below tol={tol:g}" if best.n_iter else "no iteration was run"
         )
-        idx, low = (collapsing_components(best.params.covariances, md.var)
-                    if prior is None else ((), ()))
         if len(idx):  # an unbounded likelihood: more iterations only shrink the component
             why = (
                 f"component(s) {', '.join(map(str, idx))} are collapsing (smallest covariance "
@@ -206,6 +210,25 @@ def fit_em(
         result.draws = _bootstrap(spec, md, result, rng, n_bootstrap, max_iter, tol,
                                   bool(accelerate) and stop == "gain")
     return result
+
+
+def _degenerate_message(params: Params, md: MissingData, idx: np.ndarray, low: np.ndarray,
+                        reg: float) -> str:
+    """Why a converged MLE with a collapsing component is not a proper maximum."""
+    s = np.sqrt(np.where(md.var > 0, md.var, 1.0))
+    where = []
+    for k in idx:  # the feature that dominates the component's thinnest direction
+        _, vec = np.linalg.eigh(params.covariances[k] / np.outer(s, s))
+        where.append(f"{k} (along {md.feature_names[int(np.abs(vec[:, 0]).argmax())]!r})")
+    return (
+        f"EM converged, but component(s) {', '.join(where)} collapsed: the smallest "
+        f"covariance eigenvalue is {min(low):.2g} of the features' variances, held up only by "
+        f"reg_covar={reg:g}. The likelihood is unbounded there, so this is a degenerate "
+        "maximum (often rows sharing one value of a discrete column) and its log-likelihood "
+        "and BIC reflect reg_covar. Use the prior (prior='default'), "
+        + ("fewer components, " if len(params.weights) > 1 else "")
+        + "or leave out such columns."
+    )
 
 
 def _bootstrap(spec: GMM, md: MissingData, main: EMResult, rng: np.random.Generator, b: int,

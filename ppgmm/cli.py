@@ -149,6 +149,12 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
             sep = csv.Sniffer().sniff(sample, delimiters=delimiters).delimiter
         except csv.Error:  # e.g. one column: nothing to sniff
             sep = ";" if decimal == "," and ";" in sample else ","
+        if decimal == "," and sep == "," and "," in sample.partition("\n")[0]:
+            raise UsageError(
+                f"--decimal , reads decimal commas, so {path} should separate its columns by "
+                "semicolons, tabs or bars, but it uses commas; numbers with commas inside "
+                "quotes there (e.g. \"1,234\") are ambiguous: write them without separators"
+            )
         header = next(csv.reader(io.StringIO(sample), delimiter=sep), [])
         names = [h.strip() for h in header]
         dup = sorted({h for h in names if names.count(h) > 1 and h})
@@ -189,12 +195,21 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
         hint = ""
         texts = [c for c, t in df[bad].dtypes.items() if not pd.api.types.is_bool_dtype(t)]
         text = df[texts].astype(str).stack()
+        odd = text[pd.to_numeric(text, errors="coerce").isna()] if len(text) else text
+        # numbers written with separators: digits, commas and points
+        grouped = odd[odd.str.fullmatch(r"\s*[-+]?\d[\d.,]*\s*")] if len(odd) else odd
         if len(texts) < len(bad):
             hint = " (true/false values)"
-        elif decimal == "." and text.str.fullmatch(r"\s*-?\d+,\d+\s*").any():
-            hint = " (decimal commas? use --decimal ,)"
+        elif len(grouped):
+            first = grouped.iloc[0]
+            if decimal == "." and sep != "," and grouped.str.fullmatch(r"\s*-?\d+,\d+\s*").all():
+                hint = " (decimal commas? use --decimal ,)"
+            else:
+                hint = (f" (numbers with separators, e.g. {first!r}: ppgmm reads plain numbers, "
+                        "so write them without thousands separators"
+                        + (", and use --decimal , for decimal commas" if decimal == "."
+                           and sep != "," else "") + ")")
         elif len(text):
-            odd = text[pd.to_numeric(text, errors="coerce").isna()]
             marker = len(odd) < len(text) and odd.str.strip().nunique() == 1
             if marker:  # numbers and one other token: likely a code for missing
                 hint = (f" (e.g. {odd.iloc[0]!r}; if that marks a missing value, use "
@@ -220,10 +235,23 @@ def _check_out(path: str | None) -> None:
             raise UsageError(str(err)) from None
 
 
+def _make_folder(path: str, option: str) -> None:
+    """Create the output folder ``path`` (and its parents), or fail before any fitting."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {path!r} exists and is not a folder; give a folder name")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{option} {path!r}: cannot create the folder ({err.strerror})") from None
+
+
 def _options_help() -> str:
     from .backends import BACKENDS, backend_options
 
-    return "; ".join(f"{b}: {', '.join(sorted(backend_options(b)))}" for b in BACKENDS)
+    # options that take Python objects are left out: reference (compare sets it), engine_kwargs
+    python_only = {"reference", "engine_kwargs"}
+    return "; ".join(f"{b}: {', '.join(sorted(backend_options(b) - python_only))}"
+                     for b in BACKENDS)
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -311,7 +339,7 @@ def _cmd_demo(args) -> int:
     import ppgmm
     from ppgmm.datasets import load_airquality
 
-    os.makedirs(args.out, exist_ok=True)
+    _make_folder(args.out, "--out")
     df = load_airquality()
     spec = ppgmm.GMM(n_components=2, covariance="full", prior="default")
     backends = list(DEMO_SETTINGS)
@@ -361,6 +389,8 @@ def _cmd_compare(args) -> int:
         )
     options = _split_options(args.option or [], backends)
     _check_out(args.report)
+    if args.save_fits:
+        _make_folder(args.save_fits, "--save-fits")
     df = _read_csv(args.data, args.columns, args.na_values, args.decimal)
     truth = None
     if args.truth:
@@ -374,8 +404,6 @@ def _cmd_compare(args) -> int:
         for b in backends:
             fits.append(_fit(spec, df, b, args.seed, options[b], reference=first))
             first = first or (fits[-1] if kind(b) == "optimum" else None)
-    if args.save_fits:
-        os.makedirs(args.save_fits, exist_ok=True)
     cmp = ppgmm.compare(fits, truth=truth)
     if args.save_fits:
         for label, f in cmp.fits.items():
@@ -455,14 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     def csv_args(q):
         q.add_argument("--na-values", metavar="TOKEN", action="append",
                        help="also read TOKEN as missing, e.g. --na-values ? (repeatable; empty "
-                            "cells and NA are always missing)")
+                            "cells, NA, NaN, N/A, null and None are always missing)")
         q.add_argument("--decimal", default=".", choices=[".", ","], metavar="{.|,}",
                        help="decimal separator (default .; with , columns are separated by "
                             "; or tabs)")
 
     d = sub.add_parser("demo", help="fit EM, ADVI and NUTS on airquality and write a report")
     d.add_argument("--out", default="ppgmm-demo", help="output folder (default ppgmm-demo)")
-    d.add_argument("--seed", type=_seed, default=0)
+    d.add_argument("--seed", type=_seed, default=0, help="seed of every random step (default 0)")
     strict_arg(d)
     d.set_defaults(run=_cmd_demo)
 
@@ -479,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(log: values > 0; logit: values in (0, 1)); imputations and "
                             "draws are mapped back inside the support (repeatable, or "
                             "comma-separated)")
-        q.add_argument("--seed", type=_seed, default=0)
+        q.add_argument("--seed", type=_seed, default=0,
+                       help="seed of every random step (default 0)")
         csv_args(q)
         strict_arg(q)
 
@@ -491,8 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backend", default="em", choices=list(BACKENDS))
     f.add_argument("-o", "--option", type=_option, action="append", metavar="KEY=VALUE",
                    help="backend option, e.g. -o n_init=5 (repeatable; values are read as "
-                        "JSON). Options: {backend_options}")
-    f.add_argument("--out", required=True, metavar="FIT.nc")
+                        "JSON, else as text). Options: {backend_options}")
+    f.add_argument("--out", required=True, metavar="FIT.nc",
+                   help="write the fit here (netCDF; read it back with ppgmm.load)")
     f.set_defaults(run=_cmd_fit)
 
     c = sub.add_parser("compare", help="fit several backends (and K) and compare them",
@@ -513,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="write a report from saved fits")
     r.add_argument("fits", nargs="+", metavar="FIT.nc")
-    r.add_argument("--out", required=True, metavar="report.html")
+    r.add_argument("--out", required=True, metavar="report.html",
+                   help="write the HTML report here")
     r.add_argument("--truth", metavar="TRUTH.csv",
                    help="the complete data, to score the imputations")
     csv_args(r)

@@ -634,16 +634,22 @@ class Fit:
         """Write every group to one Zarr store (format 2, a group per InferenceData group).
 
         Lazy groups of a chunked fit are computed and written chunk by chunk; read them
-        back with ``xarray.open_zarr(path, group=...)``.
+        back with ``xarray.open_zarr(path, group=...)``. The store is written beside
+        ``path`` and then renamed into place, so a failed write leaves an existing store as
+        it was; a ``path`` that exists and is not a Zarr store is refused.
         """
-        mode = "w"
-        for group in self.idata.groups():
-            ds = self.idata[group]
-            if self.chunked and "obs" in ds.dims:
-                # Zarr stores regular chunks: rows dropped per chunk left them uneven
-                ds = ds.chunk({"obs": max(ds["x"].chunksizes["obs"])})
-            ds.to_zarr(str(path), group=group, mode=mode, zarr_format=2)
-            mode = "a"
+        import zarr
+
+        from .io import atomic_store
+
+        with atomic_store(path) as tmp:
+            zarr.open_group(tmp, mode="w", zarr_format=2)  # the root group marks the store
+            for group in self.idata.groups():
+                ds = self.idata[group]
+                if self.chunked and "obs" in ds.dims:
+                    # Zarr stores regular chunks: rows dropped per chunk left them uneven
+                    ds = ds.chunk({"obs": max(ds["x"].chunksizes["obs"])})
+                ds.to_zarr(tmp, group=group, mode="a", zarr_format=2)
         return str(path)
 
     def to_datatree(self) -> xr.DataTree:

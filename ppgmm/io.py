@@ -3,17 +3,20 @@
 A write goes to a temporary file in the target's folder (same file system), is flushed
 to disk, then renamed over the target with :func:`os.replace`, which is atomic. An
 interrupted or failed write leaves the target as it was (absent, or the previous file)
-and removes the temporary file.
+and removes the temporary file; only a process killed outright (SIGKILL, power loss) can
+leave a hidden ``.NAME.*.tmp`` beside the target, which is safe to delete. Stores that are
+folders (Zarr) get the same guarantee from :func:`atomic_store`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["atomic_write", "check_writable"]
+__all__ = ["atomic_write", "atomic_store", "check_writable"]
 
 
 def check_writable(path: str | os.PathLike) -> str:
@@ -71,4 +74,37 @@ def atomic_write(path: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_store(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary folder next to ``path``; on success it replaces the store ``path``.
+
+    For stores that are folders (Zarr). The old store is renamed aside, the new one renamed
+    into place and the old one deleted, so ``path`` holds the old store or the new one,
+    never a mixture; a failed write deletes the temporary folder and leaves ``path`` as it
+    was. A missing parent folder, or a ``path`` that exists and is not a Zarr store (a file
+    or another folder), is refused before anything is written.
+    """
+    target = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(target)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {os.fspath(path)!r}: the folder {folder!r} "
+                                "does not exist")
+    if os.path.lexists(target) and not os.path.isfile(os.path.join(target, ".zgroup")):
+        raise FileExistsError(f"cannot write {os.fspath(path)!r}: it exists and is not a Zarr "
+                              "store; remove it or give another name")
+    tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        yield tmp
+        if os.path.lexists(target):
+            old = tmp + ".old"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -39,6 +39,8 @@ def files(tmp_path_factory):
     marked.to_csv(d / "marked.csv", index=False)
     pd.DataFrame(data, columns=cols).round(4).to_csv(d / "comma.csv", index=False, sep=";",
                                                       decimal=",")
+    (d / "thousands.csv").write_text('a,b\n"1,234",2\n3,4\n5,6\n7,9\n')
+    (d / "grouped.csv").write_text("a;b\n1.234,5;2\n3;4\n5;6\n7;9\n")
     pd.DataFrame(data, columns=cols).round(4).to_csv(d / "rounded.csv", index=False)
     pd.DataFrame(data, columns=cols).assign(flag=True).to_csv(d / "bool.csv", index=False)
     xr.Dataset({"a": ("x", np.arange(3.0))}).to_netcdf(d / "other.nc")
@@ -137,6 +139,16 @@ BAD = [
     (["fit", "{d}/marked.csv", "-k", "2", "--out", "{t}/f.nc"], "use --na-values '?'"),
     (["fit", "{d}/comma.csv", "-k", "2", "--out", "{t}/f.nc"], "use --decimal ,"),
     (["fit", "{d}/bool.csv", "-k", "2", "--out", "{t}/f.nc"], "['flag'] of"),
+    # a thousands separator is not a decimal comma: never read "1,234" as 1.234
+    (["fit", "{d}/thousands.csv", "-k", "1", "--out", "{t}/f.nc"],
+     "e.g. '1,234': ppgmm reads plain numbers, so write them without thousands separators)"),
+    (["fit", "{d}/thousands.csv", "-k", "1", "--out", "{t}/f.nc", "--decimal", ","],
+     "should separate its columns by semicolons, tabs or bars, but it uses commas"),
+    (["fit", "{d}/grouped.csv", "-k", "1", "--out", "{t}/f.nc", "--decimal", ","],
+     "e.g. '1.234,5'"),
+    (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "--save-fits",
+      "{d}/data.csv"], "--save-fits '"),
+    (["demo", "--out", "{d}/data.csv"], "exists and is not a folder"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--prior", "mclust"],
      "invalid choice"),
     (["frobnicate"], "invalid choice"),

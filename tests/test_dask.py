@@ -356,3 +356,42 @@ def test_in_memory_path_does_not_load_dask():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["[]", "[]"]
+
+
+def test_zarr_store_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Saving over a store replaces it: no group of the old fit survives beside the new one
+    (xarray appends groups into an existing store). A write that fails midway leaves the
+    old store readable as it was and no temporary folder; a path that is not a store is
+    refused."""
+    x, _, _ = mixture(seed=3, n=120, d=2, k=2)
+    x = mcar(x, 0.2, seed=4)
+    two = ppgmm.fit(ppgmm.GMM(2), x, seed=0)
+    three = ppgmm.fit(ppgmm.GMM(3), x, seed=0, imputation_draws=3)
+    store = str(tmp_path / "fit.zarr")
+    two.to_zarr(store)
+    three.to_zarr(store)
+    for group in three.idata.groups():
+        xr.testing.assert_identical(xr.open_zarr(store, group=group).load(),
+                                    three.idata[group])
+
+    calls = []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return original(self, *args, **kwargs)
+
+    original = xr.Dataset.to_zarr
+    monkeypatch.setattr(xr.Dataset, "to_zarr", failing)
+    with pytest.raises(OSError, match="disk full"):
+        two.to_zarr(store)
+    monkeypatch.undo()
+    assert xr.open_zarr(store, group="estimate").sizes["component"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.zarr"]
+    (tmp_path / "notes.txt").write_text("keep")
+    for bad, why in ((tmp_path / "notes.txt", "not a Zarr store"),
+                     (tmp_path / "none" / "f.zarr", "does not exist")):
+        with pytest.raises(OSError, match=why):
+            two.to_zarr(str(bad))
+    assert (tmp_path / "notes.txt").read_text() == "keep"

@@ -458,10 +458,12 @@ def prepare_chunked(data: Any, *, n_components: int | None = None, persist: Any 
     dropped_local = [s.empty for s in summaries]
     dropped = np.concatenate([o + e for o, e in zip(offsets[:-1], dropped_local, strict=True)])
     dropped = dropped.astype(int)
+    if drop_empty and len(dropped) == n_in:
+        raise DataError(f"all {n_in} rows are empty: the data hold no observed value")
     if len(dropped):
         warnings.warn(
             f"dropped {len(dropped)} of {n_in} rows with no observed entry: they "
-            "carry no information about the mixture.",
+            "carry no information about the mixture (a dask fit's outputs skip them).",
             UserWarning,
             stacklevel=4,
         )

@@ -12,14 +12,17 @@ Exit status: 0 success, 2 user error, 3 (``--strict`` only) a fit did not conver
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from .io import check_writable
@@ -192,37 +195,38 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
     bad = [str(c) for c, t in df.dtypes.items()
            if not pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t)]
     if bad:
-        hint = ""
-        texts = [c for c, t in df[bad].dtypes.items() if not pd.api.types.is_bool_dtype(t)]
-        text = df[texts].astype(str).stack()
-        odd = text[pd.to_numeric(text, errors="coerce").isna()] if len(text) else text
-        # numbers written with separators: digits, commas and points
-        grouped = odd[odd.str.fullmatch(r"\s*[-+]?\d[\d.,]*\s*")] if len(odd) else odd
-        if len(texts) < len(bad):
-            hint = " (true/false values)"
-        elif len(grouped):
-            first = grouped.iloc[0]
-            if decimal == "." and sep != "," and grouped.str.fullmatch(r"\s*-?\d+,\d+\s*").all():
-                hint = " (decimal commas? use --decimal ,)"
-            else:
-                hint = (f" (numbers with separators, e.g. {first!r}: ppgmm reads plain numbers, "
-                        "so write them without thousands separators"
-                        + (", and use --decimal , for decimal commas" if decimal == "."
-                           and sep != "," else "") + ")")
-        elif len(text):
-            marker = len(odd) < len(text) and odd.str.strip().nunique() == 1
-            if marker:  # numbers and one other token: likely a code for missing
-                hint = (f" (e.g. {odd.iloc[0]!r}; if that marks a missing value, use "
-                        f"--na-values {odd.iloc[0].strip()!r})")
-            elif len(odd):
-                hint = f" (they hold text, e.g. {odd.iloc[0]!r})"
         raise UsageError(
-            f"column(s) {bad} of {path} are not numeric{hint}; choose numeric columns with "
-            "--columns A,B,..."
+            f"column(s) {bad} of {path} are not numeric{_not_numeric_hint(df[bad], decimal, sep)}"
+            "; choose numeric columns with --columns A,B,..."
         )
     if df.shape[1] == 0:
         raise UsageError(f"{path} has no columns")
     return df
+
+
+def _not_numeric_hint(df: Any, decimal: str, sep: str) -> str:
+    """What the cells of non-numeric columns look like, and the option that reads them."""
+    import pandas as pd
+
+    texts = [c for c, t in df.dtypes.items() if not pd.api.types.is_bool_dtype(t)]
+    if len(texts) < df.shape[1]:
+        return " (true/false values)"
+    text = df[texts].astype(str).stack()
+    odd = text[pd.to_numeric(text, errors="coerce").isna()] if len(text) else text
+    # numbers written with separators: digits, commas and points
+    grouped = odd[odd.str.fullmatch(r"\s*[-+]?\d[\d.,]*\s*")] if len(odd) else odd
+    if len(grouped):
+        if decimal == "." and sep != "," and grouped.str.fullmatch(r"\s*-?\d+,\d+\s*").all():
+            return " (decimal commas? use --decimal ,)"
+        return (f" (numbers with separators, e.g. {grouped.iloc[0]!r}: ppgmm reads plain "
+                "numbers, so write them without thousands separators"
+                + (", and use --decimal , for decimal commas" if decimal == "." and sep != ","
+                   else "") + ")")
+    if len(odd) and len(odd) < len(text) and odd.str.strip().nunique() == 1:
+        # numbers and one other token: likely a code for missing
+        return (f" (e.g. {odd.iloc[0]!r}; if that marks a missing value, use "
+                f"--na-values {odd.iloc[0].strip()!r})")
+    return f" (they hold text, e.g. {odd.iloc[0]!r})" if len(odd) else ""
 
 
 def _check_out(path: str | None) -> None:
@@ -475,10 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def strict_arg(q):
+    def run_args(q):  # every command that fits
         q.add_argument("--strict", action="store_true",
                        help="exit with status 3 when any fit did not converge (EM or ADVI "
                             "criterion, NUTS R-hat/ESS/divergence checks)")
+        q.add_argument("--seed", type=_seed, default=0,
+                       help="seed of every random step (default 0)")
 
     def csv_args(q):
         q.add_argument("--na-values", metavar="TOKEN", action="append",
@@ -490,8 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="fit EM, ADVI and NUTS on airquality and write a report")
     d.add_argument("--out", default="ppgmm-demo", help="output folder (default ppgmm-demo)")
-    d.add_argument("--seed", type=_seed, default=0, help="seed of every random step (default 0)")
-    strict_arg(d)
+    run_args(d)
     d.set_defaults(run=_cmd_demo)
 
     def data_args(q):
@@ -507,10 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(log: values > 0; logit: values in (0, 1)); imputations and "
                             "draws are mapped back inside the support (repeatable, or "
                             "comma-separated)")
-        q.add_argument("--seed", type=_seed, default=0,
-                       help="seed of every random step (default 0)")
         csv_args(q)
-        strict_arg(q)
+        run_args(q)
 
     f = sub.add_parser("fit", help="fit one backend and save the fit as netCDF",
                        formatter_class=_Formatter)
@@ -521,8 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--option", type=_option, action="append", metavar="KEY=VALUE",
                    help="backend option, e.g. -o n_init=5 (repeatable; values are read as "
                         "JSON, else as text). Options: {backend_options}")
-    f.add_argument("--out", required=True, metavar="FIT.nc",
-                   help="write the fit here (netCDF; read it back with ppgmm.load)")
+    f.add_argument("--out", required=True, metavar="FIT.nc", help="write the fit here (netCDF)")
     f.set_defaults(run=_cmd_fit)
 
     c = sub.add_parser("compare", help="fit several backends (and K) and compare them",
@@ -543,8 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="write a report from saved fits")
     r.add_argument("fits", nargs="+", metavar="FIT.nc")
-    r.add_argument("--out", required=True, metavar="report.html",
-                   help="write the HTML report here")
+    r.add_argument("--out", required=True, metavar="report.html", help="write the report here")
     r.add_argument("--truth", metavar="TRUTH.csv",
                    help="the complete data, to score the imputations")
     csv_args(r)
@@ -569,6 +570,47 @@ def _fail(message: str) -> int:
     return 2
 
 
+#: seconds between a Ctrl-C and the forced exit, when the KeyboardInterrupt got lost
+INTERRUPT_GRACE = 5.0
+
+
+@contextlib.contextmanager
+def _firm_interrupt() -> Iterator[None]:
+    """Make Ctrl-C always stop the command.
+
+    Python raises KeyboardInterrupt wherever the main thread is, and when that is a
+    callback a library runs at garbage collection (JAX's), Python prints "Exception ignored
+    in ..." and the run goes on. So the first Ctrl-C also starts a timer that ends the
+    process with status 130 after :data:`INTERRUPT_GRACE` seconds unless the interrupt
+    arrived. Files are written atomically, so a forced exit leaves none half-written.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    timers: list[threading.Timer] = []
+
+    def forced_exit() -> None:
+        print("ppgmm: interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    def on_interrupt(signum, frame):
+        if not timers:
+            timers.append(threading.Timer(INTERRUPT_GRACE, forced_exit))
+            timers[0].daemon = True
+            timers[0].start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+        if timers:  # interrupted, but the KeyboardInterrupt was swallowed on the way
+            raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for timer in timers:
+            timer.cancel()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ppgmm`` command; returns the exit status (0 ok, 2 user error, 3 a fit did
     not converge under ``--strict``)."""
@@ -585,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if "matplotlib.pyplot" not in sys.modules:
             matplotlib.use("Agg")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _firm_interrupt():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
             return int(args.run(args))

@@ -103,6 +103,8 @@ class MissingData:
         The DataFrame index's name (a Dataset's row dim), kept for imputations.
     dropped : tuple of int
         Positions, in the input, of the rows dropped for having no observed entry.
+    dropped_names : ndarray, optional
+        Their row labels (for an ndarray input, the positions themselves).
     transform : ColumnTransforms, optional
         Set on data put on a model's transformed scale (:meth:`transformed`): ``values``
         then hold :math:`f_j(x_{ij})`, and ``given`` the values as given.
@@ -127,6 +129,7 @@ class MissingData:
     transform: ColumnTransforms | None = None
     given: np.ndarray | None = None
     column_labels: tuple[int, ...] | None = None
+    dropped_names: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -203,6 +206,7 @@ class MissingData:
         index_name: str | None = None,
         dropped: tuple[int, ...] = (),
         column_labels: tuple[int, ...] | None = None,
+        dropped_names: np.ndarray | None = None,
     ) -> MissingData:
         """Group already validated values by missingness pattern."""
         observed = ~np.isnan(values)
@@ -240,24 +244,45 @@ class MissingData:
             index_name=index_name,
             dropped=tuple(dropped),
             column_labels=column_labels,
+            dropped_names=(None if dropped_names is None or not len(dropped)
+                           else np.asarray(dropped_names)),
         )
 
-    def wrap(self, values: np.ndarray) -> Any:
-        """Return ``values`` (n, d) in the type and labels the data came in."""
+    def restored(self, kept: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        """Rows in the input's order: ``kept`` (one per row here) with ``fill`` (one per
+        dropped row) put back at the positions they were dropped from."""
+        if not self.dropped:
+            return kept
+        at = np.r_[np.delete(np.arange(self.n + len(self.dropped)), self.dropped), self.dropped]
+        return np.concatenate([kept, fill])[np.argsort(at, kind="stable")]
+
+    @property
+    def input_obs_names(self) -> np.ndarray | None:
+        """Row labels of the input, dropped rows included (None if they were not kept)."""
+        if not self.dropped:
+            return self.obs_names
+        names = (np.asarray(self.dropped) if self.dropped_names is None
+                 and self.input_kind == "ndarray" else self.dropped_names)
+        return None if names is None else self.restored(self.obs_names, names)
+
+    def wrap(self, values: np.ndarray, obs_names: np.ndarray | None = None) -> Any:
+        """Return ``values`` (n, d) in the type and labels the data came in (``obs_names``
+        for other rows, e.g. :attr:`input_obs_names`)."""
+        obs = self.obs_names if obs_names is None else obs_names
         if self.input_kind == "DataFrame":
             columns = self.feature_names if self.column_labels is None else self.column_labels
-            return pd.DataFrame(values, index=pd.Index(self.obs_names, name=self.index_name),
+            return pd.DataFrame(values, index=pd.Index(obs, name=self.index_name),
                                 columns=list(columns))
         if self.input_kind == "DataArray":
             return xr.DataArray(
                 values,
                 dims=("obs", "feature"),
-                coords={"obs": self.obs_names, "feature": self.feature_names},
+                coords={"obs": obs, "feature": self.feature_names},
             )
         if self.input_kind == "Dataset":
             dim = self.index_name or "obs"
             return xr.Dataset({f: (dim, values[:, j]) for j, f in enumerate(self.feature_names)},
-                              coords={dim: self.obs_names})
+                              coords={dim: obs})
         return values
 
 
@@ -718,17 +743,22 @@ def prepare(
         raise DataError(f"feature names should be unique, but got {feats}")
     _check_scale(values, feats, fitting=n_components is not None)
     dropped: tuple[int, ...] = ()
+    dropped_names = None
     if drop_empty:
         empty = np.isnan(values).all(axis=1)
+        if empty.all():
+            raise DataError(f"all {len(empty)} rows are empty: the data hold no observed value")
         if empty.any():
             dropped = tuple(int(i) for i in np.flatnonzero(empty))
             warnings.warn(
                 f"dropped {int(empty.sum())} of {len(empty)} rows with no observed entry: they "
-                "carry no information about the mixture.",
+                "carry no information about the mixture (the fit's impute(), predict_proba() "
+                "and score_samples() still give them, in place: the mixture's mean, its "
+                "weights and 0).",
                 UserWarning,
                 stacklevel=3,
             )
-            values, obs = values[~empty], obs[~empty]
+            values, obs, dropped_names = values[~empty], obs[~empty], obs[empty]
         all_nan = np.isnan(values).all(axis=0) if values.shape[0] else np.ones(len(feats), bool)
         if all_nan.any():
             names = [feats[j] for j in np.flatnonzero(all_nan)]
@@ -742,7 +772,8 @@ def prepare(
         )
     if n_components is not None:
         _check_support(values, feats, n_components, covariance)
-    md = MissingData.from_arrays(values, feats, obs, kind, index_name, dropped, labels)
+    md = MissingData.from_arrays(values, feats, obs, kind, index_name, dropped, labels,
+                                 dropped_names)
     if not isinstance(transform, ColumnTransforms):
         transform = ColumnTransforms.resolve(transform, feats)
     return md.transformed(transform)

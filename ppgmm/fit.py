@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any
@@ -169,7 +170,11 @@ def build_idata(
             {"x": (("chain", "draw", "obs"), loglik)}, coords={**cd(loglik), "obs": obs}
         ),
         "observed_data": xr.Dataset(
-            {"x": (("obs", "feature"), md.original)}, coords={"obs": obs, "feature": feats}
+            {"x": (("obs", "feature"), md.original)},
+            coords={"obs": obs, "feature": feats,
+                    # labels of the rows dropped for having no observed entry
+                    **({"dropped_obs": ("dropped", md.dropped_names)}
+                       if md.dropped_names is not None else {})},
         ),
     }
     if sample_stats is not None:
@@ -317,7 +322,8 @@ class Fit:
     @cached_property
     def data(self) -> MissingData:
         """The fitted data as given (rows with no observed entry were dropped at fit time)."""
-        x = self.idata.observed_data["x"]
+        od = self.idata.observed_data
+        x = od["x"]
         return MissingData.from_arrays(
             np.asarray(x.values, dtype=float),
             self.feature_names,
@@ -327,6 +333,7 @@ class Fit:
             tuple(json.loads(self.attrs.get("dropped_rows", "[]"))),
             tuple(json.loads(self.attrs["column_labels"])) if "column_labels" in self.attrs
             else None,
+            od["dropped_obs"].values if "dropped_obs" in od.coords else None,
         )
 
     def __repr__(self) -> str:
@@ -370,7 +377,9 @@ class Fit:
 
             return row_map(self.params, lazy[0], "loglik")
         md = self._data_or(data)
-        return row_loglik(self.params, md) + md.log_jacobian
+        out = row_loglik(self.params, md) + md.log_jacobian
+        # a dropped row has nothing observed: its log-likelihood is log 1 = 0
+        return out if data is not None else self._restore(md, out, np.zeros(len(md.dropped)))
 
     def bic(self) -> float:
         """Bayesian information criterion, -2 loglik + p log n (smaller is better).
@@ -413,14 +422,33 @@ class Fit:
         import arviz as az
 
         self._require_posterior("LOO")
-        return az.loo(self.idata, **kwargs)
+        return self._criterion(az.loo, kwargs, (
+            "PSIS-LOO may be unreliable here: some rows have a Pareto k above {good_k:.2f} "
+            "(the limit for this many draws), so their leave-one-out densities rest on a few "
+            "draws (fit.loo(pointwise=True).pareto_k names them). Refit with more draws, and "
+            "check the ranking by the EM fits' BIC"))
 
     def waic(self, **kwargs: Any) -> Any:
         """WAIC (``arviz.waic``) of a Bayesian fit; an EM fit raises as :meth:`loo`."""
         import arviz as az
 
         self._require_posterior("WAIC")
-        return az.waic(self.idata, **kwargs)
+        return self._criterion(az.waic, kwargs, (
+            "WAIC may be unreliable here: for some rows the posterior variance of the log "
+            "predictive density exceeds 0.4; use fit.loo(), which says which rows are hard"))
+
+    def _criterion(self, func: Any, kwargs: dict, advice: str) -> Any:
+        """``func(idata)`` (arviz.loo or waic), its warning said once, in ppgmm's words."""
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            out = func(self.idata, **kwargs)
+        if getattr(out, "warning", False):
+            good_k = float(getattr(out, "good_k", 0.7) or 0.7)
+            warnings.warn(advice.format(good_k=good_k), UserWarning, stacklevel=3)
+        for w in rec:  # anything else ArviZ says is passed on as it is
+            if not (issubclass(w.category, UserWarning) and getattr(out, "warning", False)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return out
 
     def ppc_idata(self, draws: int = 100, seed: int | None = None) -> Any:
         r"""An InferenceData for ``arviz.plot_ppc``: the observed entries against replicates.
@@ -503,6 +531,15 @@ class Fit:
             return as_rows(data, self.feature_names)
         return None
 
+    def _restore(self, md: MissingData, kept: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        """The fitted data's per-row output with the rows dropped at fit time (no observed
+        entry) put back in their input positions, so that it lines up with the input."""
+        return md.restored(kept, fill) if md.input_obs_names is not None else kept
+
+    def _dropped_rows(self, md: MissingData) -> MissingData:
+        """The rows dropped at fit time as new data: every entry missing."""
+        return self._data_or(np.full((len(md.dropped), md.d), np.nan))
+
     def _data_or(self, data: Any) -> MissingData:
         """The fitted data or new ``data``, on the scale the mixture was fitted on."""
         if data is None:
@@ -520,7 +557,12 @@ class Fit:
             from .chunked import row_map
 
             return row_map(self.params, lazy[0], "proba")
-        return responsibilities(self.params, self._data_or(data))
+        md = self._data_or(data)
+        out = responsibilities(self.params, md)
+        if data is not None or not md.dropped:
+            return out
+        # nothing observed: the membership probabilities are the weights
+        return self._restore(md, out, np.tile(self.params.weights, (len(md.dropped), 1)))
 
     def predict(self, data: Any = None) -> np.ndarray:
         """Most probable component of each row."""
@@ -543,7 +585,9 @@ class Fit:
             so a Bayesian or bootstrap fit carries parameter uncertainty; asking for more
             than were stored is an error there); for new data, or an EM point fit asked
             for more than it stored, m draws from the predictive distribution at
-            :meth:`point`, seeded by ``seed``.
+            :meth:`point`, seeded by ``seed``. Rows of the fitted data that were dropped
+            for having nothing observed come back in place, imputed as new rows at
+            :meth:`point` (the mixture's mean :math:`\\sum_k w_k \\mu_k`, or draws from it).
         seed : int, optional
             Seed for draws computed on demand.
 
@@ -563,6 +607,14 @@ class Fit:
             return self._impute_chunked(*lazy, draws=draws, seed=seed)
         md = self._data_or(data)
         out = self._completed(md, data is None, draws, seed)
+        if data is None and md.dropped and md.input_obs_names is not None:
+            # the rows dropped at fit time, imputed as new rows with nothing observed
+            rest = self._completed(self._dropped_rows(md), False, draws,
+                                   None if seed is None else [seed, 1])
+            out = (md.restored(out, rest) if draws is None else
+                   [md.restored(a, b) for a, b in zip(out, rest, strict=True)])
+            return (md.wrap(out, md.input_obs_names) if draws is None else
+                    [md.wrap(x, md.input_obs_names) for x in out])
         return md.wrap(out) if draws is None else [md.wrap(x) for x in out]
 
     def _completed(self, md: MissingData, fitted: bool, draws: int | None,

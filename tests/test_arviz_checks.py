@@ -1,5 +1,7 @@
 """ArviZ on every fit: LOO/WAIC entry points and a posterior predictive check that plots."""
 
+import warnings
+
 import arviz as az
 import matplotlib
 import numpy as np
@@ -36,7 +38,18 @@ def test_loo_and_waic_of_an_em_fit_name_what_to_do(fits):
 @pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto")  # 20 draws
 def test_loo_of_a_fit_with_draws_is_arviz_loo(fits):
     post = fits[2]
-    got = post.loo(pointwise=True)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        got = post.loo(pointwise=True)
+    # ArviZ's own warning is said once, in ppgmm's words, exactly when some Pareto k is
+    # above ArviZ's limit for this many draws, min(1 - 1 / log10(S), 0.7)
+    said = [str(w.message) for w in rec]
+    limit = min(1 - 1 / np.log10(post.idata.posterior.sizes["draw"]
+                                 * post.idata.posterior.sizes["chain"]), 0.7)
+    high = bool((got["pareto_k"].values > limit).any())
+    assert [m for m in said if "PSIS-LOO may be unreliable" in m] == (
+        [m for m in said if f"above {limit:.2f}" in m] if high else [])
+    assert high and not [m for m in said if "Estimated shape parameter" in m]
     # the stored per-row log-likelihood is what az.loo reads: same elpd, and the pointwise
     # values sum to it
     assert got["elpd_loo"] == pytest.approx(float(az.loo(post.idata)["elpd_loo"]), rel=1e-12)

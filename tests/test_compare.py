@@ -336,7 +336,7 @@ def test_truth_rows_line_up_when_empty_rows_were_dropped(sim, tmp_path):
         fit = ppgmm.fit(spec, df, seed=0)
     keep = slice(1, None)
     m = np.isnan(data[keep])
-    direct = np.sqrt(((fit.impute().to_numpy()[m] - truth.values[keep][m]) ** 2).mean())
+    direct = np.sqrt(((fit.impute().to_numpy()[keep][m] - truth.values[keep][m]) ** 2).mean())
     fit.to_netcdf(tmp_path / "f.nc")
     loaded = ppgmm.load(tmp_path / "f.nc")  # keeps which rows were dropped
     for f, t in ((fit, truth), (fit, truth.values), (loaded, truth),

@@ -232,15 +232,17 @@ def test_other_dask_inputs(client, data):
     assert list(fa.idata.observed_data.obs.values[9:12]) == [90, 110, 120]
     imp = fa.impute()
     assert isinstance(imp, xr.DataArray) and is_dask(imp)
-    assert_allclose(imp.values, mem.impute().to_numpy(), rtol=1e-10, atol=1e-12)
+    # the rows dropped at fit time come back in memory, in place; a dask fit skips them
+    kept = ~np.isnan(data).all(axis=1)
+    assert_allclose(imp.values, mem.impute().to_numpy()[kept], rtol=1e-10, atol=1e-12)
     dd = pytest.importorskip("dask.dataframe")
     ff = _fit(spec, dd.from_pandas(pd.DataFrame(data, columns=feats), npartitions=4), init=p0)
     _same(mem, ff)
     out = ff.impute()
     assert is_dask(out) and list(out.columns) == feats
-    # rows keep their positions in the data (the dropped rows 10, 250, 599 are skipped),
-    # as in memory, so the imputations join back to the input
-    pd.testing.assert_index_equal(out.compute().index, mem.impute().index, exact=False)
+    # rows keep their positions in the data (the dropped rows 10, 250, 599 are skipped;
+    # in memory they come back in place), so the imputations join back to the input
+    pd.testing.assert_index_equal(out.compute().index, mem.impute().index[kept], exact=False)
     # nullable columns (pd.NA for missing, as read_parquet(dtype_backend="numpy_nullable"))
     nullable = pd.DataFrame(data, columns=feats).astype("Float64")
     _same(mem, _fit(spec, dd.from_pandas(nullable, npartitions=3), init=p0))
@@ -259,9 +261,9 @@ def test_per_row_outputs_lazy_and_equal(client, data, tmp_path):
     assert "imputed_mean" not in dsk.idata.posterior
     assert is_dask(dsk.idata.observed_data["x"]) and is_dask(dsk.idata.log_likelihood["x"])
     w, mu, cov = dsk.params
-    kept = data[~np.isnan(data).all(axis=1)]
+    kept = ~np.isnan(data).all(axis=1)
     assert_allclose(dsk.idata.log_likelihood["x"].values[0, 0],
-                    scipy_row_loglik(kept, w, mu, cov), rtol=1e-9)
+                    scipy_row_loglik(data[kept], w, mu, cov), rtol=1e-9)
     new = da.from_array(mcar(mixture(seed=9, n=250, d=4, k=3)[0], 0.3, seed=2), chunks=60)
     local = new.compute()
     for lazy, eager in ((dsk.score_samples(new), mem.score_samples(local)),
@@ -289,7 +291,7 @@ def test_per_row_outputs_lazy_and_equal(client, data, tmp_path):
     before = [x.compute() for x in dsk.impute(draws=2, seed=5)]
     assert_allclose(back.impute(draws=2, seed=5)[1].compute(), before[1], rtol=0, atol=0)
     assert_allclose(dsk.impute(draws=1, seed=5)[0].compute(), before[0], rtol=0, atol=0)
-    assert_allclose(back.impute().compute(), mem.impute(), rtol=1e-10, atol=1e-12)
+    assert_allclose(back.impute().compute(), mem.impute()[kept], rtol=1e-10, atol=1e-12)
     zpath = dsk.to_zarr(str(tmp_path / "fit.zarr"))
     read = xr.open_zarr(zpath, group="observed_data")
     assert_allclose(read["x"].values, mem.idata.observed_data["x"].values)
@@ -324,6 +326,10 @@ def test_validation_errors_as_in_memory(client):
     x[41, 2], x[:, 1] = 0.0, np.nan
     want = _message(lambda: ppgmm.fit(spec, x))
     assert "have no observed value" in want
+    assert _message(lambda: ppgmm.fit(spec, da.from_array(x, chunks=16))) == want
+    x[:] = np.nan
+    want = _message(lambda: ppgmm.fit(spec, x))
+    assert "all 60 rows are empty" in want
     assert _message(lambda: ppgmm.fit(spec, da.from_array(x, chunks=16))) == want
     for scale in (1e160, 1e-160):  # beyond float64's comfortable range, either way
         far = mixture(seed=2, n=60, d=3)[0] * np.array([1.0, scale, 1.0])

@@ -338,3 +338,34 @@ def test_bootstrap_draws_are_aligned_and_match_asymptotic_se():
     # bootstrap spread of the weight: sqrt(w(1-w)/n)
     sd_w = post["weights"].values[0, :, 0].std(ddof=1)
     assert sd_w / np.sqrt(w[0] * w[1] / n) == pytest.approx(1.0, abs=tol)
+
+
+@pytest.mark.parametrize("kind", ["ndarray", "DataFrame"])
+def test_rows_dropped_at_fit_time_come_back_in_place(kind, tmp_path):
+    """Rows with nothing observed are left out of the fit but not out of its outputs: the
+    fitted data's imputations, probabilities and log-likelihoods line up with the input.
+    A row with nothing observed has conditional mean sum_k w_k mu_k (closed form),
+    membership probabilities w and log-likelihood log 1 = 0; the other rows are those of the
+    data passed as new data."""
+    x, _, _ = mixture(seed=5, n=60, d=3, k=2)
+    x = mcar(x, 0.2, seed=6)
+    x[[0, 17, 59]] = np.nan
+    data = (x if kind == "ndarray" else
+            pd.DataFrame(x, columns=list("abc"), index=[f"r{i}" for i in range(60)]))
+    with pytest.warns(UserWarning, match="dropped 3 of 60 rows"):
+        fit = ppgmm.fit(ppgmm.GMM(2), data, seed=0)
+    w, mu, _ = fit.params
+    for f in (fit, ppgmm.load(fit.to_netcdf(str(tmp_path / "f.nc")))):
+        completed = np.asarray(f.impute())
+        assert completed.shape == (60, 3)
+        assert_allclose(completed[[0, 17, 59]], np.tile(w @ mu, (3, 1)), rtol=1e-12)
+        assert_allclose(completed, np.asarray(f.impute(data)), rtol=1e-12, atol=1e-12)
+        assert_allclose(f.predict_proba()[[0, 17, 59]], np.tile(w, (3, 1)), rtol=1e-12)
+        assert_allclose(f.predict_proba(), f.predict_proba(data), rtol=1e-12, atol=1e-14)
+        assert_array_equal(f.score_samples()[[0, 17, 59]], 0.0)
+        assert f.loglik == pytest.approx(f.score_samples(data).sum(), rel=1e-12)
+        sets = f.impute(draws=25, seed=3)  # more than stored: drawn at the estimate
+        assert all(np.asarray(s).shape == (60, 3) and not np.isnan(np.asarray(s)).any()
+                   for s in sets)
+        if kind == "DataFrame":
+            assert f.impute().index.equals(data.index)

@@ -418,3 +418,8 @@ def test_reg_covar_large_next_to_the_data_s_variances_warns():
         warnings.simplefilter("error")
         ppgmm.GaussianMixture(2, random_state=0, reg_covar=1e-12).fit(x)
         ppgmm.GaussianMixture(2, random_state=0).fit(x * 100)
+
+
+def test_data_with_no_observed_value_says_so():
+    with pytest.raises(ppgmm.DataError, match="all 5 rows are empty"):
+        prepare(np.full((5, 2), np.nan))

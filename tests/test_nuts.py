@@ -160,7 +160,9 @@ def test_a_cache_hit_samples_the_draws_of_a_fresh_compile(monkeypatch):
                "time_warning": None}
     monkeypatch.setattr(nuts, "_NUTPIE_CACHE", {})
     monkeypatch.setattr(nuts, "_NUTPIE_CACHE_SIZE", 0)
-    off = ppgmm.fit(ppgmm.GMM(2), x, seed=3, **options)
+    with pytest.warns(ppgmm.ConvergenceWarning) as rec:
+        off = ppgmm.fit(ppgmm.GMM(2), x, seed=3, **options)
+    assert {w.filename for w in rec} == {__file__}  # the warnings point at the caller's line
     monkeypatch.setattr(nuts, "_NUTPIE_CACHE_SIZE", 2)
     ppgmm.fit(ppgmm.GMM(2), x[::-1].copy(), seed=4, **options)  # fills the cache
     hit = ppgmm.fit(ppgmm.GMM(2), x, seed=3, **options)

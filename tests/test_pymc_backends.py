@@ -6,6 +6,7 @@ shared through module-scoped fixtures and kept small.
 """
 
 import json
+import logging
 import warnings
 
 import arviz as az
@@ -347,9 +348,10 @@ def test_start_follows_the_reference_labelling(three_clusters):
 
 
 def test_advi_not_converged_warns(three_clusters):
-    with pytest.warns(ConvergenceWarning, match="ADVI did not converge"):
+    with pytest.warns(ConvergenceWarning, match="ADVI did not converge") as rec:
         fit = ppgmm.fit(GMM(3, "diag"), three_clusters, backend="advi", seed=0, init="prior",
                         n_iter=30, window=10, draws=20)
+    assert {w.filename for w in rec} == {__file__}  # the warning points at the caller's line
     assert fit.attrs["converged"] == 0
     assert "did not converge" in json.loads(fit.attrs["warnings"])[0]
 
@@ -400,11 +402,13 @@ def test_modes_differ_flags_separated_chains(rng):
     assert modes_differ(Draws(w, shifted, covs)) == [(0, 1)]
 
 
-def test_pymc_engines_run_on_the_smallest_model():
+def test_pymc_engines_run_on_the_smallest_model(caplog):
     """engine="pymc" (PyMC's own NUTS and pm.fit ADVI) end to end on K=1, D=1, compiled in
     PyTensor's FAST_COMPILE mode: seconds, where the default NUMBA mode takes minutes to
     compile. The estimate must agree with the EM MAP under the same prior (the posterior of
-    one Gaussian's mean is centred within a fraction of its sd of the MAP at N=40)."""
+    one Gaussian's mean is centred within a fraction of its sd of the MAP at N=40). PyMC's
+    set-up log lines are not shown."""
+    caplog.set_level(logging.INFO, logger="pymc")  # what a user's logging would show
     x = np.random.default_rng(3).normal(2.0, 1.0, size=(40, 1))
     em = ppgmm.fit(GMM(1), x, seed=0)
     sd = float(np.sqrt(em.params.covariances[0, 0, 0] / 40))
@@ -413,6 +417,8 @@ def test_pymc_engines_run_on_the_smallest_model():
                      engine_kwargs={"compile_kwargs": {"mode": "FAST_COMPILE"}})
     advi = ppgmm.fit(GMM(1), x, backend="advi", engine="pymc", compile_mode="FAST_COMPILE",
                      n_iter=3000, tol=0.05, draws=200, seed=0, progressbar=False)
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("pymc")
+                and r.levelno < logging.WARNING]
     for f, engine in ((nuts, "pymc"), (advi, "pymc")):
         assert f.attrs["engine"] == engine
         assert abs(float(f.params.means[0, 0]) - float(em.params.means[0, 0])) < sd

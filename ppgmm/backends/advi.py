@@ -547,7 +547,7 @@ def _pymc_advi(model: Any, start: dict[str, np.ndarray] | None, *, method: str, 
 
     step = inspect.signature(ObjectiveFunction.step_function).parameters
     mode_kw = "compile_kwargs" if "compile_kwargs" in step else "fn_kwargs"
-    with model:
+    with model, bayes.quiet_pymc_log():
         approx = pm.fit(
             n=n_iter, method=method, start=start, random_seed=seed, progressbar=progressbar,
             callbacks=[check], obj_optimizer=pm.adam(learning_rate=learning_rate),

@@ -14,11 +14,13 @@ statistics already renamed to ArviZ's names.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +37,21 @@ from ..spec import GMM, Draws, Params, Prior, ResolvedPrior, as_params
 from .em import fit_em
 from .pymc_model import build_model, initial_values
 
-__all__ = ["EngineResult", "Messages", "resolve_bayes_prior", "em_start", "jitter_params",
-           "run"]
+__all__ = ["EngineResult", "Messages", "quiet_pymc_log", "resolve_bayes_prior", "em_start",
+           "jitter_params", "run"]
+
+
+@contextlib.contextmanager
+def quiet_pymc_log() -> Iterator[None]:
+    """Hold back PyMC's INFO log lines ("Initializing NUTS ...", "Finished [100%] ...")
+    while it runs: ppgmm shows its own progress and messages; PyMC's warnings still show."""
+    logger = logging.getLogger("pymc")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @dataclass

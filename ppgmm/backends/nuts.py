@@ -288,12 +288,13 @@ def _pymc(model: Any, starts: list | None, seed: int, *, draws: int, tune: int, 
     # engine_kwargs={"compile_kwargs": {"mode": ...}} overrides NUMBA (the tests compile
     # the smallest model in FAST_COMPILE mode: seconds, where NUMBA takes minutes)
     compile_kwargs = engine_kwargs.pop("compile_kwargs", {"mode": "NUMBA"})
-    idata = pm.sample(
-        draws, tune=tune, chains=chains, model=model, target_accept=target_accept,
-        random_seed=seed, initvals=starts, var_names=NAMES, progressbar=progressbar,
-        compute_convergence_checks=False, compile_kwargs=compile_kwargs,
-        **({"init": "adapt_diag"} if starts else {}), **engine_kwargs,
-    )
+    with bayes.quiet_pymc_log():
+        idata = pm.sample(
+            draws, tune=tune, chains=chains, model=model, target_accept=target_accept,
+            random_seed=seed, initvals=starts, var_names=NAMES, progressbar=progressbar,
+            compute_convergence_checks=False, compile_kwargs=compile_kwargs,
+            **({"init": "adapt_diag"} if starts else {}), **engine_kwargs,
+        )
     sampling = float(idata.posterior.attrs.get("sampling_time", np.nan))
     return idata, time.perf_counter() - t0 - sampling, sampling
 
@@ -473,7 +474,7 @@ def _check(raw: Draws, aligned: Draws, result: bayes.EngineResult
     count = {n: int(np.asarray(stats[n].values).sum()) if n in stats else 0
              for n in ("diverging", "reached_max_treedepth")}
     diag = diagnose(raw, aligned, n_div=count["diverging"],
-                    n_hits=count["reached_max_treedepth"], stacklevel=6)
+                    n_hits=count["reached_max_treedepth"], stacklevel=7)
     msgs, converged = diag.pop("messages"), diag.pop("converged")
     return diag, msgs, converged
 

@@ -213,11 +213,13 @@ def _not_numeric_hint(df: Any, decimal: str, sep: str) -> str:
         return " (true/false values)"
     text = df[texts].astype(str).stack()
     odd = text[pd.to_numeric(text, errors="coerce").isna()] if len(text) else text
-    # numbers written with separators: digits, commas and points
-    grouped = odd[odd.str.fullmatch(r"\s*[-+]?\d[\d.,]*\s*")] if len(odd) else odd
+    if len(odd) and decimal == "." and sep != "," and odd.str.fullmatch(
+            r"\s*[-+]?\d+,\d+\s*").all():
+        return " (decimal commas? use --decimal ,)"
+    # numbers with thousands separators: 1,234 or 1.234.567,5 (not dates such as 01.02.2020)
+    grouped = odd[odd.str.fullmatch(r"\s*[-+]?\d{1,3}([.,]\d{3})+([.,]\d+)?\s*")] if len(
+        odd) else odd
     if len(grouped):
-        if decimal == "." and sep != "," and grouped.str.fullmatch(r"\s*-?\d+,\d+\s*").all():
-            return " (decimal commas? use --decimal ,)"
         return (f" (numbers with separators, e.g. {grouped.iloc[0]!r}: ppgmm reads plain "
                 "numbers, so write them without thousands separators"
                 + (", and use --decimal , for decimal commas" if decimal == "." and sep != ","
@@ -584,7 +586,10 @@ def _firm_interrupt() -> Iterator[None]:
     process with status 130 after :data:`INTERRUPT_GRACE` seconds unless the interrupt
     arrived. Files are written atomically, so a forced exit leaves none half-written.
     """
-    if threading.current_thread() is not threading.main_thread():
+    # only where Ctrl-C would raise KeyboardInterrupt anyway (not in a background job that
+    # ignores SIGINT, nor under a handler someone else installed)
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
     timers: list[threading.Timer] = []

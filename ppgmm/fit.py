@@ -16,7 +16,10 @@ sample_stats                  objective / elbo       iteration  (EM / ADVI trace
 estimate (EM only)            weights, means, ...    component, feature, feature\\_
 ============================  =====================  =====================================
 
-The ``missing`` dim carries coordinates ``missing_obs`` and ``missing_feature``. The EM
+The ``missing`` dim carries coordinates ``missing_obs`` and ``missing_feature``. Rows with
+no observed entry are not fitted: ``posterior.attrs["dropped_rows"]`` holds their positions
+in the input and the ``observed_data`` coordinate ``dropped_obs`` (dim ``dropped``) their
+labels, so that per-row outputs put them back in place. The EM
 estimate is stored twice over when there is no bootstrap (posterior chain=1, draw=1 and
 the ``estimate`` group); with ``uncertainty="bootstrap"`` the posterior holds the B
 refits and ``estimate`` the fit itself. Run attributes live in ``posterior.attrs``.
@@ -442,12 +445,14 @@ class Fit:
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
             out = func(self.idata, **kwargs)
+        reworded = ("Estimated shape parameter of Pareto", "posterior variance of the log "
+                    "predictive densities exceeds")
+        for w in rec:  # anything else ArviZ says is passed on as it is
+            if not any(text in str(w.message) for text in reworded):
+                warnings.warn(w.message, w.category, stacklevel=3)
         if getattr(out, "warning", False):
             good_k = float(getattr(out, "good_k", 0.7) or 0.7)
             warnings.warn(advice.format(good_k=good_k), UserWarning, stacklevel=3)
-        for w in rec:  # anything else ArviZ says is passed on as it is
-            if not (issubclass(w.category, UserWarning) and getattr(out, "warning", False)):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return out
 
     def ppc_idata(self, draws: int = 100, seed: int | None = None) -> Any:
@@ -536,9 +541,29 @@ class Fit:
         entry) put back in their input positions, so that it lines up with the input."""
         return md.restored(kept, fill) if md.input_obs_names is not None else kept
 
-    def _dropped_rows(self, md: MissingData) -> MissingData:
-        """The rows dropped at fit time as new data: every entry missing."""
-        return self._data_or(np.full((len(md.dropped), md.d), np.nan))
+    def _dropped_imputed(self, md: MissingData, draws: int | None,
+                         seed: int | None) -> np.ndarray | list[np.ndarray]:
+        """The rows dropped at fit time (nothing observed) imputed as new rows: the mean at
+        :meth:`point`, or one draw from each parameter set behind the fitted data's m draws
+        (the posterior or bootstrap draws that :meth:`impute` picks, else the point),
+        seeded by ``seed`` or else by the fit's own seed, so the same call repeats."""
+        empty = self._data_or(np.full((len(md.dropped), md.d), np.nan))
+        if draws is None:
+            return self._completed(empty, False, None, None)
+        base = max(int(self.attrs.get("seed", 0)), 0) if seed is None else seed
+        post = self.idata.posterior
+        n_sets = post.sizes["chain"] * post.sizes["draw"]
+        point = "estimate" in self.idata.groups() and self.attrs.get("uncertainty",
+                                                                       "none") == "none"
+        pick = np.linspace(0, n_sets - 1, draws).round().astype(int)
+        stacked = [_stack(post[name]) for name in PARAM_NAMES]
+        layout, out = empty.layout, []
+        for i in range(draws):
+            p = self.params if point else Params(*(v[pick[i]] for v in stacked))
+            _, sims = conditional_draws(p, e_step(p, layout), layout,
+                                        np.random.default_rng([base, 1, i]), 1, empty.transform)
+            out.append(sims[0])
+        return out
 
     def _data_or(self, data: Any) -> MissingData:
         """The fitted data or new ``data``, on the scale the mixture was fitted on."""
@@ -609,8 +634,7 @@ class Fit:
         out = self._completed(md, data is None, draws, seed)
         if data is None and md.dropped and md.input_obs_names is not None:
             # the rows dropped at fit time, imputed as new rows with nothing observed
-            rest = self._completed(self._dropped_rows(md), False, draws,
-                                   None if seed is None else [seed, 1])
+            rest = self._dropped_imputed(md, draws, seed)
             out = (md.restored(out, rest) if draws is None else
                    [md.restored(a, b) for a, b in zip(out, rest, strict=True)])
             return (md.wrap(out, md.input_obs_names) if draws is None else
@@ -690,12 +714,10 @@ class Fit:
         ``path`` and then renamed into place, so a failed write leaves an existing store as
         it was; a ``path`` that exists and is not a Zarr store is refused.
         """
-        import zarr
-
         from .io import atomic_store
 
         with atomic_store(path) as tmp:
-            zarr.open_group(tmp, mode="w", zarr_format=2)  # the root group marks the store
+            xr.Dataset().to_zarr(tmp, mode="w", zarr_format=2)  # the root group marks a store
             for group in self.idata.groups():
                 ds = self.idata[group]
                 if self.chunked and "obs" in ds.dims:

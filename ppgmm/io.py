@@ -55,7 +55,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[str]:
     ...     with open(tmp, "w") as fh:
     ...         fh.write(text)
     """
-    target = check_writable(path)
+    target = os.path.realpath(check_writable(path))  # a symbolic link: its file is replaced
     folder, name = os.path.split(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -83,28 +83,30 @@ def atomic_store(path: str | os.PathLike) -> Iterator[str]:
 
     For stores that are folders (Zarr). The old store is renamed aside, the new one renamed
     into place and the old one deleted, so ``path`` holds the old store or the new one,
-    never a mixture; a failed write deletes the temporary folder and leaves ``path`` as it
-    was. A missing parent folder, or a ``path`` that exists and is not a Zarr store (a file
-    or another folder), is refused before anything is written.
+    never a mixture; a failed write (or a failed swap) leaves ``path`` as it was. A symbolic
+    link is followed: the store it points to is replaced. A missing parent folder, or a
+    ``path`` that exists and is neither a Zarr store nor an empty folder, is refused before
+    anything is written.
     """
-    target = os.path.abspath(os.fspath(path))
+    target = os.path.realpath(os.fspath(path))
     folder, name = os.path.split(target)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write {os.fspath(path)!r}: the folder {folder!r} "
                                 "does not exist")
-    if os.path.lexists(target) and not os.path.isfile(os.path.join(target, ".zgroup")):
+    if os.path.lexists(target) and not (os.path.isfile(os.path.join(target, ".zgroup"))
+                                        or (os.path.isdir(target) and not os.listdir(target))):
         raise FileExistsError(f"cannot write {os.fspath(path)!r}: it exists and is not a Zarr "
                               "store; remove it or give another name")
     tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    old = tmp + ".old"
     try:
         yield tmp
         if os.path.lexists(target):
-            old = tmp + ".old"
             os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        os.replace(tmp, target)
     except BaseException:
+        if os.path.lexists(old) and not os.path.lexists(target):
+            os.replace(old, target)  # the swap failed half-way: the old store goes back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -395,6 +395,23 @@ def test_zarr_store_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert xr.open_zarr(store, group="estimate").sizes["component"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.zarr"]
+    # the swap itself fails after moving the old store aside: it is put back
+    import os
+
+    replace, moves = os.replace, []
+
+    def second_fails(src, dst):
+        moves.append(src)
+        if len(moves) == 2:
+            raise OSError("rename failed")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(OSError, match="rename failed"):
+        two.to_zarr(store)
+    monkeypatch.undo()
+    assert xr.open_zarr(store, group="estimate").sizes["component"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.zarr"]
     (tmp_path / "notes.txt").write_text("keep")
     for bad, why in ((tmp_path / "notes.txt", "not a Zarr store"),
                      (tmp_path / "none" / "f.zarr", "does not exist")):

@@ -389,6 +389,14 @@ def test_converged_degenerate_mle_is_named():
     with warnings.catch_warnings():  # the prior keeps the component proper: no warning
         warnings.simplefilter("error")
         ppgmm.fit(ppgmm.GMM(2), x, seed=0)
+        # components small next to the whole data set (far apart), or thin (correlated
+        # columns), are proper maxima: their likelihood does not move with reg_covar
+        far = np.r_[rng.normal(size=(150, 2)), rng.normal(size=(150, 2)) + 300]
+        a = ppgmm.fit(spec, far, seed=0)
+        assert ppgmm.fit(spec, far, seed=0, reg_covar=1e-9).loglik == pytest.approx(
+            a.loglik, abs=1e-6)
+        z = rng.normal(size=300)
+        ppgmm.fit(ppgmm.GMM(1, prior=None), np.c_[z, z + 1e-2 * rng.normal(size=300)])
 
 
 def test_sklearn_stop_rule_takes_one_more_step_with_missing_data():

@@ -367,5 +367,16 @@ def test_rows_dropped_at_fit_time_come_back_in_place(kind, tmp_path):
         sets = f.impute(draws=25, seed=3)  # more than stored: drawn at the estimate
         assert all(np.asarray(s).shape == (60, 3) and not np.isnan(np.asarray(s)).any()
                    for s in sets)
+        # without a seed the stored draws and the dropped rows' draws repeat
+        for a, b in zip(f.impute(draws=4), f.impute(draws=4), strict=True):
+            assert_array_equal(np.asarray(a), np.asarray(b))
         if kind == "DataFrame":
             assert f.impute().index.equals(data.index)
+    # a dropped row's draws come from the mixture: mean sum_k w_k mu_k, covariance
+    # sum_k w_k (Sigma_k + mu_k mu_k') - mean mean' (closed form), checked by z-scores
+    rows = np.array([np.asarray(s)[17] for s in fit.impute(draws=2000, seed=1)])
+    mean = w @ mu
+    cov = np.einsum("k,kij->ij", w, fit.params.covariances + np.einsum("ki,kj->kij", mu, mu))
+    cov -= np.outer(mean, mean)
+    z = (rows.mean(0) - mean) / np.sqrt(np.diag(cov) / len(rows))
+    assert np.abs(z).max() < 4

@@ -24,12 +24,11 @@ from ..numerics.alignment import align_to
 from ..numerics.em import (
     EMRun,
     collapsing_components,
-    kmeans_labels,
     mean_imputed,
     params_from_resp,
     run_em,
 )
-from ..numerics.init import kpod_labels
+from ..numerics.init import kmeans_labels, kpod_labels
 from ..numerics.patterns import derived_quantities
 from ..prior import resolve_prior
 from ..spec import GMM, Draws, Params, ResolvedPrior, as_params
@@ -55,8 +54,8 @@ def initial_params(spec: GMM, md: MissingData, init: Any, rng: np.random.Generat
     :data:`AUTO_ITER` accelerated EM iterations on the subsample from each clustering, and
     returns the parameters of the one with the highest objective (Biernacki, Celeux &
     Govaert 2003's "emEM", on a subsample so that its cost does not grow with N).
-    ``"kpod"`` is one k-POD clustering of all rows; ``"kmeans++"`` one k-means++ clustering
-    of the mean-imputed rows (scipy's ``kmeans2``); ``"random"`` random responsibilities.
+    ``"kpod"`` is one k-POD clustering of all rows; ``"kmeans++"`` one k-means clustering
+    (greedy k-means++ seeds) of the mean-imputed rows; ``"random"`` random responsibilities.
     """
     k = spec.n_components
     if not isinstance(init, str):
@@ -181,7 +180,11 @@ def fit_em(
     result = EMResult(best.params, best, prior, reg, n_init)
     idx, low = (collapsing_components(best.params.covariances, md.var)
                 if prior is None else ((), ()))
-    if best.converged and len(idx):
+    # converged: collapsed only where reg_covar holds the covariance up (a component merely
+    # small or thin next to the whole data set is a proper maximum)
+    held = [k for k in idx if np.linalg.eigvalsh(best.params.covariances[k]).min() <= 10 * reg]
+    if best.converged and held:
+        idx, low = np.asarray(held), low[np.isin(idx, held)]
         result.messages.append(_degenerate_message(best.params, md, idx, low, reg))
         if warn:
             warnings.warn(result.messages[-1], UserWarning, stacklevel=4)

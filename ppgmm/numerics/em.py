@@ -24,7 +24,7 @@ from .patterns import BLOCK_ENTRIES, EStep, e_step, row_blocks
 
 __all__ = ["constrain_covariance", "SuffStats", "expected_stats", "m_step", "EMRun", "run_em",
            "objective", "BLOCK_ENTRIES",
-           "fit_single_gaussian", "mean_imputed", "params_from_resp", "kmeans_labels"]
+           "fit_single_gaussian", "mean_imputed", "params_from_resp"]
 
 EPS = 10 * np.finfo(float).eps
 #: n_k |vbar_k|^2 over the centred Gram matrix's smallest diagonal entry beyond which
@@ -397,21 +397,3 @@ def params_from_resp(x: np.ndarray, resp: np.ndarray, covariance: str, reg: floa
     cov = constrain_covariance(cov, covariance, nk)
     cov += floor * np.eye(d)
     return Params(nk / nk.sum(), means, cov)
-
-
-def kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator,
-                  attempts: int = 10) -> np.ndarray | None:
-    """k-means++ labels of the standardised rows of ``x``; None if no try gave k clusters."""
-    import warnings
-
-    from scipy.cluster.vq import kmeans2
-
-    sd = x.std(axis=0)
-    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    for _ in range(attempts):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # an empty cluster: tried again below
-            _, labels = kmeans2(z, k, minit="++", seed=rng)
-        if len(np.unique(labels)) == k:
-            return labels
-    return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["kpod_labels"]
+__all__ = ["kpod_labels", "kmeans_labels"]
 
 
 def _sq_dist(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -100,3 +100,16 @@ def kpod_labels(values: np.ndarray, observed: np.ndarray, k: int, rng: np.random
         return None
     inertia = float(_sq_dist(z, centres)[np.arange(len(z)), labels].sum())
     return labels, inertia
+
+
+def kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray | None:
+    """k-means labels of the complete rows ``x`` (standardised): Lloyd's algorithm from
+    greedy k-means++ seeds, i.e. :func:`kpod_labels` with nothing missing; None when fewer
+    than ``k`` clusters could be formed.
+
+    Greedy seeding matters: scipy's ``kmeans2(minit="++")`` takes one candidate per centre,
+    and one run of it puts two centres in one of three well-separated clusters often enough
+    to trap EM in a poor optimum (scikit-learn's KMeans seeds greedily, as here).
+    """
+    found = kpod_labels(x, np.ones(x.shape, dtype=bool), k, rng)
+    return None if found is None else found[0]

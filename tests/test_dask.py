@@ -418,3 +418,15 @@ def test_zarr_store_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         with pytest.raises(OSError, match=why):
             two.to_zarr(str(bad))
     assert (tmp_path / "notes.txt").read_text() == "keep"
+
+
+def test_several_starts_warn_once_for_the_chosen_one(client, data):
+    """With n_init starts on dask data, only the chosen start's convergence warning is said
+    (each start used to say its own)."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        fit = ppgmm.fit(ppgmm.GMM(3), da.from_array(data, chunks=200), seed=0, n_init=3,
+                        max_iter=2)
+    said = [w for w in rec if issubclass(w.category, ppgmm.ConvergenceWarning)]
+    assert not fit.converged and len(said) == 1 and said[0].filename == __file__
+    assert str(said[0].message) in fit.attrs["warnings"]

@@ -33,7 +33,7 @@ from ..numerics.patterns import derived_quantities
 from ..prior import resolve_prior
 from ..spec import GMM, Draws, Params, ResolvedPrior, as_params
 
-__all__ = ["fit_em", "initial_params", "em_backend", "EMResult"]
+__all__ = ["fit_em", "initial_params", "em_backend", "EMResult", "warn_if_reg_covar_dominates"]
 
 INITS = ("auto", "kmeans++", "kpod", "random")
 
@@ -164,7 +164,7 @@ def fit_em(
     reg = (0.0 if prior is not None else 1e-6) if reg_covar is None else check_number(
         "reg_covar", reg_covar)
     if warn:
-        _warn_if_reg_covar_dominates(reg, md)
+        warn_if_reg_covar_dominates(reg, md)
     rng = np.random.default_rng(seed)
     layout = md.layout
     if not isinstance(init, str):
@@ -275,7 +275,7 @@ def _draws_to_store(md: MissingData, requested: int | None) -> int:
 REG_COVAR_SHARE = 1e-2
 
 
-def _warn_if_reg_covar_dominates(reg: float, md: MissingData) -> None:
+def warn_if_reg_covar_dominates(reg: float, md: MissingData) -> None:
     """Warn when ``reg_covar``, added to every covariance diagonal, is not small next to
     the data's own variances (data in tiny units: it then merges clusters silently)."""
     var = np.asarray(md.var, dtype=float)

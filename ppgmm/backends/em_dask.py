@@ -12,17 +12,18 @@ per-row groups (:func:`ppgmm.fit.build_chunked_idata`). See docs/scale.md.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import numpy as np
 
 from ..checks import check_int, check_number
 from ..chunked import ChunkedData, prepare_chunked, row_map
-from ..exceptions import PpgmmError, SpecError
+from ..exceptions import ConvergenceWarning, PpgmmError, SpecError
 from ..fit import Fit, build_chunked_idata
 from ..prior import resolve_prior
 from ..spec import GMM
-from .em import EMResult, fit_em, initial_params
+from .em import EMResult, fit_em, initial_params, warn_if_reg_covar_dominates
 
 __all__ = ["DASK_OPTIONS", "fit_dask", "em_dask_backend"]
 
@@ -64,11 +65,17 @@ def fit_dask(spec: GMM, data: ChunkedData, *, seed: int | None = None, n_init: i
             sample = data.sample(init_sample, rng)
         p0 = initial_params(spec, sample if isinstance(init, str) else data, init, rng, reg,
                             _sample_prior(spec, sample) if isinstance(init, str) else None)
-        res = fit_em(spec, data, seed=seed, init=p0, **options)
+        # with several starts, only the chosen one's warnings are said (below)
+        res = fit_em(spec, data, seed=seed, init=p0, warn=n_init == 1, **options)
         if best is None or res.run.objective[-1] > best.run.objective[-1]:
             best = res
     assert best is not None
     best.n_init = n_init
+    if n_init > 1:
+        warn_if_reg_covar_dominates(best.reg_covar, data)
+        for message in best.messages:
+            warnings.warn(message, UserWarning if best.run.converged else ConvergenceWarning,
+                          stacklevel=4)
     return best
 
 

@@ -321,6 +321,13 @@ def _split_options(pairs: list[tuple[str, Any]], backends: list[str]) -> dict[st
                 f"but got {key!r}"
             )
         out[backend][name] = value
+    from .backends import backend_options
+
+    for backend, given in out.items():  # names checked before any fitting; values by each fit
+        unknown = sorted(set(given) - backend_options(backend))
+        if unknown:
+            raise UsageError(f"unknown option(s) {unknown} for backend {backend!r}; its options "
+                             f"are {sorted(backend_options(backend))}")
     return out
 
 

@@ -128,6 +128,8 @@ BAD = [
      "of those entries are empty in it too"),
     (["compare", "{d}/data.csv", "-k", "2", "--backends", "em,gibbs"], "--backends"),
     (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "-o", "x=1"], "BACKEND.KEY"),
+    (["compare", "{d}/data.csv", "-k", "2", "--backends", "em,nuts", "-o", "nuts.drawz=9"],
+     "unknown option(s) ['drawz'] for backend 'nuts'; its options"),
     (["report", "{d}/missing.nc", "--out", "{t}/r.html"], "no such file"),
     (["report", "{d}/data.csv", "--out", "{t}/r.html"], "not a netCDF file saved by ppgmm"),
     (["report", "{d}/other.nc", "--out", "{t}/r.html"], "not a ppgmm fit"),
@@ -167,6 +169,7 @@ def test_bad_input_gives_one_line_and_exit_2(argv, message, files, tmp_path, cap
     assert lines[0].startswith("ppgmm: error: ")
     assert message in lines[0]
     assert "Traceback" not in err + out
+    assert "converged=" not in out  # refused before any fitting
 
 
 def _console_script():

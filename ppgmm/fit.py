@@ -51,7 +51,7 @@ import xarray as xr
 from .checks import check_seed
 from .chunked import is_dask
 from .data import MissingData, prepare
-from .exceptions import DataError, PpgmmError
+from .exceptions import DataError, PpgmmError, SpecError
 from .numerics.patterns import (
     conditional_draws,
     e_step,
@@ -489,7 +489,7 @@ class Fit:
         import arviz as az
 
         if not (isinstance(draws, int | np.integer) and draws >= 1):
-            raise ValueError(f"draws should be a positive integer, but got {draws!r}")
+            raise SpecError(f"draws should be a positive integer, but got {draws!r}")
         rng = np.random.default_rng(check_seed(seed))
         md = self.data
         ct = self.transform
@@ -626,7 +626,7 @@ class Fit:
         seed = check_seed(seed)
         if draws is not None and not (isinstance(draws, int | np.integer)
                                       and not isinstance(draws, bool) and draws >= 1):
-            raise ValueError(f"draws should be None or a positive integer, but got {draws!r}")
+            raise SpecError(f"draws should be None or a positive integer, but got {draws!r}")
         lazy = self._chunked_rows(data)
         if lazy is not None:
             return self._impute_chunked(*lazy, draws=draws, seed=seed)
@@ -655,7 +655,7 @@ class Fit:
                      and self.attrs.get("uncertainty", "none") == "none")
             on_demand = point and draws > len(stored)
             if not on_demand and draws > len(stored):  # draws >= 1: checked above
-                raise ValueError(
+                raise SpecError(
                     f"draws should be an integer between 1 and the {len(stored)} stored "
                     f"predictive draws, but got {draws!r}; they carry parameter uncertainty "
                     "(posterior or bootstrap draws), so more need a refit with more draws"

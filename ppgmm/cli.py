@@ -639,7 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if "matplotlib.pyplot" not in sys.modules:
             matplotlib.use("Agg")
-        with warnings.catch_warnings(), _firm_interrupt():
+        # a study's cluster needs its own shutdown: no forced exit there
+        firm = _firm_interrupt() if args.command != "study" else contextlib.nullcontext()
+        with warnings.catch_warnings(), firm:
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
             return int(args.run(args))

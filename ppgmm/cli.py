@@ -160,6 +160,14 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
             )
         header = next(csv.reader(io.StringIO(sample), delimiter=sep), [])
         names = [h.strip() for h in header]
+        lines = sample.splitlines()
+        if (len(names) == 1 and len(names[0].split()) > 1 and len(lines) > 1
+                and len(lines[1].split()) == len(names[0].split())):  # "a b" over "1 2"
+            raise UsageError(
+                f"the header of {path} ({names[0]!r}) reads as one column: separate the "
+                "columns by commas, tabs, semicolons or bars (spaces are not read as "
+                "separators)"
+            )
         dup = sorted({h for h in names if names.count(h) > 1 and h})
         if dup:
             raise UsageError(f"the header of {path} repeats the column name(s) {dup}; column "

@@ -42,6 +42,7 @@ def files(tmp_path_factory):
                                                       decimal=",")
     (d / "thousands.csv").write_text('a,b\n"1,234",2\n3,4\n5,6\n7,9\n')
     (d / "grouped.csv").write_text("a;b\n1.234,5;2\n3;4\n5;6\n7;9\n")
+    (d / "spaces.csv").write_text("a b\n1 2\n3 4\n5 6\n")
     pd.DataFrame(data, columns=cols).round(4).to_csv(d / "rounded.csv", index=False)
     pd.DataFrame(data, columns=cols).assign(flag=True).to_csv(d / "bool.csv", index=False)
     xr.Dataset({"a": ("x", np.arange(3.0))}).to_netcdf(d / "other.nc")
@@ -152,6 +153,8 @@ BAD = [
     (["compare", "{d}/data.csv", "-k", "2", "--backends", "em", "--save-fits",
       "{d}/data.csv"], "--save-fits '"),
     (["demo", "--out", "{d}/data.csv"], "exists and is not a folder"),
+    (["fit", "{d}/spaces.csv", "-k", "1", "--out", "{t}/f.nc"],
+     "reads as one column: separate the columns by commas"),
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--prior", "mclust"],
      "invalid choice"),
     (["frobnicate"], "invalid choice"),

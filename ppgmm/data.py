@@ -256,7 +256,7 @@ class MissingData:
         at = np.r_[np.delete(np.arange(self.n + len(self.dropped)), self.dropped), self.dropped]
         return np.concatenate([kept, fill])[np.argsort(at, kind="stable")]
 
-    @property
+    @cached_property
     def input_obs_names(self) -> np.ndarray | None:
         """Row labels of the input, dropped rows included (None if they were not kept)."""
         if not self.dropped:

@@ -250,6 +250,11 @@ def build_chunked_idata(
     return az.InferenceData(**groups)
 
 
+def _spread(n: int, m: int) -> np.ndarray:
+    """``m`` indices spread evenly over ``n`` stacked draws (chain by chain)."""
+    return np.linspace(0, n - 1, m).round().astype(int)
+
+
 def _stack(da: xr.DataArray) -> np.ndarray:
     """(chain * draw, ...) values, chain by chain (also when ``...`` has no entries)."""
     v = da.transpose("chain", "draw", ...).values
@@ -494,7 +499,7 @@ class Fit:
         md = self.data
         ct = self.transform
         post = Draws.from_dataset(self.idata.posterior[list(PARAM_NAMES)]).flat()
-        pick = np.linspace(0, len(post.weights) - 1, draws).round().astype(int)
+        pick = _spread(len(post.weights), draws)
         reps = np.empty((draws, md.n, md.d))
         for s, i in enumerate(pick):
             w, mu, cov = post.weights[i], post.means[i], post.covariances[i]
@@ -536,6 +541,12 @@ class Fit:
             return as_rows(data, self.feature_names)
         return None
 
+    @property
+    def _point_fit(self) -> bool:
+        """An EM estimate without bootstrap: its draws are all made at :meth:`point`."""
+        return ("estimate" in self.idata.groups()
+                and self.attrs.get("uncertainty", "none") == "none")
+
     def _restore(self, md: MissingData, kept: np.ndarray, fill: np.ndarray) -> np.ndarray:
         """The fitted data's per-row output with the rows dropped at fit time (no observed
         entry) put back in their input positions, so that it lines up with the input."""
@@ -551,15 +562,11 @@ class Fit:
         if draws is None:
             return self._completed(empty, False, None, None)
         base = max(int(self.attrs.get("seed", 0)), 0) if seed is None else seed
-        post = self.idata.posterior
-        n_sets = post.sizes["chain"] * post.sizes["draw"]
-        point = "estimate" in self.idata.groups() and self.attrs.get("uncertainty",
-                                                                       "none") == "none"
-        pick = np.linspace(0, n_sets - 1, draws).round().astype(int)
-        stacked = [_stack(post[name]) for name in PARAM_NAMES]
+        post = Draws.from_dataset(self.idata.posterior[list(PARAM_NAMES)]).flat()
+        pick = _spread(len(post.weights), draws)
         layout, out = empty.layout, []
         for i in range(draws):
-            p = self.params if point else Params(*(v[pick[i]] for v in stacked))
+            p = self.params if self._point_fit else Params(*(v[pick[i]] for v in post))
             _, sims = conditional_draws(p, e_step(p, layout), layout,
                                         np.random.default_rng([base, 1, i]), 1, empty.transform)
             out.append(sims[0])
@@ -651,9 +658,7 @@ class Fit:
             stored = _stack(self.idata.posterior_predictive["x_missing"])
             # a point estimate (EM without bootstrap) asked for more draws than it stored
             # makes all of them on demand at the estimate, as for new data
-            point = ("estimate" in self.idata.groups()
-                     and self.attrs.get("uncertainty", "none") == "none")
-            on_demand = point and draws > len(stored)
+            on_demand = self._point_fit and draws > len(stored)
             if not on_demand and draws > len(stored):  # draws >= 1: checked above
                 raise SpecError(
                     f"draws should be an integer between 1 and the {len(stored)} stored "
@@ -661,7 +666,7 @@ class Fit:
                     "(posterior or bootstrap draws), so more need a refit with more draws"
                 )
             if not on_demand:
-                pick = np.linspace(0, len(stored) - 1, draws).round().astype(int)
+                pick = _spread(len(stored), draws)
                 return [self._fill(md, stored[i]) for i in pick]
         layout = md.layout
         n_draws = 0 if draws is None else int(draws)

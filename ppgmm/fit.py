@@ -386,8 +386,10 @@ class Fit:
             return row_map(self.params, lazy[0], "loglik")
         md = self._data_or(data)
         out = row_loglik(self.params, md) + md.log_jacobian
+        if not self._restores(data, md):
+            return out
         # a dropped row has nothing observed: its log-likelihood is log 1 = 0
-        return out if data is not None else self._restore(md, out, np.zeros(len(md.dropped)))
+        return md.restored(out, np.zeros(len(md.dropped)))
 
     def bic(self) -> float:
         """Bayesian information criterion, -2 loglik + p log n (smaller is better).
@@ -547,10 +549,12 @@ class Fit:
         return ("estimate" in self.idata.groups()
                 and self.attrs.get("uncertainty", "none") == "none")
 
-    def _restore(self, md: MissingData, kept: np.ndarray, fill: np.ndarray) -> np.ndarray:
-        """The fitted data's per-row output with the rows dropped at fit time (no observed
-        entry) put back in their input positions, so that it lines up with the input."""
-        return md.restored(kept, fill) if md.input_obs_names is not None else kept
+    @staticmethod
+    def _restores(data: Any, md: MissingData) -> bool:
+        """Whether per-row output for ``md`` gets the rows dropped at fit time (no observed
+        entry) back in their input positions, so that it lines up with the input: only for
+        the fitted data (``data`` None), with rows dropped, and their positions known."""
+        return data is None and bool(md.dropped) and md.input_obs_names is not None
 
     def _dropped_imputed(self, md: MissingData, draws: int | None,
                          seed: int | None) -> np.ndarray | list[np.ndarray]:
@@ -591,10 +595,10 @@ class Fit:
             return row_map(self.params, lazy[0], "proba")
         md = self._data_or(data)
         out = responsibilities(self.params, md)
-        if data is not None or not md.dropped:
+        if not self._restores(data, md):
             return out
         # nothing observed: the membership probabilities are the weights
-        return self._restore(md, out, np.tile(self.params.weights, (len(md.dropped), 1)))
+        return md.restored(out, np.tile(self.params.weights, (len(md.dropped), 1)))
 
     def predict(self, data: Any = None) -> np.ndarray:
         """Most probable component of each row."""
@@ -639,7 +643,7 @@ class Fit:
             return self._impute_chunked(*lazy, draws=draws, seed=seed)
         md = self._data_or(data)
         out = self._completed(md, data is None, draws, seed)
-        if data is None and md.dropped and md.input_obs_names is not None:
+        if self._restores(data, md):
             # the rows dropped at fit time, imputed as new rows with nothing observed
             rest = self._dropped_imputed(md, draws, seed)
             out = (md.restored(out, rest) if draws is None else

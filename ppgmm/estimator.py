@@ -290,10 +290,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         information (its log-likelihood is 0, and the fit drops such rows).
         """
         fit = self._fitted()
-        n = int(fit._data_or(X).observed.any(axis=1).sum())
+        md = fit._data_or(X)  # prepared once: rows with an observed entry, and their scores
+        n = int(md.observed.any(axis=1).sum())
         if n == 0:
             raise DataError("X has no row with an observed entry: its BIC is undefined")
-        return -2 * float(fit.score_samples(X).sum()) + self._n_parameters() * np.log(n)
+        return -2 * float(fit._row_loglik(md).sum()) + self._n_parameters() * np.log(n)
 
     def aic(self, X: Any) -> float:
         """-2 loglik(X) + 2 p."""

@@ -385,7 +385,7 @@ class Fit:
 
             return row_map(self.params, lazy[0], "loglik")
         md = self._data_or(data)
-        out = row_loglik(self.params, md) + md.log_jacobian
+        out = self._row_loglik(md)
         if not self._restores(data, md):
             return out
         # a dropped row has nothing observed: its log-likelihood is log 1 = 0
@@ -548,6 +548,10 @@ class Fit:
         """An EM estimate without bootstrap: its draws are all made at :meth:`point`."""
         return ("estimate" in self.idata.groups()
                 and self.attrs.get("uncertainty", "none") == "none")
+
+    def _row_loglik(self, md: MissingData) -> np.ndarray:
+        """Per-row log-likelihood at :meth:`point` of prepared data, on its original scale."""
+        return row_loglik(self.params, md) + md.log_jacobian
 
     @staticmethod
     def _restores(data: Any, md: MissingData) -> bool:

@@ -32,12 +32,14 @@ FIGURES = {
 
 def copy_figures(report: Path, img: Path) -> None:
     """Write the report's embedded PNGs named in :data:`FIGURES` to ``img``."""
-    html = report.read_text()
-    for alt, b64 in re.findall(r'<img[^>]*alt="([^"]*)"[^>]*src="data:image/png;base64,'
-                               r'([A-Za-z0-9+/=]+)"', html):
-        if alt in FIGURES:
-            (img / FIGURES[alt]).write_bytes(base64.b64decode(b64))
-            print(f"wrote {img / FIGURES[alt]}")
+    found = dict(re.findall(r'<img[^>]*alt="([^"]*)"[^>]*src="data:image/png;base64,'
+                            r'([A-Za-z0-9+/=]+)"', report.read_text()))
+    lost = sorted(set(FIGURES) - set(found))
+    if lost:  # a renamed figure would otherwise leave its old image in the guides
+        raise SystemExit(f"{report} has no figure {lost}; update FIGURES")
+    for alt, name in FIGURES.items():
+        (img / name).write_bytes(base64.b64decode(found[alt]))
+        print(f"wrote {img / name}")
 
 
 def numbers(folder: Path) -> None:

@@ -71,6 +71,10 @@ class Truth:
         {feature ("x0", ...): transform name} of the columns whose ``params`` are on a
         transformed scale ({} when none): ``compare`` shows the true parameters only beside
         a reference fit on the same scale.
+    repaired : ndarray of bool, shape (n,), optional
+        True for the rows the mechanism left with no observed entry, which got one entry
+        back (see the module docstring); None when the Truth was not made by
+        :func:`simulate`.
     """
 
     params: Params
@@ -79,6 +83,7 @@ class Truth:
     labels: np.ndarray
     mechanism: str
     transform: dict[str, str] = field(default_factory=dict)
+    repaired: np.ndarray | None = None
 
     def point(self) -> Any:
         """The true parameters as an xarray Dataset, like :meth:`ppgmm.Fit.point`."""
@@ -221,14 +226,14 @@ def simulate(
                     for j in range(d)])
         p = probs(_calibrated_rate(probs, missing, d))
         mask = rng.random((n, d)) < p
-    empty = np.flatnonzero(mask.all(axis=1))
-    mask[empty, rng.integers(0, d, len(empty))] = False
+    repaired = mask.all(axis=1)
+    mask[repaired, rng.integers(0, d, int(repaired.sum()))] = False
     ct = _transforms_of(spec_or_params, d)
     x = x if ct is None else ct.inverse(x)
     data = np.where(mask, np.nan, x)
     scale = {} if ct is None else {f"x{j}": t.name for j, t in enumerate(ct.by_column)
                                    if t is not None}
-    return data, Truth(params, x, mask, labels, mechanism, scale)
+    return data, Truth(params, x, mask, labels, mechanism, scale, repaired)
 
 
 def _transforms_of(source: Any, d: int) -> ColumnTransforms | None:

@@ -114,6 +114,20 @@ def test_rate_is_met_although_empty_rows_get_an_entry_back(mechanism, rho):
     assert abs(truth.mask.mean() - rho) < 4 * se
 
 
+def test_repaired_rows_are_the_closed_form_fraction_and_keep_one_entry():
+    """MCAR, D=2, target 0.4: each entry is first masked with rate r, r - r^2/2 = 0.4, so
+    r = 1 - sqrt(0.2) and a fraction r^2 of the rows lose both entries and get one back."""
+    p = ppgmm.Params(np.array([1.0]), np.zeros((1, 2)), np.eye(2)[None])
+    n = 50_000
+    _, truth = ppgmm.simulate(p, n, missing=0.4, seed=5)
+    expected = (1 - np.sqrt(0.2)) ** 2
+    assert truth.repaired.shape == (n,) and truth.repaired.dtype == bool
+    assert abs(truth.repaired.mean() - expected) < 4 * np.sqrt(expected * (1 - expected) / n)
+    assert_array_equal(truth.mask[truth.repaired].sum(axis=1), 1)
+    _, mar = ppgmm.simulate(p, 1000, missing=0.3, mechanism="MAR", seed=5)
+    assert not mar.repaired.any()  # the first feature is always observed
+
+
 @pytest.mark.parametrize("seed", [1, 130, 154])
 def test_low_mnar_rate_with_many_features_is_met(seed):
     """With D=10 at 10% no row is left empty to rounding, so the calibration's bracket had

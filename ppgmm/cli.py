@@ -145,13 +145,15 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path!r}")
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: drop a BOM
             sample = fh.read(65536)
         delimiters = ",\t;|" if decimal != "," else "\t;|"
         try:  # commas, tabs, semicolons and bars all read
             sep = csv.Sniffer().sniff(sample, delimiters=delimiters).delimiter
         except csv.Error:  # e.g. one column: nothing to sniff
-            sep = ";" if decimal == "," and ";" in sample else ","
+            # with decimal commas a comma separates columns only where the header has one
+            first = sample.partition("\n")[0]
+            sep = ";" if decimal == "," and (";" in sample or "," not in first) else ","
         if decimal == "," and sep == "," and "," in sample.partition("\n")[0]:
             raise UsageError(
                 f"--decimal , reads decimal commas, so {path} should separate its columns by "
@@ -172,7 +174,21 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
         if dup:
             raise UsageError(f"the header of {path} repeats the column name(s) {dup}; column "
                              "names should be unique")
-        df = pd.read_csv(path, sep=sep, na_values=na_values or None, decimal=decimal)
+        with warnings.catch_warnings():  # a row longer than the header loses data
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            try:
+                # index_col=False: extra fields never turn a column into row labels; one
+                # column: a blank line is a missing value, not a line to skip
+                df = pd.read_csv(path, sep=sep, na_values=na_values or None, decimal=decimal,
+                                 index_col=False, skip_blank_lines=len(names) > 1)
+            except pd.errors.ParserWarning:
+                raise UsageError(
+                    f"rows of {path} hold more fields than its header names ({len(names)}: "
+                    f"{names[:6]}{' ...' if len(names) > 6 else ''}); give every column a "
+                    "name, or remove the extra fields"
+                    + (" (with --decimal , the columns should be separated by semicolons, "
+                       "tabs or bars)" if decimal == "," else "")) from None
+        df.columns = [c.strip() if isinstance(c, str) else c for c in df.columns]
         given = [h for h in names if h]
         bare = bool(given) and all(_is_number(h, decimal) for h in given)
         if bare:
@@ -219,8 +235,10 @@ def _not_numeric_hint(df: Any, decimal: str, sep: str) -> str:
     texts = [c for c, t in df.dtypes.items() if not pd.api.types.is_bool_dtype(t)]
     if len(texts) < df.shape[1]:
         return " (true/false values)"
-    text = df[texts].astype(str).stack()
+    text = df[texts].stack().dropna().astype(str)  # empty cells are missing, not text
     odd = text[pd.to_numeric(text, errors="coerce").isna()] if len(text) else text
+    if len(odd) and odd.str.strip().str.lower().isin(["true", "false"]).all():
+        return " (true/false values)"
     if len(odd) and decimal == "." and sep != "," and odd.str.fullmatch(
             r"\s*[-+]?\d+,\d+\s*").all():
         return " (decimal commas? use --decimal ,)"
@@ -232,10 +250,13 @@ def _not_numeric_hint(df: Any, decimal: str, sep: str) -> str:
                 "numbers, so write them without thousands separators"
                 + (", and use --decimal , for decimal commas" if decimal == "." and sep != ","
                    else "") + ")")
-    if len(odd) and len(odd) < len(text) and odd.str.strip().nunique() == 1:
-        # numbers and one other token: likely a code for missing
-        return (f" (e.g. {odd.iloc[0]!r}; if that marks a missing value, use "
-                f"--na-values {odd.iloc[0].strip()!r})")
+    tokens = list(dict.fromkeys(odd.str.strip()))
+    if len(odd) and len(odd) < len(text) and len(tokens) <= 3:
+        # numbers and a few other tokens: likely codes for missing
+        these = " and ".join(repr(t) for t in tokens)
+        mark = "that marks a missing value" if len(tokens) == 1 else "those mark missing values"
+        use = " ".join(f"--na-values {t!r}" for t in tokens)
+        return f" (e.g. {these}; if {mark}, use {use})"
     return f" (they hold text, e.g. {odd.iloc[0]!r})" if len(odd) else ""
 
 

@@ -46,6 +46,13 @@ def files(tmp_path_factory):
     pd.DataFrame(data, columns=cols).round(4).to_csv(d / "rounded.csv", index=False)
     pd.DataFrame(data, columns=cols).assign(flag=True).to_csv(d / "bool.csv", index=False)
     xr.Dataset({"a": ("x", np.arange(3.0))}).to_netcdf(d / "other.nc")
+    codes = pd.DataFrame(data, columns=cols).round(4).astype(object)
+    gaps = np.flatnonzero(codes["height"].isna())
+    codes.loc[gaps[0], "height"], codes.loc[gaps[1], "height"] = "?", "-"  # the rest stay empty
+    codes.to_csv(d / "codes.csv", index=False)
+    (d / "extra.csv").write_text("a,b\n1,2,9\n3,4,8\n5,7,1\n6,1,3\n")
+    (d / "boolgap.csv").write_text("a,b\nTrue,2\n,3\nFalse,4\nTrue,5\n")
+    (d / "commagap.csv").write_text("a;b\n1,5;2\n;3\n3,5;4\n4,5;6\n")
     return d
 
 
@@ -158,6 +165,14 @@ BAD = [
     (["fit", "{d}/data.csv", "-k", "2", "--out", "{t}/f.nc", "--prior", "mclust"],
      "invalid choice"),
     (["frobnicate"], "invalid choice"),
+    # empty cells beside other codes: the hint ignores the empty cells
+    (["fit", "{d}/codes.csv", "-k", "2", "--out", "{t}/f.nc"],
+     "e.g. '?' and '-'; if those mark missing values, use --na-values '?' --na-values '-'"),
+    (["fit", "{d}/boolgap.csv", "-k", "1", "--out", "{t}/f.nc"], "(true/false values)"),
+    (["fit", "{d}/commagap.csv", "-k", "1", "--out", "{t}/f.nc"], "use --decimal ,"),
+    # a row longer than the header never turns a column into row labels
+    (["fit", "{d}/extra.csv", "-k", "1", "--out", "{t}/f.nc"],
+     "extra.csv hold more fields than its header names (2: ['a', 'b'])"),
     ([], "required"),
 ]
 
@@ -222,6 +237,30 @@ def test_a_csv_without_a_header_line_is_named_in_a_warning(files, tmp_path, caps
     code, _, err = run(["fit", files / "data.csv", "-k", "2", "--out", tmp_path / "g.nc"],
                        capsys)
     assert code == 0 and "numbers only" not in err
+
+
+def test_blank_lines_spaces_trailing_separators_and_a_bom_read_as_written(tmp_path, capsys):
+    """One column: a blank line is a missing value (pandas would skip it); header names lose
+    their spaces; a separator closing every row adds no column; a BOM is not part of a name."""
+    (tmp_path / "one.csv").write_text("x\n1,5\n2\n\n4\n5,5\n\n7\n8\n")
+    code, _, err = run(["fit", tmp_path / "one.csv", "-k", "1", "--decimal", ",", "--out",
+                        tmp_path / "one.nc"], capsys)
+    assert code == 0, err
+    assert "dropped 2 of 8 rows" in err
+    f = ppgmm.load(str(tmp_path / "one.nc"))
+    assert list(f.data.dropped) == [2, 5]
+    assert f.params.means[0, 0] == pytest.approx(np.mean([1.5, 2, 4, 5.5, 7, 8]), abs=1e-12)
+    (tmp_path / "sp.csv").write_text("a , b,\n1,2,\n3,4,\n5,7,\n6,1,\n")
+    code, _, err = run(["fit", tmp_path / "sp.csv", "-k", "1", "--columns", "a", "--prior",
+                        "none", "--out", tmp_path / "sp.nc"], capsys)
+    assert code == 0, err
+    f = ppgmm.load(str(tmp_path / "sp.nc"))
+    assert f.feature_names == ["a"]
+    assert f.params.means[0, 0] == pytest.approx(3.75, abs=1e-12)
+    (tmp_path / "bom.csv").write_bytes("\ufeff1,2\n3,4\n5,7\n6,1\n".encode())
+    code, _, err = run(["fit", tmp_path / "bom.csv", "-k", "1", "--out", tmp_path / "b.nc"],
+                       capsys)
+    assert code == 0 and "the first line holds numbers only (1, 2)" in err
 
 
 def test_help_exits_0(capsys):

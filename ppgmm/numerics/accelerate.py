@@ -14,6 +14,12 @@ component, the lower Cholesky factor of the covariance with its diagonal on the 
 these coordinates: a diagonal factor stays diagonal, equal factors (``tied``) stay equal,
 equal log diagonals (``spherical``) stay equal, so an extrapolated point keeps the type.
 A fixed point of EM is a fixed point of the accelerated scheme, so both reach the same one.
+
+The coordinates are taken in each column's units (:func:`column_units`: the starting
+mixture's marginal centre and sd per column; one common sd for spherical covariances), so
+the step length, and with it the whole path, does not depend on the units of the data:
+measured in raw units, a column in the millions dominated :math:`\|r\|` and :math:`\|v\|`,
+and the extrapolation then served that column alone.
 """
 
 from __future__ import annotations
@@ -22,14 +28,35 @@ import numpy as np
 
 from ..spec import Params
 
-__all__ = ["pack", "unpack", "squarem_point"]
+__all__ = ["pack", "unpack", "squarem_point", "column_units", "Units"]
 
 
-def pack(params: Params) -> np.ndarray:
-    """Unconstrained coordinates: log weights, means, Cholesky factors with log diagonals."""
+#: per-column centre and scale of :func:`pack`'s coordinates (None: the data's own units)
+Units = tuple[np.ndarray, np.ndarray] | None
+
+
+def column_units(params: Params, covariance: str) -> tuple[np.ndarray, np.ndarray]:
+    r"""Centre :math:`m = \sum_k w_k \mu_k` and scale per column: the mixture's marginal sd,
+    :math:`s_j^2 = \sum_k w_k (\Sigma_{k,jj} + (\mu_{kj} - m_j)^2)`, or for spherical
+    covariances (which a per-column scale would not keep spherical) their root mean."""
+    w, mu, cov = params
+    centre = w @ mu
+    var = w @ (np.diagonal(cov, axis1=1, axis2=2) + (mu - centre) ** 2)
+    if covariance == "spherical":
+        var = np.full_like(var, var.mean())
+    return centre, np.sqrt(np.where(var > 0, var, 1.0))
+
+
+def pack(params: Params, units: Units = None) -> np.ndarray:
+    """Unconstrained coordinates: log weights, means, Cholesky factors with log diagonals;
+    with ``units`` (centre, scale), means and factors in those units."""
     w, mu, cov = params
     chol = np.linalg.cholesky(cov)
     k, d = mu.shape
+    if units is not None:
+        centre, scale = units
+        mu = (mu - centre) / scale
+        chol = chol / scale[:, None]  # the factor of S^-1 cov S^-1 is S^-1 L
     diag = np.arange(d)
     chol[:, diag, diag] = np.log(chol[:, diag, diag])
     low = np.tril_indices(d)
@@ -38,8 +65,8 @@ def pack(params: Params) -> np.ndarray:
     return np.concatenate([logw, mu.ravel(), chol[:, low[0], low[1]].ravel()])
 
 
-def unpack(theta: np.ndarray, k: int, d: int) -> Params:
-    """The mixture of :func:`pack`'s coordinates ``theta``."""
+def unpack(theta: np.ndarray, k: int, d: int, units: Units = None) -> Params:
+    """The mixture of :func:`pack`'s coordinates ``theta`` (in ``units``, if given)."""
     logw, rest = theta[:k], theta[k:]
     mu = rest[:k * d].reshape(k, d)
     low = np.tril_indices(d)
@@ -47,19 +74,24 @@ def unpack(theta: np.ndarray, k: int, d: int) -> Params:
     chol[:, low[0], low[1]] = rest[k * d:].reshape(k, -1)
     diag = np.arange(d)
     chol[:, diag, diag] = np.exp(chol[:, diag, diag])
+    if units is not None:
+        centre, scale = units
+        mu = centre + mu * scale
+        chol = chol * scale[:, None]
     w = np.exp(logw - logw.max())
     cov = chol @ np.swapaxes(chol, -1, -2)
     return Params(w / w.sum(), mu, 0.5 * (cov + np.swapaxes(cov, -1, -2)))
 
 
-def squarem_point(p0: Params, p1: Params, p2: Params,
-                  step_max: float) -> tuple[Params | None, float]:
-    """The SqS3 extrapolation from three successive EM iterates, and its step length.
+def squarem_point(p0: Params, p1: Params, p2: Params, step_max: float,
+                  units: Units = None) -> tuple[Params | None, float]:
+    """The SqS3 extrapolation from three successive EM iterates, and its step length, in
+    ``units`` (:func:`column_units`).
 
     Returns ``(None, s)`` when the step length ``s`` is 1 (the point would be ``p2``), and
     ``(None, 1.0)`` when the coordinates are not finite (a weight at zero).
     """
-    t0, t1, t2 = pack(p0), pack(p1), pack(p2)
+    t0, t1, t2 = pack(p0, units), pack(p1, units), pack(p2, units)
     if not (np.isfinite(t0).all() and np.isfinite(t1).all() and np.isfinite(t2).all()):
         return None, 1.0
     r = t1 - t0
@@ -71,4 +103,4 @@ def squarem_point(p0: Params, p1: Params, p2: Params,
     if s == 1.0:
         return None, s
     k, d = p0.means.shape
-    return unpack(t0 + 2.0 * s * r + s * s * v, k, d), s
+    return unpack(t0 + 2.0 * s * r + s * s * v, k, d, units), s

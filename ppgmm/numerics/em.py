@@ -18,7 +18,7 @@ import numpy as np
 from ..data import MissingData, PatternLayout
 from ..exceptions import ObjectiveDecreaseError, PpgmmError
 from ..spec import Params, ResolvedPrior
-from .accelerate import pack, squarem_point
+from .accelerate import Units, column_units, pack, squarem_point
 from .densities import log_prior
 from .patterns import BLOCK_ENTRIES, EStep, e_step, row_blocks
 
@@ -206,9 +206,10 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
     so a step may lower it; the iteration goes on until the change is below ``tol``.
 
     Stopping. ``stop="gain"`` stops once a plain EM step changes the objective by less than
-    ``tol`` per row and moves no coordinate of
-    :func:`~ppgmm.numerics.accelerate.pack` by more than sqrt(``tol``) relative to its size
-    (both scale-free, so one ``tol`` means the same at any N). ``stop="sklearn"`` is
+    ``tol`` per row and moves no coordinate of :func:`~ppgmm.numerics.accelerate.pack` (in
+    the columns' units, :func:`~ppgmm.numerics.accelerate.column_units` of the start) by
+    more than sqrt(``tol``) relative to its size (both scale-free, so one ``tol`` means the
+    same at any N and in any units). ``stop="sklearn"`` is
     scikit-learn's rule (never accelerated): its E-step scores the parameters before the
     M-step, so it learns of a small gain one step late and takes one more M-step, and a run
     whose small gain comes at step ``max_iter`` has not converged.
@@ -228,11 +229,12 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
     # floating-point trouble (a collapsing component overflows) shows up as a non-finite or
     # decreasing objective below, which raises an error that says what to do; numpy's own
     # warnings would only repeat it in less useful words
+    units = column_units(params, covariance)  # the start's units: the path is unit-free
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         stats = estep(params)
         run = EMRun(params, stats, [objective(stats, params, prior)])
         if accelerate and stop == "gain":
-            _squarem(run, estep, covariance, prior, max_iter, tol, reg_covar, n)
+            _squarem(run, estep, covariance, prior, max_iter, tol, reg_covar, n, units)
             return run
         pending = False
         for _ in range(max_iter):
@@ -241,7 +243,7 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
             # without reg_covar a gain at or below rounding (even slightly negative) is
             # convergence
             small = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n < tol
-            small = small and (stop == "sklearn" or not _moved(p0, run.params, tol))
+            small = small and (stop == "sklearn" or not _moved(p0, run.params, tol, units))
             if pending or (small and stop == "gain"):
                 run.converged = True
                 break
@@ -263,16 +265,17 @@ def _em_step(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior |
     return obj, prev
 
 
-def _moved(p0: Params, p1: Params, tol: float) -> bool:
-    """Whether some packed coordinate moved by more than sqrt(tol) relative to its size."""
-    t0, t1 = pack(p0), pack(p1)
+def _moved(p0: Params, p1: Params, tol: float, units: Units) -> bool:
+    """Whether some packed coordinate (in the columns' ``units``) moved by more than
+    sqrt(tol) relative to its size."""
+    t0, t1 = pack(p0, units), pack(p1, units)
     ok = np.isfinite(t0) & np.isfinite(t1)
     rel = np.abs(t1[ok] - t0[ok]) / np.maximum(1.0, np.abs(t0[ok]))
     return bool(rel.size and rel.max() > np.sqrt(tol))
 
 
 def _squarem(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior | None,
-             max_iter: int, tol: float, reg_covar: float, n: int) -> None:
+             max_iter: int, tol: float, reg_covar: float, n: int, units: Units) -> None:
     """SQUAREM cycles with the monotone safeguard (see :func:`run_em`)."""
     step_max = 1.0
 
@@ -281,7 +284,7 @@ def _squarem(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior |
         p = run.params
         obj, prev = _em_step(run, estep, covariance, prior, reg_covar)
         gain = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n
-        run.converged = gain < tol and not _moved(p, run.params, tol)
+        run.converged = gain < tol and not _moved(p, run.params, tol, units)
         return run.converged
 
     while run.n_iter < max_iter:
@@ -291,7 +294,7 @@ def _squarem(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior |
         p1 = run.params
         if plain_step() or run.n_iter >= max_iter:
             return
-        cand, s = squarem_point(p0, p1, run.params, step_max)
+        cand, s = squarem_point(p0, p1, run.params, step_max, units)
         grow = s == step_max  # SQUAREM's adaptive bound on the step length
         if cand is None:
             step_max *= 4.0 if grow else 1.0
@@ -385,15 +388,21 @@ def mean_imputed(md: MissingData) -> np.ndarray:
 
 
 def params_from_resp(x: np.ndarray, resp: np.ndarray, covariance: str, reg: float) -> Params:
-    """Complete-data M-step (on mean-imputed rows) for a starting point."""
+    """Complete-data M-step (on mean-imputed rows) for a starting point.
+
+    A floor of 1e-6 of each column's variance (their mean for spherical covariances) plus
+    ``reg`` is added to the diagonals, so that a start is never singular; per column, so
+    that the start does not depend on the units of the data (one floor for every column,
+    sized by a column in the millions, swamped the others)."""
     n, d = x.shape
     nk = resp.sum(0) + EPS
     means = resp.T @ x / nk[:, None]
-    floor = 1e-6 * np.var(x, axis=0).mean() + reg
+    var = np.var(x, axis=0)
+    floor = 1e-6 * (var.mean() if covariance == "spherical" else var) + reg
     cov = np.empty((len(nk), d, d))
     for j in range(len(nk)):
         dev = x - means[j]
         cov[j] = (resp[:, j, None] * dev).T @ dev / nk[j]
     cov = constrain_covariance(cov, covariance, nk)
-    cov += floor * np.eye(d)
+    cov += floor * np.eye(d)  # floor: a scalar, or one entry per column
     return Params(nk / nk.sum(), means, cov)

@@ -270,7 +270,7 @@ def _check_same_data(fits: dict[str, Fit]) -> None:
         else:
             continue
         raise DataError(
-            f"compare() needs fits of one data set, but {label!r} and {first!r} were fitted on "
+            f"fits are compared on one data set, but {label!r} and {first!r} were fitted on "
             f"different data ({why}); refit them on the same data"
         )
 

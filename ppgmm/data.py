@@ -504,7 +504,8 @@ def _to_array(data: Any) -> tuple[np.ndarray, list[str], np.ndarray, str, str | 
     if isinstance(data, pd.Series):
         raise DataError(
             f"data should have the shape (n_samples, n_features), but got a pandas Series of "
-            f"length {len(data)}. Reshape your data with s.to_frame() if it is a single feature"
+            f"length {len(data)}: use s.to_frame() if it is one feature (a column), or "
+            "s.to_frame().T if it is one row (e.g. df.iloc[0]; df.iloc[[0]] keeps it a table)"
         )
     if isinstance(data, pd.DataFrame):
         name = data.index.name
@@ -632,7 +633,9 @@ def _check_support(values: np.ndarray, feats: list[str], n_components: int,
     """Warnings for fits the data cannot support: sparse columns, too few distinct rows."""
     n, d = values.shape
     counts = (~np.isnan(values)).sum(axis=0)
-    few = [(feats[j], int(c)) for j, c in enumerate(counts) if c < d + 1 or c < 0.05 * n]
+    # a column seen in every row is not sparse, however few the rows (other checks say so)
+    few = [(feats[j], int(c)) for j, c in enumerate(counts)
+           if c < n and (c < d + 1 or c < 0.05 * n)]
     if few and n > 1:
         listed = ", ".join(f"{f!r} in {c}" for f, c in few)
         warnings.warn(
@@ -643,19 +646,26 @@ def _check_support(values: np.ndarray, feats: list[str], n_components: int,
         )
     if n_components < 2 and covariance is None:
         return
-    per = {"full": d + 1, "tied": 1, "diag": 2, "spherical": 2}.get(covariance or "", 2)
-    need = n_components * per + (d if covariance == "tied" else 0)
+    def rows_needed(cov: str) -> int:
+        per = {"full": d + 1, "tied": 1, "diag": 2, "spherical": 2}[cov]
+        return n_components * per + (d if cov == "tied" else 0)
+
+    need = rows_needed(covariance or "diag")
     distinct = _distinct_rows(values, need)
     if distinct < need and (n_components >= 2 or n > 1):  # one row: its own errors follow
         what = (f"{n_components} components with {covariance or 'their'} covariances need: "
                 "components may sit on single points" if n_components >= 2 else
                 f"one component with a {covariance or 'full'} covariance needs: its covariance "
                 "is singular")
-        fix = ("fewer components, covariance='diag' or 'tied'" if n_components >= 2 else
-               "covariance='diag' or 'spherical'")
+        # only what the data can support and the call does not already use
+        others = [f"covariance={c!r}" for c in ("diag", "spherical", "tied")
+                  if c != covariance and rows_needed(c) <= distinct
+                  and (n_components >= 2 or c != "tied")]
+        fix = ", ".join((["fewer components"] if n_components >= 2 else []) + others) or (
+            "more data")
         warnings.warn(
             f"the data have {distinct} distinct rows, fewer than the {need} that {what} (a "
-            f"degenerate fit, whatever 'converged' says). Use {fix}, or the default prior",
+            f"degenerate fit, whatever 'converged' says). Use {fix}",
             UserWarning, stacklevel=4,
         )
 

@@ -134,6 +134,21 @@ def test_few_distinct_rows_warns(rng):
         ppgmm.fit(ppgmm.GMM(2), x, seed=0)
 
 
+def test_too_few_rows_advice_names_only_what_the_data_support_and_the_call_lacks(rng):
+    """4 distinct rows, K=3: diag needs 6, spherical 6, tied 5 (3 + d): only fewer
+    components is left; and a column seen in every row is not called sparse."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ppgmm.fit(ppgmm.GMM(3, "diag"), rng.normal(size=(4, 2)), seed=0)
+    text = [str(w.message) for w in rec if "distinct rows" in str(w.message)]
+    assert len(text) == 1 and text[0].endswith("Use fewer components")
+    assert not any("very few" in str(w.message) for w in rec)
+    # full needs 3 x 4 = 12; diag, spherical and tied need 6
+    with pytest.warns(UserWarning, match="Use fewer components, covariance='diag', "
+                                         "covariance='spherical', covariance='tied'$"):
+        ppgmm.fit(ppgmm.GMM(3), rng.normal(size=(8, 3)), seed=0)
+
+
 def test_one_component_on_too_few_distinct_rows_warns(rng):
     """Two distinct points in 3-D: the MLE covariance is singular (its likelihood is held
     up by reg_covar alone), so K=1 warns too."""
@@ -306,7 +321,8 @@ def test_structured_array_fields_are_features():
 @pytest.mark.parametrize("data, match", [
     ([[1.0, 2.0], [3.0]], "rows of equal length"),
     ("data.csv", "not a file name"),
-    (pd.Series([1.0, 2.0, 3.0]), r"pandas Series.*to_frame"),
+    (pd.Series([1.0, 2.0, 3.0]),
+     r"pandas Series.*to_frame\(\) if it is one feature.*to_frame\(\).T if it is one row"),
     (np.ones(5), r"shape \(5,\).*Reshape your data"),
     ({"a": [1, 2]}, "0-d array"),
     (np.ones((3, 2)) * 1j, "Complex data not supported"),

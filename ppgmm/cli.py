@@ -138,6 +138,36 @@ def _is_number(text: str, decimal: str = ".") -> bool:
     return True
 
 
+def _layout(path: str, decimal: str) -> tuple[str, list[str]]:
+    """The separator and header names of the CSV at ``path`` (refused when ambiguous)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: drop a BOM
+        sample = fh.read(65536)
+    delimiters = ",\t;|" if decimal != "," else "\t;|"
+    try:  # commas, tabs, semicolons and bars all read
+        sep = csv.Sniffer().sniff(sample, delimiters=delimiters).delimiter
+    except csv.Error:  # e.g. one column: nothing to sniff
+        # with decimal commas a comma separates columns only where the header has one
+        first = sample.partition("\n")[0]
+        sep = ";" if decimal == "," and (";" in sample or "," not in first) else ","
+    if decimal == "," and sep == "," and "," in sample.partition("\n")[0]:
+        raise UsageError(
+            f"--decimal , reads decimal commas, so {path} should separate its columns by "
+            "semicolons, tabs or bars, but it uses commas; numbers with commas inside "
+            "quotes there (e.g. \"1,234\") are ambiguous: write them without separators"
+        )
+    header = next(csv.reader(io.StringIO(sample), delimiter=sep), [])
+    names = [h.strip() for h in header]
+    lines = sample.splitlines()
+    if (len(names) == 1 and len(names[0].split()) > 1 and len(lines) > 1
+            and len(lines[1].split()) == len(names[0].split())):  # "a b" over "1 2"
+        raise UsageError(
+            f"the header of {path} ({names[0]!r}) reads as one column: separate the "
+            "columns by commas, tabs, semicolons or bars (spaces are not read as "
+            "separators)"
+        )
+    return sep, names
+
+
 def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None,
               decimal: str = ".") -> Any:
     import pandas as pd
@@ -145,31 +175,7 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path!r}")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: drop a BOM
-            sample = fh.read(65536)
-        delimiters = ",\t;|" if decimal != "," else "\t;|"
-        try:  # commas, tabs, semicolons and bars all read
-            sep = csv.Sniffer().sniff(sample, delimiters=delimiters).delimiter
-        except csv.Error:  # e.g. one column: nothing to sniff
-            # with decimal commas a comma separates columns only where the header has one
-            first = sample.partition("\n")[0]
-            sep = ";" if decimal == "," and (";" in sample or "," not in first) else ","
-        if decimal == "," and sep == "," and "," in sample.partition("\n")[0]:
-            raise UsageError(
-                f"--decimal , reads decimal commas, so {path} should separate its columns by "
-                "semicolons, tabs or bars, but it uses commas; numbers with commas inside "
-                "quotes there (e.g. \"1,234\") are ambiguous: write them without separators"
-            )
-        header = next(csv.reader(io.StringIO(sample), delimiter=sep), [])
-        names = [h.strip() for h in header]
-        lines = sample.splitlines()
-        if (len(names) == 1 and len(names[0].split()) > 1 and len(lines) > 1
-                and len(lines[1].split()) == len(names[0].split())):  # "a b" over "1 2"
-            raise UsageError(
-                f"the header of {path} ({names[0]!r}) reads as one column: separate the "
-                "columns by commas, tabs, semicolons or bars (spaces are not read as "
-                "separators)"
-            )
+        sep, names = _layout(path, decimal)
         dup = sorted({h for h in names if names.count(h) > 1 and h})
         if dup:
             raise UsageError(f"the header of {path} repeats the column name(s) {dup}; column "

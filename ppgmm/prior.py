@@ -23,7 +23,7 @@ from .exceptions import DataError, ObjectiveDecreaseError, PpgmmError, SpecError
 from .numerics.em import fit_single_gaussian
 from .spec import GMM, ResolvedPrior
 
-__all__ = ["resolve_prior", "data_moments"]
+__all__ = ["resolve_prior", "data_moments", "warn_if_prior_dominates"]
 
 #: the one-Gaussian MAR fit behind the default prior, per data object: a Bayesian fit resolves
 #: the prior and then runs EM, which resolves it again, and a dask fit does so once per start
@@ -221,3 +221,41 @@ def _check_scale(scale: np.ndarray, dof: float, d: int, *, from_data: bool,
         raise SpecError(
             f"prior dof should exceed d - 1 = {d - 1} for a proper inverse-Wishart, but got {dof}"
         )
+
+
+#: share of a column's variance estimates above which the one diag prior scale is named
+PRIOR_SHARE = 0.2
+
+
+def warn_if_prior_dominates(spec: GMM, md: Any, rp: ResolvedPrior | None,
+                            stacklevel: int = 5) -> None:
+    r"""Warn when the default diag prior's one scale swamps a column of small variance.
+
+    With ``covariance="diag"`` the default prior gives every column the inverse-gamma scale
+    :math:`s^2 = f\,\mathrm{tr}(V)/D` (mclust's), in the data's units. A component's
+    variance of column :math:`j` is :math:`(s^2 + \text{scatter}) / (\nu + n_k + 3)`; with
+    about :math:`n_k = N/K` rows per component and the column's variance :math:`v_j`, the
+    prior makes up about :math:`s^2 / (s^2 + n_k v_j)` of it (less when the component is
+    tighter than the column). Above :data:`PRIOR_SHARE` the estimates of that column are
+    pulled towards :math:`s^2 / \nu`, the sign of columns in very different units.
+    """
+    if (rp is None or spec.covariance != "diag" or spec.prior is None
+            or spec.prior.scale is not None or np.ndim(rp.scale) != 0):
+        return
+    var = np.asarray(md.var, dtype=float)
+    s2, n_k = float(rp.scale), md.n / spec.n_components
+    share = s2 / (s2 + n_k * var)
+    j = int(np.argmax(share))
+    if not share[j] > PRIOR_SHARE:
+        return
+    import warnings
+
+    warnings.warn(
+        f"the default prior for covariance='diag' gives every column one scale, s2 = "
+        f"{s2:.3g} (from the mean column variance, as mclust's); column "
+        f"{md.feature_names[j]!r} has variance {var[j]:.3g}, so with about {n_k:.0f} rows "
+        f"per component the prior makes up about {share[j]:.0%} of its variance estimates "
+        "and pulls them up. Put the columns on similar scales first (e.g. divide each by its "
+        "standard deviation), or use covariance='full' or prior=None",
+        UserWarning, stacklevel=stacklevel,
+    )

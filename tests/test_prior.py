@@ -263,3 +263,26 @@ def test_improper_explicit_prior_is_a_spec_error():
                                                              [0, 0, 1]])), md)
     with pytest.raises(ppgmm.SpecError, match="dof should exceed d - 1 = 2"):
         resolve_prior(ppgmm.GMM(2, prior=ppgmm.Prior(dof=1.5)), md)
+
+
+def test_default_diag_prior_swamping_a_small_column_is_named():
+    """Column sds 100 and 1: s2 = f tr(V) / D (f = 1/2 at K = 2, D = 2) is about 2,500
+    while 100 rows per component carry a scatter of about 100 in the small column, so the
+    prior makes up s2 / (s2 + n_k v) of its variance estimates (computed here from np.var),
+    and it shows: the fitted sds of that column are inflated against the fit of the
+    standardised data mapped back."""
+    rng = np.random.default_rng(4)
+    x = np.vstack([rng.normal(0.0, 1.0, (100, 2)), rng.normal(4.0, 1.0, (100, 2))])
+    x *= np.array([100.0, 1.0])
+    s2 = 0.5 * np.trace(np.cov(x, rowvar=False)) / 2
+    share = s2 / (s2 + 100 * np.var(x[:, 1]))
+    with pytest.warns(UserWarning, match=rf"column 'x1' has variance .* about {share:.0%} of"):
+        raw = ppgmm.fit(ppgmm.GMM(2, "diag"), x, seed=0)
+    sd = x.std(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none on similar scales, nor for full covariances
+        std = ppgmm.fit(ppgmm.GMM(2, "diag"), x / sd, seed=0)
+        ppgmm.fit(ppgmm.GMM(2), x, seed=0)
+        ppgmm.fit(ppgmm.GMM(2, "diag", prior=ppgmm.Prior(scale=1.0)), x, seed=0)
+    small = np.sort(raw.params.covariances[:, 1, 1])
+    assert np.all(small > 1.5 * np.sort(std.params.covariances[:, 1, 1] * sd[1] ** 2))

@@ -32,7 +32,7 @@ from ..fit import LOG_DENSITY_STATS, Fit, build_idata
 from ..numerics import affine
 from ..numerics.alignment import align, align_to, count_relabelled
 from ..numerics.patterns import derived_quantities
-from ..prior import resolve_prior
+from ..prior import resolve_prior, warn_if_prior_dominates
 from ..spec import GMM, Draws, Params, Prior, ResolvedPrior, as_params
 from .em import fit_em
 from .pymc_model import build_model, initial_values
@@ -111,6 +111,7 @@ def resolve_bayes_prior(spec: GMM, md: MissingData) -> tuple[GMM, ResolvedPrior,
         )
     rp = resolve_prior(spec, md)
     assert rp is not None
+    warn_if_prior_dominates(spec, md, rp, stacklevel=6)
     return spec, rp, note
 
 

@@ -30,7 +30,7 @@ from ..numerics.em import (
 )
 from ..numerics.init import kmeans_labels, kpod_labels
 from ..numerics.patterns import derived_quantities
-from ..prior import resolve_prior
+from ..prior import resolve_prior, warn_if_prior_dominates
 from ..spec import GMM, Draws, Params, ResolvedPrior, as_params
 
 __all__ = ["fit_em", "initial_params", "em_backend", "EMResult", "warn_if_reg_covar_dominates"]
@@ -165,6 +165,7 @@ def fit_em(
         "reg_covar", reg_covar)
     if warn:
         warn_if_reg_covar_dominates(reg, md)
+        warn_if_prior_dominates(spec, md, prior)
     rng = np.random.default_rng(seed)
     layout = md.layout
     if not isinstance(init, str):

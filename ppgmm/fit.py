@@ -375,9 +375,11 @@ class Fit:
     def score_samples(self, data: Any = None) -> np.ndarray:
         r"""Observed-data log-likelihood of each row at :meth:`point` (NaN allowed).
 
-        On the data's original scale: with a transform, :math:`\log p_Y(f(x_{i,o})) +
-        \sum_{j \in o_i}\log|f_j'(x_{ij})|`. Lazy (a dask array, computed chunk by chunk)
-        for dask data and chunked fits.
+        :math:`\log \sum_k w_k N(x_{i,o} \mid \mu_{k,o}, \Sigma_{k,oo})`, 0 for a row with
+        nothing observed. On the data's original scale: with a transform,
+        :math:`\log p_Y(f(x_{i,o})) + \sum_{j \in o_i}\log|f_j'(x_{ij})|`. Returns an ndarray
+        (n,) in the rows' order (see :meth:`predict_proba`). Lazy (a dask array, computed
+        chunk by chunk) for dask data and chunked fits.
         """
         lazy = self._chunked_rows(data)
         if lazy is not None:
@@ -588,9 +590,15 @@ class Fit:
                        fitted_by=self._fitted_by, transform=self.transform)
 
     def predict_proba(self, data: Any = None) -> np.ndarray:
-        """Component membership probabilities given each row's observed entries.
+        r"""Component membership probabilities given each row's observed entries.
 
-        Lazy (a dask array, computed chunk by chunk) for dask data and chunked fits.
+        .. math:: r_{ik} = \frac{w_k\,N(x_{i,o} \mid \mu_{k,o}, \Sigma_{k,oo})}
+                               {\sum_j w_j\,N(x_{i,o} \mid \mu_{j,o}, \Sigma_{j,oo})}
+
+        at :meth:`point`; a row with nothing observed gets the weights. Returns an ndarray
+        (n, K) in the rows' order, as scikit-learn does, for a DataFrame too
+        (``pd.DataFrame(p, index=df.index)`` puts the labels back; :meth:`impute` keeps
+        them). Lazy (a dask array, computed chunk by chunk) for dask data and chunked fits.
         """
         lazy = self._chunked_rows(data)
         if lazy is not None:

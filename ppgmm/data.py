@@ -191,6 +191,11 @@ class MissingData:
         data's ``var``."""
         return np.nanvar(self.values, axis=0)
 
+    @cached_property
+    def col_counts(self) -> np.ndarray:
+        """Observed entries per column, as chunked data's ``col_counts``."""
+        return self.observed.sum(axis=0)
+
     @property
     def missing_index(self) -> tuple[np.ndarray, np.ndarray]:
         """(row, feature) positions of the missing entries, row-major."""

@@ -228,34 +228,41 @@ PRIOR_SHARE = 0.2
 
 
 def warn_if_prior_dominates(spec: GMM, md: Any, rp: ResolvedPrior | None,
-                            stacklevel: int = 5) -> None:
+                            stacklevel: int = 5, mle: bool = True) -> None:
     r"""Warn when the default diag prior's one scale swamps a column of small variance.
 
     With ``covariance="diag"`` the default prior gives every column the inverse-gamma scale
     :math:`s^2 = f\,\mathrm{tr}(V)/D` (mclust's), in the data's units. A component's
-    variance of column :math:`j` is :math:`(s^2 + \text{scatter}) / (\nu + n_k + 3)`; with
-    about :math:`n_k = N/K` rows per component and the column's variance :math:`v_j`, the
-    prior makes up about :math:`s^2 / (s^2 + n_k v_j)` of it (less when the component is
-    tighter than the column). Above :data:`PRIOR_SHARE` the estimates of that column are
-    pulled towards :math:`s^2 / \nu`, the sign of columns in very different units.
+    variance of column :math:`j` is :math:`(s^2 + \text{scatter}) / (\nu + n_{kj} + 3)`; with
+    about :math:`n_{kj} = c_j / K` observed values per component (:math:`c_j` the column's
+    observed count) and the column's variance :math:`v_j`, the prior makes up about
+    :math:`a_j = s^2 / (s^2 + n_{kj} v_j)` of it (more when the component is tighter than
+    the column). The warning names the column with the largest :math:`a_j` when it exceeds
+    :data:`PRIOR_SHARE` and twice the share at the mean variance :math:`\bar v`,
+    :math:`s^2 / (s^2 + n_{kj} \bar v)`: the prior's weight from few rows is the same for
+    every column and intended; only the excess from a column's units is named. ``mle``:
+    whether ``prior=None`` (maximum likelihood) is a remedy (not for the Bayesian backends).
     """
     if (rp is None or spec.covariance != "diag" or spec.prior is None
             or spec.prior.scale is not None or np.ndim(rp.scale) != 0):
         return
     var = np.asarray(md.var, dtype=float)
-    s2, n_k = float(rp.scale), md.n / spec.n_components
+    n_k = np.asarray(md.col_counts, dtype=float) / spec.n_components
+    s2 = float(rp.scale)
     share = s2 / (s2 + n_k * var)
-    j = int(np.argmax(share))
-    if not share[j] > PRIOR_SHARE:
+    named = (share > PRIOR_SHARE) & (share > 2 * s2 / (s2 + n_k * var.mean()))
+    if not named.any():
         return
+    j = int(np.argmax(np.where(named, share, 0.0)))
     import warnings
 
     warnings.warn(
         f"the default prior for covariance='diag' gives every column one scale, s2 = "
         f"{s2:.3g} (from the mean column variance, as mclust's); column "
-        f"{md.feature_names[j]!r} has variance {var[j]:.3g}, so with about {n_k:.0f} rows "
-        f"per component the prior makes up about {share[j]:.0%} of its variance estimates "
-        "and pulls them up. Put the columns on similar scales first (e.g. divide each by its "
-        "standard deviation), or use covariance='full' or prior=None",
+        f"{md.feature_names[j]!r} has variance {var[j]:.3g}, so with about {n_k[j]:.0f} "
+        f"observed values per component the prior makes up about {share[j]:.0%} of its "
+        "variance estimates and pulls them up. Put the columns on similar scales first "
+        "(e.g. divide each by its standard deviation), or use covariance='full'"
+        + (" or prior=None" if mle else ""),
         UserWarning, stacklevel=stacklevel,
     )

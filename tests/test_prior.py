@@ -286,3 +286,19 @@ def test_default_diag_prior_swamping_a_small_column_is_named():
         ppgmm.fit(ppgmm.GMM(2, "diag", prior=ppgmm.Prior(scale=1.0)), x, seed=0)
     small = np.sort(raw.params.covariances[:, 1, 1])
     assert np.all(small > 1.5 * np.sort(std.params.covariances[:, 1, 1] * sd[1] ** 2))
+
+
+def test_default_diag_prior_weight_from_few_rows_alone_is_not_named():
+    """Standardised columns, 3 rows per component: the prior carries about 1/4 of every
+    column's variance estimates alike (its intended weight at small N), nothing to rescale;
+    one column 85% missing in other units is named, by its observed count."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(12, 10))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ppgmm.fit(ppgmm.GMM(4, "diag"), (z - z.mean(0)) / z.std(0), seed=0)
+    assert not any("prior for covariance='diag'" in str(w.message) for w in rec)
+    x = np.column_stack([rng.normal(0, 10, 400), rng.normal(0, 1, 400)])
+    x[rng.random(400) < 0.85, 1] = np.nan
+    with pytest.warns(UserWarning, match=r"'x1' .* about (\d+) observed values per component"):
+        ppgmm.fit(ppgmm.GMM(2, "diag"), x, seed=0)

@@ -111,7 +111,7 @@ def resolve_bayes_prior(spec: GMM, md: MissingData) -> tuple[GMM, ResolvedPrior,
         )
     rp = resolve_prior(spec, md)
     assert rp is not None
-    warn_if_prior_dominates(spec, md, rp, stacklevel=6)
+    warn_if_prior_dominates(spec, md, rp, stacklevel=6, mle=False)
     return spec, rp, note
 
 

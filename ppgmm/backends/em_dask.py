@@ -21,7 +21,7 @@ from ..checks import check_int, check_number
 from ..chunked import ChunkedData, prepare_chunked, row_map
 from ..exceptions import ConvergenceWarning, PpgmmError, SpecError
 from ..fit import Fit, build_chunked_idata
-from ..prior import resolve_prior
+from ..prior import resolve_prior, warn_if_prior_dominates
 from ..spec import GMM
 from .em import EMResult, fit_em, initial_params, warn_if_reg_covar_dominates
 
@@ -73,6 +73,7 @@ def fit_dask(spec: GMM, data: ChunkedData, *, seed: int | None = None, n_init: i
     best.n_init = n_init
     if n_init > 1:
         warn_if_reg_covar_dominates(best.reg_covar, data)
+        warn_if_prior_dominates(spec, data, best.prior)
         for message in best.messages:
             warnings.warn(message, UserWarning if best.run.converged else ConvergenceWarning,
                           stacklevel=4)

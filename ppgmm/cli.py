@@ -138,10 +138,15 @@ def _is_number(text: str, decimal: str = ".") -> bool:
     return True
 
 
-def _layout(path: str, decimal: str) -> tuple[str, list[str]]:
-    """The separator and header names of the CSV at ``path`` (refused when ambiguous)."""
+#: how much of a CSV is read to find its separator and header
+SAMPLE_BYTES = 65536
+
+
+def _layout(path: str, decimal: str) -> tuple[str, list[str], str]:
+    """The separator, header names and first 64 KiB of the CSV at ``path`` (refused when
+    ambiguous)."""
     with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: drop a BOM
-        sample = fh.read(65536)
+        sample = fh.read(SAMPLE_BYTES)
     delimiters = ",\t;|" if decimal != "," else "\t;|"
     try:  # commas, tabs, semicolons and bars all read
         sep = csv.Sniffer().sniff(sample, delimiters=delimiters).delimiter
@@ -165,7 +170,55 @@ def _layout(path: str, decimal: str) -> tuple[str, list[str]]:
             "columns by commas, tabs, semicolons or bars (spaces are not read as "
             "separators)"
         )
-    return sep, names
+    return sep, names, sample
+
+
+def _read_rows(path: str, sep: str, names: list[str], sample: str,
+               na_values: list[str] | None, decimal: str) -> Any:
+    """The table, read so that no field is lost or shifted.
+
+    index_col=False: a row longer than the header is an error, not a shift that makes the
+    first column row labels, except in R's ``write.table`` layout (every row one field
+    longer than the header: its row names), which is read so with a warning. One column: a
+    blank (or blank-looking) line is a missing value, not a line to skip, except the blank
+    lines that end the file.
+    """
+    import pandas as pd
+
+    one = len(names) == 1
+    kw = dict(sep=sep, na_values=na_values or None, decimal=decimal,
+              skip_blank_lines=not one, skipinitialspace=one)
+    with warnings.catch_warnings():  # a row longer than the header loses data
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            df = pd.read_csv(path, index_col=False, **kw)
+        except pd.errors.ParserWarning:
+            rows = list(csv.reader(io.StringIO(sample), delimiter=sep))[1:]
+            rows = rows[:-1] if len(sample) == SAMPLE_BYTES else rows  # the last may be cut
+            # one column with two fields per row is more likely decimal commas than R
+            if one or not (rows and all(len(r) == len(names) + 1 for r in rows if r)
+                           and names[0]):
+                hint = (" (with --decimal , the columns should be separated by semicolons, "
+                        "tabs or bars)" if decimal == "," else
+                        " (decimal commas? use --decimal ,)" if one and sep == "," else "")
+                raise UsageError(
+                    f"rows of {path} hold more fields than its header names ({len(names)}: "
+                    f"{names[:6]}{' ...' if len(names) > 6 else ''}); give every column a "
+                    f"name, or remove the extra fields{hint}") from None
+            warnings.warn(f"{path}: every row has one field more than the header names; the "
+                          "first field is read as the row's label (as R's write.table "
+                          "writes row names), not as a feature", UserWarning, stacklevel=4)
+            df = pd.read_csv(path, index_col=0, **kw)
+            df.index.name = None
+    if one:  # blank lines closing the file are no rows
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - 4096))
+            tail = fh.read().decode("utf-8", "replace").replace("\r\n", "\n")
+        lines = tail[:-1].split("\n") if tail.endswith("\n") else tail.split("\n")
+        blank = len(lines) - len("\n".join(lines).rstrip().split("\n")) if lines else 0
+        if 0 < blank <= len(df) and df.iloc[len(df) - blank:].isna().all().all():
+            df = df.iloc[:len(df) - blank]
+    return df
 
 
 def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None,
@@ -175,25 +228,12 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path!r}")
     try:
-        sep, names = _layout(path, decimal)
+        sep, names, sample = _layout(path, decimal)
         dup = sorted({h for h in names if names.count(h) > 1 and h})
         if dup:
             raise UsageError(f"the header of {path} repeats the column name(s) {dup}; column "
                              "names should be unique")
-        with warnings.catch_warnings():  # a row longer than the header loses data
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            try:
-                # index_col=False: extra fields never turn a column into row labels; one
-                # column: a blank line is a missing value, not a line to skip
-                df = pd.read_csv(path, sep=sep, na_values=na_values or None, decimal=decimal,
-                                 index_col=False, skip_blank_lines=len(names) > 1)
-            except pd.errors.ParserWarning:
-                raise UsageError(
-                    f"rows of {path} hold more fields than its header names ({len(names)}: "
-                    f"{names[:6]}{' ...' if len(names) > 6 else ''}); give every column a "
-                    "name, or remove the extra fields"
-                    + (" (with --decimal , the columns should be separated by semicolons, "
-                       "tabs or bars)" if decimal == "," else "")) from None
+        df = _read_rows(path, sep, names, sample, na_values, decimal)
         df.columns = [c.strip() if isinstance(c, str) else c for c in df.columns]
         given = [h for h in names if h]
         bare = bool(given) and all(_is_number(h, decimal) for h in given)

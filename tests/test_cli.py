@@ -50,7 +50,7 @@ def files(tmp_path_factory):
     gaps = np.flatnonzero(codes["height"].isna())
     codes.loc[gaps[0], "height"], codes.loc[gaps[1], "height"] = "?", "-"  # the rest stay empty
     codes.to_csv(d / "codes.csv", index=False)
-    (d / "extra.csv").write_text("a,b\n1,2,9\n3,4,8\n5,7,1\n6,1,3\n")
+    (d / "extra.csv").write_text("a,b\n1,2,9\n3,4\n5,7\n6,1\n")
     (d / "boolgap.csv").write_text("a,b\nTrue,2\n,3\nFalse,4\nTrue,5\n")
     (d / "commagap.csv").write_text("a;b\n1,5;2\n;3\n3,5;4\n4,5;6\n")
     return d
@@ -170,7 +170,7 @@ BAD = [
      "e.g. '?' and '-'; if those mark missing values, use --na-values '?' --na-values '-'"),
     (["fit", "{d}/boolgap.csv", "-k", "1", "--out", "{t}/f.nc"], "(true/false values)"),
     (["fit", "{d}/commagap.csv", "-k", "1", "--out", "{t}/f.nc"], "use --decimal ,"),
-    # a row longer than the header never turns a column into row labels
+    # a row longer than the header never shifts the columns
     (["fit", "{d}/extra.csv", "-k", "1", "--out", "{t}/f.nc"],
      "extra.csv hold more fields than its header names (2: ['a', 'b'])"),
     ([], "required"),
@@ -242,7 +242,7 @@ def test_a_csv_without_a_header_line_is_named_in_a_warning(files, tmp_path, caps
 def test_blank_lines_spaces_trailing_separators_and_a_bom_read_as_written(tmp_path, capsys):
     """One column: a blank line is a missing value (pandas would skip it); header names lose
     their spaces; a separator closing every row adds no column; a BOM is not part of a name."""
-    (tmp_path / "one.csv").write_text("x\n1,5\n2\n\n4\n5,5\n\n7\n8\n")
+    (tmp_path / "one.csv").write_text("x\n1,5\n2\n\n4\n5,5\n \n7\n8\n\n\n")
     code, _, err = run(["fit", tmp_path / "one.csv", "-k", "1", "--decimal", ",", "--out",
                         tmp_path / "one.nc"], capsys)
     assert code == 0, err
@@ -261,6 +261,15 @@ def test_blank_lines_spaces_trailing_separators_and_a_bom_read_as_written(tmp_pa
     code, _, err = run(["fit", tmp_path / "bom.csv", "-k", "1", "--out", tmp_path / "b.nc"],
                        capsys)
     assert code == 0 and "the first line holds numbers only (1, 2)" in err
+    # R's write.table: every row starts with its (quoted) row name, which the header lacks
+    (tmp_path / "r.csv").write_text('"a","b"\n"d1",1,2\n"d2",3,4\n"d3",5,7\n"d4",6,1\n')
+    code, _, err = run(["fit", tmp_path / "r.csv", "-k", "1", "--prior", "none", "--out",
+                        tmp_path / "r.nc"], capsys)
+    assert code == 0 and "read as the row's label (as R's write.table" in err
+    f = ppgmm.load(str(tmp_path / "r.nc"))
+    assert f.feature_names == ["a", "b"]
+    assert list(f.idata.observed_data["obs"].values) == ["d1", "d2", "d3", "d4"]
+    np.testing.assert_allclose(f.params.means[0], [3.75, 3.5], atol=1e-12)
 
 
 def test_help_exits_0(capsys):

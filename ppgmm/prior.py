@@ -223,8 +223,9 @@ def _check_scale(scale: np.ndarray, dof: float, d: int, *, from_data: bool,
         )
 
 
-#: share of a column's variance estimates above which the one diag prior scale is named
-PRIOR_SHARE = 0.2
+#: share of a column's variance estimates above which the one diag prior scale is named,
+#: for a column whose variance is below the mean column variance by this ratio
+PRIOR_SHARE, UNITS_RATIO = 0.2, 10.0
 
 
 def warn_if_prior_dominates(spec: GMM, md: Any, rp: ResolvedPrior | None,
@@ -237,11 +238,11 @@ def warn_if_prior_dominates(spec: GMM, md: Any, rp: ResolvedPrior | None,
     about :math:`n_{kj} = c_j / K` observed values per component (:math:`c_j` the column's
     observed count) and the column's variance :math:`v_j`, the prior makes up about
     :math:`a_j = s^2 / (s^2 + n_{kj} v_j)` of it (more when the component is tighter than
-    the column). The warning names the column with the largest :math:`a_j` when it exceeds
-    :data:`PRIOR_SHARE` and twice the share at the mean variance :math:`\bar v`,
-    :math:`s^2 / (s^2 + n_{kj} \bar v)`: the prior's weight from few rows is the same for
-    every column and intended; only the excess from a column's units is named. ``mle``:
-    whether ``prior=None`` (maximum likelihood) is a remedy (not for the Bayesian backends).
+    the column). The warning names the column with the largest :math:`a_j` above
+    :data:`PRIOR_SHARE` among those whose variance is below the mean column variance by
+    :data:`UNITS_RATIO`: the prior's weight from few rows alone is the same for every column
+    and intended; only what a column's units add to it is named. ``mle``: whether
+    ``prior=None`` (maximum likelihood) is a remedy (not for the Bayesian backends).
     """
     if (rp is None or spec.covariance != "diag" or spec.prior is None
             or spec.prior.scale is not None or np.ndim(rp.scale) != 0):
@@ -250,7 +251,7 @@ def warn_if_prior_dominates(spec: GMM, md: Any, rp: ResolvedPrior | None,
     n_k = np.asarray(md.col_counts, dtype=float) / spec.n_components
     s2 = float(rp.scale)
     share = s2 / (s2 + n_k * var)
-    named = (share > PRIOR_SHARE) & (share > 2 * s2 / (s2 + n_k * var.mean()))
+    named = (share > PRIOR_SHARE) & (var < var.mean() / UNITS_RATIO)
     if not named.any():
         return
     j = int(np.argmax(np.where(named, share, 0.0)))

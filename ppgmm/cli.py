@@ -147,14 +147,14 @@ def _layout(path: str, decimal: str) -> tuple[str, list[str], str]:
     ambiguous)."""
     with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: drop a BOM
         sample = fh.read(SAMPLE_BYTES)
+    first = sample.partition("\n")[0]
     delimiters = ",\t;|" if decimal != "," else "\t;|"
     try:  # commas, tabs, semicolons and bars all read
         sep = csv.Sniffer().sniff(sample, delimiters=delimiters).delimiter
     except csv.Error:  # e.g. one column: nothing to sniff
         # with decimal commas a comma separates columns only where the header has one
-        first = sample.partition("\n")[0]
         sep = ";" if decimal == "," and (";" in sample or "," not in first) else ","
-    if decimal == "," and sep == "," and "," in sample.partition("\n")[0]:
+    if decimal == "," and sep == "," and "," in first:
         raise UsageError(
             f"--decimal , reads decimal commas, so {path} should separate its columns by "
             "semicolons, tabs or bars, but it uses commas; numbers with commas inside "
@@ -213,9 +213,8 @@ def _read_rows(path: str, sep: str, names: list[str], sample: str,
     if one:  # blank lines closing the file are no rows
         with open(path, "rb") as fh:
             fh.seek(max(0, os.path.getsize(path) - 4096))
-            tail = fh.read().decode("utf-8", "replace").replace("\r\n", "\n")
-        lines = tail[:-1].split("\n") if tail.endswith("\n") else tail.split("\n")
-        blank = len(lines) - len("\n".join(lines).rstrip().split("\n")) if lines else 0
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+        blank = next((i for i, line in enumerate(reversed(lines)) if line.strip()), len(lines))
         if 0 < blank <= len(df) and df.iloc[len(df) - blank:].isna().all().all():
             df = df.iloc[:len(df) - blank]
     return df

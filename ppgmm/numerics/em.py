@@ -208,8 +208,8 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
     Stopping. ``stop="gain"`` stops once a plain EM step changes the objective by less than
     ``tol`` per row and moves no coordinate of :func:`~ppgmm.numerics.accelerate.pack` (in
     the columns' units, :func:`~ppgmm.numerics.accelerate.column_units` of the start) by
-    more than sqrt(``tol``) relative to its size (both scale-free, so one ``tol`` means the
-    same at any N and in any units). ``stop="sklearn"`` is
+    more than sqrt(``tol``) / :data:`SLOW_RATE` relative to its size (both scale-free, so
+    one ``tol`` means the same at any N and in any units). ``stop="sklearn"`` is
     scikit-learn's rule (never accelerated): its E-step scores the parameters before the
     M-step, so it learns of a small gain one step late and takes one more M-step, and a run
     whose small gain comes at step ``max_iter`` has not converged.
@@ -265,13 +265,22 @@ def _em_step(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior |
     return obj, prev
 
 
+#: EM ends creeping along its slowest direction, so the distance left to the fixed point is
+#: the last step over (1 - rate), and rates of 0.99 are usual with missing data: a step must
+#: move no coordinate by more than sqrt(tol) / SLOW_RATE. Measured on airquality (K = 2, 3)
+#: and five simulated sets (K = 3, D = 4, N = 2000, 30% MCAR), MLE and MAP, against tol =
+#: 1e-16 runs: sqrt(tol) alone left means up to 5e-4 sd from the optimum; / 100 leaves 3e-6,
+#: for 47% more E-steps in all (a tol = 1e-16 run takes 73% more)
+SLOW_RATE = 100.0
+
+
 def _moved(p0: Params, p1: Params, tol: float, units: Units) -> bool:
     """Whether some packed coordinate (in the columns' ``units``) moved by more than
-    sqrt(tol) relative to its size."""
+    sqrt(tol) / :data:`SLOW_RATE` relative to its size."""
     t0, t1 = pack(p0, units), pack(p1, units)
     ok = np.isfinite(t0) & np.isfinite(t1)
     rel = np.abs(t1[ok] - t0[ok]) / np.maximum(1.0, np.abs(t0[ok]))
-    return bool(rel.size and rel.max() > np.sqrt(tol))
+    return bool(rel.size and rel.max() > np.sqrt(tol) / SLOW_RATE)
 
 
 def _squarem(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior | None,
@@ -364,9 +373,10 @@ def collapsing_components(cov: np.ndarray, var: np.ndarray,
 
 
 #: ``tol`` of the one-Gaussian EM behind the default prior: no coordinate moves by more than
-#: sqrt(tol) = 1e-10 relative at the end, so the prior does not depend on the rounding of the
-#: sums (in-memory and chunk by chunk agree to about 1e-12); a few more cheap K = 1 steps
-SINGLE_GAUSSIAN_TOL = 1e-20
+#: sqrt(tol) / SLOW_RATE = 1e-10 relative at the end, so the prior does not depend on the
+#: rounding of the sums (in-memory and chunk by chunk agree to about 1e-12); a few more
+#: cheap K = 1 steps
+SINGLE_GAUSSIAN_TOL = 1e-16
 
 
 def fit_single_gaussian(md: MissingData, max_iter: int = 10_000) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,6 @@ Dask is optional: it is imported only when a dask collection is given
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -36,7 +35,7 @@ from .data import (
     check_scale,
     match_features,
 )
-from .exceptions import DataError
+from .exceptions import DataError, warn_user
 from .numerics.em import SINGLE_GAUSSIAN_TOL, SuffStats, expected_stats, run_em
 from .numerics.patterns import conditional_draws, e_step
 from .spec import Params
@@ -461,11 +460,10 @@ def prepare_chunked(data: Any, *, n_components: int | None = None, persist: Any 
     if drop_empty and len(dropped) == n_in:
         raise DataError(f"all {n_in} rows are empty: the data hold no observed value")
     if len(dropped):
-        warnings.warn(
+        warn_user(
             f"dropped {len(dropped)} of {n_in} rows with no observed entry: they "
             "carry no information about the mixture (a dask fit's outputs skip them).",
             UserWarning,
-            stacklevel=4,
         )
     count, mean, var, low, high = _merge(summaries)
     kept = tuple(s.n_in - len(s.empty) for s in summaries)

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
+from .exceptions import warn_user
 from .io import check_writable
 
 __all__ = ["main", "DEMO_SETTINGS"]
@@ -205,9 +206,9 @@ def _read_rows(path: str, sep: str, names: list[str], sample: str,
                     f"rows of {path} hold more fields than its header names ({len(names)}: "
                     f"{names[:6]}{' ...' if len(names) > 6 else ''}); give every column a "
                     f"name, or remove the extra fields{hint}") from None
-            warnings.warn(f"{path}: every row has one field more than the header names; the "
+            warn_user(f"{path}: every row has one field more than the header names; the "
                           "first field is read as the row's label (as R's write.table "
-                          "writes row names), not as a feature", UserWarning, stacklevel=4)
+                          "writes row names), not as a feature", UserWarning)
             df = pd.read_csv(path, index_col=0, **kw)
             df.index.name = None
     if one:  # blank lines closing the file are no rows
@@ -237,10 +238,10 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
         given = [h for h in names if h]
         bare = bool(given) and all(_is_number(h, decimal) for h in given)
         if bare:
-            warnings.warn(f"{path}: the first line holds numbers only ({', '.join(names[:4])}"
+            warn_user(f"{path}: the first line holds numbers only ({', '.join(names[:4])}"
                           f"{', ...' if len(names) > 4 else ''}); it is read as the column "
                           "names, not as a row of data. If the file has no header line, "
-                          "add one", UserWarning, stacklevel=2)
+                          "add one", UserWarning)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UsageError(f"could not read {path} as CSV: {err}") from None
     if df.shape[0] == 0:
@@ -249,8 +250,8 @@ def _read_csv(path: str, columns: str | None, na_values: list[str] | None = None
         # a CSV written with its row index (pandas' default): row labels, not a feature
         df = df.set_index(df.columns[0])
         df.index.name = None
-        warnings.warn(f"{path}: the first column has no name; it is used as row labels, "
-                      "not as a feature", UserWarning, stacklevel=2)
+        warn_user(f"{path}: the first column has no name; it is used as row labels, "
+                      "not as a feature", UserWarning)
     if columns is not None:
         wanted = [c.strip() for c in columns.split(",") if c.strip()]
         if not wanted:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .exceptions import DataError, DataTypeError
+from .exceptions import DataError, DataTypeError, warn_user
 from .transforms import ColumnTransforms
 
 __all__ = ["MissingData", "PatternLayout", "prepare", "check_dtypes", "check_dims",
@@ -643,11 +642,11 @@ def _check_support(values: np.ndarray, feats: list[str], n_components: int,
            if c < n and (c < d + 1 or c < 0.05 * n)]
     if few and n > 1:
         listed = ", ".join(f"{f!r} in {c}" for f, c in few)
-        warnings.warn(
+        warn_user(
             f"column(s) observed in very few of the {n} rows ({listed}): their means and "
             "covariances rest on those rows alone (the EM may converge slowly or not at all). "
             "Drop such columns, or collect more data",
-            UserWarning, stacklevel=4,
+            UserWarning,
         )
     if n_components < 2 and covariance is None:
         return
@@ -668,10 +667,10 @@ def _check_support(values: np.ndarray, feats: list[str], n_components: int,
                   and (n_components >= 2 or c != "tied")]
         fix = ", ".join((["fewer components"] if n_components >= 2 else []) + others) or (
             "more data")
-        warnings.warn(
+        warn_user(
             f"the data have {distinct} distinct rows, fewer than the {need} that {what} (a "
             f"degenerate fit, whatever 'converged' says). Use {fix}",
-            UserWarning, stacklevel=4,
+            UserWarning,
         )
 
 
@@ -765,13 +764,12 @@ def prepare(
             raise DataError(f"all {len(empty)} rows are empty: the data hold no observed value")
         if empty.any():
             dropped = tuple(int(i) for i in np.flatnonzero(empty))
-            warnings.warn(
+            warn_user(
                 f"dropped {int(empty.sum())} of {len(empty)} rows with no observed entry: they "
                 "carry no information about the mixture (the fit's impute(), predict_proba() "
                 "and score_samples() still give them, in place: the mixture's mean, its "
                 "weights and 0).",
                 UserWarning,
-                stacklevel=3,
             )
             values, obs, dropped_names = values[~empty], obs[~empty], obs[empty]
         all_nan = np.isnan(values).all(axis=0) if values.shape[0] else np.ones(len(feats), bool)

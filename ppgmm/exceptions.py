@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 __all__ = [
     "PpgmmError", "DataError", "DataTypeError", "SpecError", "ConvergenceWarning",
-    "ObjectiveDecreaseError",
+    "ObjectiveDecreaseError", "warn_user",
 ]
 
 
@@ -33,3 +37,20 @@ class ObjectiveDecreaseError(RuntimeError):
 
 class ConvergenceWarning(UserWarning):
     """An algorithm stopped before meeting its convergence criterion."""
+
+
+#: the package's folder: frames in files under it are ppgmm's own
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_user(message: str | Warning, category: type[Warning] = UserWarning) -> None:
+    """Issue a warning attributed to the first line outside ppgmm that led to it.
+
+    The user's own call is then what Python shows (and what a warnings filter by module or
+    line sees), however deep inside ppgmm the warning arises and whichever public function
+    (``fit``, ``prepare``, ``compare``, a dask fit) was called, with no stack depths to count.
+    """
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

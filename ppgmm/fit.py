@@ -51,7 +51,7 @@ import xarray as xr
 from .checks import check_seed
 from .chunked import is_dask
 from .data import MissingData, prepare
-from .exceptions import DataError, PpgmmError, SpecError
+from .exceptions import DataError, PpgmmError, SpecError, warn_user
 from .numerics.patterns import (
     conditional_draws,
     e_step,
@@ -458,10 +458,10 @@ class Fit:
                     "predictive densities exceeds")
         for w in rec:  # anything else ArviZ says is passed on as it is
             if not any(text in str(w.message) for text in reworded):
-                warnings.warn(w.message, w.category, stacklevel=3)
+                warn_user(w.message, w.category)
         if getattr(out, "warning", False):
             good_k = float(getattr(out, "good_k", 0.7) or 0.7)
-            warnings.warn(advice.format(good_k=good_k), UserWarning, stacklevel=3)
+            warn_user(advice.format(good_k=good_k), UserWarning)
         return out
 
     def ppc_idata(self, draws: int = 100, seed: int | None = None) -> Any:

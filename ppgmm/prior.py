@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .data import MissingData
-from .exceptions import DataError, ObjectiveDecreaseError, PpgmmError, SpecError
+from .exceptions import DataError, ObjectiveDecreaseError, PpgmmError, SpecError, warn_user
 from .numerics.em import fit_single_gaussian
 from .spec import GMM, ResolvedPrior
 
@@ -96,13 +96,11 @@ def _moments_of_degenerate(md: MissingData, covariance: str | None,
     if covariance in ("diag", "spherical") and (counts >= 2).all():
         # diagonal covariances never need the columns' joint covariance: the prior's
         # mean and scale come from each column's observed rows instead
-        import warnings
-
-        warnings.warn(
+        warn_user(
             f"the one-Gaussian fit under MAR that sets the default prior's mean and scale "
             f"is degenerate ({cause}); for covariance={covariance!r} they come from each "
             "column's observed mean and variance instead",
-            UserWarning, stacklevel=6,
+            UserWarning,
         )
         return np.nanmean(x, axis=0), np.diag(np.nanvar(x, axis=0, ddof=1))
     raise DataError(
@@ -229,7 +227,7 @@ PRIOR_SHARE, UNITS_RATIO = 0.2, 10.0
 
 
 def warn_if_prior_dominates(spec: GMM, md: Any, rp: ResolvedPrior | None,
-                            stacklevel: int = 5, mle: bool = True) -> None:
+                            mle: bool = True) -> None:
     r"""Warn when the default diag prior's one scale swamps a column of small variance.
 
     With ``covariance="diag"`` the default prior gives every column the inverse-gamma scale
@@ -255,9 +253,7 @@ def warn_if_prior_dominates(spec: GMM, md: Any, rp: ResolvedPrior | None,
     if not named.any():
         return
     j = int(np.argmax(np.where(named, share, 0.0)))
-    import warnings
-
-    warnings.warn(
+    warn_user(
         f"the default prior for covariance='diag' gives every column one scale, s2 = "
         f"{s2:.3g} (from the mean column variance, as mclust's); column "
         f"{md.feature_names[j]!r} has variance {var[j]:.3g}, so with about {n_k[j]:.0f} "
@@ -265,5 +261,5 @@ def warn_if_prior_dominates(spec: GMM, md: Any, rp: ResolvedPrior | None,
         "variance estimates and pulls them up. Put the columns on similar scales first "
         "(e.g. divide each by its standard deviation), or use covariance='full'"
         + (" or prior=None" if mle else ""),
-        UserWarning, stacklevel=stacklevel,
+        UserWarning,
     )

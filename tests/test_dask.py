@@ -430,3 +430,15 @@ def test_several_starts_warn_once_for_the_chosen_one(client, data):
     said = [w for w in rec if issubclass(w.category, ppgmm.ConvergenceWarning)]
     assert not fit.converged and len(said) == 1 and said[0].filename == __file__
     assert str(said[0].message) in fit.attrs["warnings"]
+
+
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_warnings_point_at_the_callers_line(client, data, n_init):
+    """The EM's warnings on dask data are attributed to the user's call, with one start as
+    with several (one start pointed one frame too deep, inside ppgmm)."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ppgmm.fit(ppgmm.GMM(3), da.from_array(data, chunks=200), seed=0, n_init=n_init,
+                  max_iter=2)
+    said = [w for w in rec if issubclass(w.category, ppgmm.ConvergenceWarning)]
+    assert len(said) == 1 and said[0].filename == __file__

@@ -112,13 +112,15 @@ def test_empty_rows_dropped_with_warning_saying_how_many():
     x = _x(10)
     x[[2, 7], :] = np.nan
     x[4, 0] = np.nan  # partly observed: kept
-    with pytest.warns(UserWarning, match="dropped 2 of 10 rows with no observed entry"):
+    with pytest.warns(UserWarning, match="dropped 2 of 10 rows with no observed entry") as one:
         md = prepare(x)
     assert md.n == 8
     assert_array_equal(md.obs_names, [0, 1, 3, 4, 5, 6, 8, 9])
-    with pytest.warns(UserWarning, match="dropped 2 of 10 rows"):
+    with pytest.warns(UserWarning, match="dropped 2 of 10 rows") as two:
         fit = ppgmm.fit(ppgmm.GMM(1), x)
     assert fit.data.n == 8
+    # attributed to the caller's line, whichever public function was called
+    assert {w.filename for w in [*one, *two]} == {__file__}
 
 
 def test_prediction_data_keeps_empty_rows():

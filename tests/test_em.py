@@ -342,9 +342,9 @@ def test_decreasing_objective_never_happens_and_trace_is_recorded():
 
 def test_convergence_warning_names_max_iter():
     x, _, _ = mixture(seed=7, n=200, d=3, k=3)
-    with pytest.warns(ppgmm.ConvergenceWarning, match="max_iter=2"):
+    with pytest.warns(ppgmm.ConvergenceWarning, match="max_iter=2") as rec:
         fit = ppgmm.fit(ppgmm.GMM(3, prior=None), x, seed=0, max_iter=2)
-    assert not fit.converged
+    assert not fit.converged and {w.filename for w in rec} == {__file__}
     assert "max_iter=2" in fit.attrs["warnings"]
 
 

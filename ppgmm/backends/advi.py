@@ -615,8 +615,7 @@ def _check(max_iter: int, raw: Draws, aligned: Draws, result: bayes.EngineResult
     msgs = bayes.Messages()
     if not result.converged:
         msgs.warn(f"ADVI did not converge in n_iter={max_iter} iterations (the windowed ELBO "
-                  "still changed more than tol); raise n_iter, or lower learning_rate.",
-                  stacklevel=6)
+                  "still changed more than tol); raise n_iter, or lower learning_rate.")
     return {}, msgs, result.converged
 
 

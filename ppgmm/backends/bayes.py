@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..data import MissingData
-from ..exceptions import ConvergenceWarning, SpecError
+from ..exceptions import ConvergenceWarning, SpecError, warn_user
 from ..fit import LOG_DENSITY_STATS, Fit, build_idata
 from ..numerics import affine
 from ..numerics.alignment import align, align_to, count_relabelled
@@ -60,11 +59,10 @@ class Messages:
 
     items: list[str] = field(default_factory=list)
 
-    def warn(self, text: str, category: type[Warning] = ConvergenceWarning,
-             stacklevel: int = 4) -> None:
+    def warn(self, text: str, category: type[Warning] = ConvergenceWarning) -> None:
         """Record ``text`` and raise it as a warning."""
         self.items.append(text)
-        warnings.warn(text, category, stacklevel=stacklevel)
+        warn_user(text, category)
 
     def json(self) -> str:
         """JSON list for ``posterior.attrs["warnings"]``."""
@@ -111,7 +109,7 @@ def resolve_bayes_prior(spec: GMM, md: MissingData) -> tuple[GMM, ResolvedPrior,
         )
     rp = resolve_prior(spec, md)
     assert rp is not None
-    warn_if_prior_dominates(spec, md, rp, stacklevel=6, mle=False)
+    warn_if_prior_dominates(spec, md, rp, mle=False)
     return spec, rp, note
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from ..checks import check_int, check_number
 from ..data import MissingData
-from ..exceptions import ConvergenceWarning, PpgmmError, SpecError
+from ..exceptions import ConvergenceWarning, PpgmmError, SpecError, warn_user
 from ..fit import Fit, build_idata
 from ..numerics.alignment import align_to
 from ..numerics.em import (
@@ -188,7 +187,7 @@ def fit_em(
         idx, low = np.asarray(held), low[np.isin(idx, held)]
         result.messages.append(_degenerate_message(best.params, md, idx, low, reg))
         if warn:
-            warnings.warn(result.messages[-1], UserWarning, stacklevel=4)
+            warn_user(result.messages[-1], UserWarning)
     if not best.converged:
         gain = (
             f"last per-row gain {(best.objective[-1] - best.objective[-2]) / md.n:.3g}, not "
@@ -209,7 +208,7 @@ def fit_em(
             f"EM did not converge in max_iter={max_iter} iterations ({gain}); {why}"
         )
         if warn:
-            warnings.warn(result.messages[-1], ConvergenceWarning, stacklevel=4)
+            warn_user(result.messages[-1], ConvergenceWarning)
     if uncertainty == "bootstrap":
         result.draws = _bootstrap(spec, md, result, rng, n_bootstrap, max_iter, tol,
                                   bool(accelerate) and stop == "gain")
@@ -255,11 +254,10 @@ def _bootstrap(spec: GMM, md: MissingData, main: EMResult, rng: np.random.Genera
     if show:
         print(file=sys.stderr)
     if len(draws) < b:
-        warnings.warn(
+        warn_user(
             f"{b - len(draws)} of {b} bootstrap refits failed (a component collapsed) and were "
             "skipped; consider fewer components or a prior.",
             UserWarning,
-            stacklevel=4,
         )
     return [align_to(p, main.params)[0] for p in draws]
 
@@ -286,12 +284,12 @@ def warn_if_reg_covar_dominates(reg: float, md: MissingData) -> None:
     j = int(np.flatnonzero(var == small.min())[0])
     share = reg / small.min()
     size = f"{share:.2g} times" if share >= 1 else f"{share:.1%} of"
-    warnings.warn(
+    warn_user(
         f"reg_covar={reg:g} is added to every covariance diagonal, but column "
         f"{md.feature_names[j]!r} has variance {small.min():.3g} (reg_covar is {size} it), "
         "so it inflates the covariances and can merge clusters. Rescale the data (e.g. "
         "standardise the columns) or set a smaller reg_covar",
-        UserWarning, stacklevel=5,
+        UserWarning,
     )
 
 

@@ -12,14 +12,13 @@ per-row groups (:func:`ppgmm.fit.build_chunked_idata`). See docs/scale.md.
 from __future__ import annotations
 
 import json
-import warnings
 from typing import Any
 
 import numpy as np
 
 from ..checks import check_int, check_number
 from ..chunked import ChunkedData, prepare_chunked, row_map
-from ..exceptions import ConvergenceWarning, PpgmmError, SpecError
+from ..exceptions import ConvergenceWarning, PpgmmError, SpecError, warn_user
 from ..fit import Fit, build_chunked_idata
 from ..prior import resolve_prior, warn_if_prior_dominates
 from ..spec import GMM
@@ -75,8 +74,7 @@ def fit_dask(spec: GMM, data: ChunkedData, *, seed: int | None = None, n_init: i
         warn_if_reg_covar_dominates(best.reg_covar, data)
         warn_if_prior_dominates(spec, data, best.prior)
         for message in best.messages:
-            warnings.warn(message, UserWarning if best.run.converged else ConvergenceWarning,
-                          stacklevel=4)
+            warn_user(message, UserWarning if best.run.converged else ConvergenceWarning)
     return best
 
 

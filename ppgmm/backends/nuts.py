@@ -37,7 +37,7 @@ import numpy as np
 
 from ..checks import check_bool, check_int, check_number
 from ..data import MissingData
-from ..exceptions import SpecError
+from ..exceptions import SpecError, warn_user
 from ..fit import Fit
 from ..numerics import diagnostics
 from ..spec import GMM, Draws
@@ -383,14 +383,14 @@ def _warn_if_slow(evaluate: Any, *, draws: int, tune: int, chains: int, parallel
     seconds = estimate_runtime(per, draws=draws, tune=tune, chains=chains, parallel=parallel)
     if seconds <= limit:
         return
-    warnings.warn(
+    warn_user(
         f"NUTS is expected to take about {seconds / 60:.1f} minutes here ({per * 1e3:.2g} ms "
         f"per gradient, about {STEPS_PER_DRAW} per iteration, {draws + tune} iterations x "
         f"{chains} chains). For a faster answer: backend='advi' (seconds to minutes; "
         "batch_size= for many rows), NUTS on a subsample of the rows, fewer draws, or a GPU "
         "(the JAX engines run on one where JAX sees one). time_warning=None skips this "
         "estimate.",
-        UserWarning, stacklevel=2,
+        UserWarning,
     )
 
 
@@ -415,8 +415,7 @@ def _engine(engine: str, options: dict[str, Any], model: Any, values: list | Non
     )
 
 
-def diagnose(raw: Draws, aligned: Draws, *, n_div: int, n_hits: int,
-             stacklevel: int = 5) -> dict[str, Any]:
+def diagnose(raw: Draws, aligned: Draws, *, n_div: int, n_hits: int) -> dict[str, Any]:
     """Convergence diagnostics of NUTS draws, raised as warnings that say what to do.
 
     Checks divergences, tree-depth saturation, chains in different modes
@@ -433,29 +432,25 @@ def diagnose(raw: Draws, aligned: Draws, *, n_div: int, n_hits: int,
     total = chains * draws
     if n_div:
         msgs.warn(f"{n_div} of {total} draws diverged after tuning; the posterior may be "
-                  "biased there. Raise target_accept (e.g. 0.95) and check the data scale.",
-                  stacklevel=stacklevel)
+                  "biased there. Raise target_accept (e.g. 0.95) and check the data scale.")
     if n_hits:
         msgs.warn(f"{n_hits} of {total} draws hit the maximum tree depth ({MAX_TREEDEPTH}); "
-                  "sampling is inefficient. Rescale the data or use fewer components.",
-                  stacklevel=stacklevel)
+                  "sampling is inefficient. Rescale the data or use fewer components.")
     if split:
         pairs = ", ".join(f"{a} and {b}" for a, b in split)
         msgs.warn(f"chains {pairs} settled in different modes (not just different labels); "
                   "the posterior is multimodal or some chains are stuck. Compare per-chain "
                   "results; run longer, try another seed, or engine='numpyro' (a dense mass "
-                  "matrix: it mixed where nutpie's chains stuck), or use fewer components.",
-                  stacklevel=stacklevel)
+                  "matrix: it mixed where nutpie's chains stuck), or use fewer components.")
     bad_rhat = bool(np.isfinite(rhat) and rhat > 1.01)
     if bad_rhat:
         msgs.warn(f"max R-hat is {rhat:.3f} > 1.01 after label alignment (before: "
                   f"{rhat_raw:.3f}); chains have not mixed. Run more tune and draws, try "
-                  "another seed or engine='numpyro'.",
-                  stacklevel=stacklevel)
+                  "another seed or engine='numpyro'.")
     low_ess = bool(np.isfinite(ess) and ess < 100 * chains)
     if low_ess:
         msgs.warn(f"the smallest bulk ESS is {ess:.0f} < {100 * chains} (100 per chain); "
-                  "Monte Carlo error is large. Run more draws.", stacklevel=stacklevel)
+                  "Monte Carlo error is large. Run more draws.")
     return {
         "divergences": int(n_div),
         "treedepth_hits": int(n_hits),
@@ -474,7 +469,7 @@ def _check(raw: Draws, aligned: Draws, result: bayes.EngineResult
     count = {n: int(np.asarray(stats[n].values).sum()) if n in stats else 0
              for n in ("diverging", "reached_max_treedepth")}
     diag = diagnose(raw, aligned, n_div=count["diverging"],
-                    n_hits=count["reached_max_treedepth"], stacklevel=7)
+                    n_hits=count["reached_max_treedepth"])
     msgs, converged = diag.pop("messages"), diag.pop("converged")
     return diag, msgs, converged
 

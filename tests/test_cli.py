@@ -380,6 +380,8 @@ _INTERRUPT = """
 import os, signal, sys, threading, time
 from ppgmm import cli
 cli.INTERRUPT_GRACE = 1.0
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal, even when the
+# tests run in a background job (which starts with SIGINT ignored)
 threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 try:
     with cli._firm_interrupt():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import warnings
 
 import numpy as np
@@ -346,6 +347,52 @@ def test_convergence_warning_names_max_iter():
         fit = ppgmm.fit(ppgmm.GMM(3, prior=None), x, seed=0, max_iter=2)
     assert not fit.converged and {w.filename for w in rec} == {__file__}
     assert "max_iter=2" in fit.attrs["warnings"]
+
+
+def test_convergence_warning_reports_the_last_plain_step_against_both_tests():
+    """The message gives the last plain EM step's per-row gain and its largest relative move
+    of the coordinates EM is stopped on (log weights; means and Cholesky factors, log
+    diagonals, in the start's centre and sd per column), recomputed here from their
+    definition for one step from a known start."""
+    x, _, _ = mixture(seed=7, n=200, d=3, k=3)
+    x[::4, 1] = np.nan
+    with pytest.warns(ppgmm.ConvergenceWarning):
+        p0 = ppgmm.fit(ppgmm.GMM(3, prior=None), x, seed=0, max_iter=3).params
+    with pytest.warns(ppgmm.ConvergenceWarning) as rec:
+        fit = ppgmm.fit(ppgmm.GMM(3, prior=None), x, init=p0, max_iter=1, accelerate=False)
+    trace = fit.idata.sample_stats["objective"].values
+    centre = p0.weights @ p0.means
+    sd = np.sqrt(p0.weights @ (np.diagonal(p0.covariances, axis1=1, axis2=2)
+                               + (p0.means - centre) ** 2))
+
+    def coords(p):
+        low = np.linalg.cholesky(p.covariances) / sd[:, None]
+        i = np.arange(3)
+        low[:, i, i] = np.log(low[:, i, i])
+        return np.concatenate([np.log(p.weights), ((p.means - centre) / sd).ravel(),
+                               low[:, *np.tril_indices(3)].ravel()])
+
+    t0, t1 = coords(p0), coords(fit.params)
+    move = np.max(np.abs(t1 - t0) / np.maximum(1.0, np.abs(t0)))
+    assert move > 1e-7  # so the message must say "above"
+    assert (f"last EM step: per-row gain {(trace[-1] - trace[-2]) / 200:.3g}, not below "
+            f"tol=1e-10; largest relative parameter move {move:.2g}, above sqrt(tol)/100 = "
+            "1e-07") in str(rec[0].message)
+
+
+def test_convergence_warning_says_when_only_the_parameters_still_move():
+    """A column seen in 2 of 30 rows leaves a nearly flat direction: the objective stops
+    gaining long before the parameters stop moving (it converges after about 1,300 E-steps,
+    tests/test_prior.py). At max_iter=1000 the warning must blame the move, not the gain."""
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    x[2:, 1] = np.nan
+    spec = ppgmm.GMM(2, prior=ppgmm.Prior(mean=[0.0] * 3, scale=np.eye(3)))
+    with pytest.warns(UserWarning) as rec:  # also "observed in very few of the 30 rows"
+        fit = ppgmm.fit(spec, x, seed=0)
+    said = [str(w.message) for w in rec if w.category is ppgmm.ConvergenceWarning]
+    assert not fit.converged and len(said) == 1
+    assert re.search(r"per-row gain [-0-9.e]+, below tol=1e-10; largest relative parameter "
+                     r"move [0-9.e-]+, above", said[0])
 
 
 def test_unbounded_likelihood_is_named_in_the_convergence_warning():

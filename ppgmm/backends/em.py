@@ -21,9 +21,11 @@ from ..exceptions import ConvergenceWarning, PpgmmError, SpecError, warn_user
 from ..fit import Fit, build_idata
 from ..numerics.alignment import align_to
 from ..numerics.em import (
+    SLOW_RATE,
     EMRun,
     collapsing_components,
     mean_imputed,
+    move_limit,
     params_from_resp,
     run_em,
 )
@@ -189,10 +191,7 @@ def fit_em(
         if warn:
             warn_user(result.messages[-1], UserWarning)
     if not best.converged:
-        gain = (
-            f"last per-row gain {(best.objective[-1] - best.objective[-2]) / md.n:.3g}, not "
-            f"below tol={tol:g}" if best.n_iter else "no iteration was run"
-        )
+        gain = _unconverged_step(best, tol, stop)
         if len(idx):  # an unbounded likelihood: more iterations only shrink the component
             why = (
                 f"component(s) {', '.join(map(str, idx))} are collapsing (smallest covariance "
@@ -213,6 +212,19 @@ def fit_em(
         result.draws = _bootstrap(spec, md, result, rng, n_bootstrap, max_iter, tol,
                                   bool(accelerate) and stop == "gain")
     return result
+
+
+def _unconverged_step(run: EMRun, tol: float, stop: str) -> str:
+    """What the last plain EM step of an unconverged run showed against the stopping rule."""
+    if not run.n_estep:
+        return "no iteration was run"
+    gain, move, limit = run.last_gain, run.last_move, move_limit(tol)
+    said = f"last EM step: per-row gain {gain:.3g}, {'below' if gain < tol else 'not below'} " \
+        f"tol={tol:g}"
+    if stop == "gain":  # scikit-learn's rule has no move test
+        said += (f"; largest relative parameter move {move:.2g}, "
+                 f"{'within' if move <= limit else 'above'} sqrt(tol)/{SLOW_RATE:g} = {limit:.2g}")
+    return said
 
 
 def _degenerate_message(params: Params, md: MissingData, idx: np.ndarray, low: np.ndarray,

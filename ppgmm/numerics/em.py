@@ -23,7 +23,7 @@ from .densities import log_prior
 from .patterns import BLOCK_ENTRIES, EStep, e_step, row_blocks
 
 __all__ = ["constrain_covariance", "SuffStats", "expected_stats", "m_step", "EMRun", "run_em",
-           "objective", "BLOCK_ENTRIES",
+           "objective", "move_limit", "BLOCK_ENTRIES",
            "fit_single_gaussian", "mean_imputed", "params_from_resp"]
 
 EPS = 10 * np.finfo(float).eps
@@ -176,6 +176,10 @@ class EMRun:
     converged: bool = False
     n_estep: int = 0  # E-steps taken after the first (extrapolations tried included)
     n_accepted: int = 0  # extrapolations accepted
+    # the last plain EM step's per-row gain and largest relative move (see :func:`run_em`),
+    # what a "did not converge" message reports
+    last_gain: float = np.nan
+    last_move: float = np.nan
 
     @property
     def n_iter(self) -> int:
@@ -238,12 +242,8 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
             return run
         pending = False
         for _ in range(max_iter):
-            p0 = run.params
-            obj, prev = _em_step(run, estep, covariance, prior, reg_covar)
-            # without reg_covar a gain at or below rounding (even slightly negative) is
-            # convergence
-            small = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n < tol
-            small = small and (stop == "sklearn" or not _moved(p0, run.params, tol, units))
+            small = _em_step(run, estep, covariance, prior, reg_covar, tol, n, units,
+                             moves=stop == "gain")
             if pending or (small and stop == "gain"):
                 run.converged = True
                 break
@@ -252,35 +252,45 @@ def run_em(params: Params, data: PatternLayout | EStepFn, covariance: str,
 
 
 def _em_step(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior | None,
-             reg_covar: float) -> tuple[float, float]:
-    """One checked EM step from the run's current point; returns (new, previous) objective."""
+             reg_covar: float, tol: float, n: int, units: Units, moves: bool = True) -> bool:
+    """One checked EM step from the run's current point; records its per-row gain and largest
+    relative move in ``run`` and returns whether they meet the stopping rule (the move only
+    when ``moves``)."""
     new = m_step(run.stats, covariance, reg_covar, prior)
     stats = estep(new)
     obj = objective(stats, new, prior)
     prev = run.objective[-1]
     _check_step(obj, prev, new, len(run.objective), reg_covar)
+    # without reg_covar a gain at or below rounding (even slightly negative) is convergence
+    run.last_gain = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n
+    run.last_move = largest_move(run.params, new, units)
     run.params, run.stats = new, stats
     run.objective.append(obj)
     run.n_estep += 1
-    return obj, prev
+    return run.last_gain < tol and (not moves or run.last_move <= move_limit(tol))
 
 
 #: EM ends creeping along its slowest direction, so the distance left to the fixed point is
 #: the last step over (1 - rate), and rates of 0.99 are usual with missing data: a step must
-#: move no coordinate by more than sqrt(tol) / SLOW_RATE. Measured on airquality (K = 2, 3)
-#: and five simulated sets (K = 3, D = 4, N = 2000, 30% MCAR), MLE and MAP, against tol =
-#: 1e-16 runs: sqrt(tol) alone left means up to 5e-4 sd from the optimum; / 100 leaves 3e-6,
-#: for 47% more E-steps in all (a tol = 1e-16 run takes 73% more)
+#: move no coordinate by more than sqrt(tol) / SLOW_RATE (no bound: about 1e-5 sd left at a
+#: rate of 0.99). Measured on airquality (K = 2, 3) and five simulated sets (K = 3, D = 4,
+#: N = 2000, 30% MCAR), MLE and MAP, against tol = 1e-16 runs: sqrt(tol) alone left means up
+#: to 5e-4 sd from the optimum; / 100 left 3e-6, for 47% more E-steps in all (docs/em.md)
 SLOW_RATE = 100.0
 
 
-def _moved(p0: Params, p1: Params, tol: float, units: Units) -> bool:
-    """Whether some packed coordinate (in the columns' ``units``) moved by more than
-    sqrt(tol) / :data:`SLOW_RATE` relative to its size."""
+def move_limit(tol: float) -> float:
+    """The largest relative move a converged step may make: sqrt(tol) / :data:`SLOW_RATE`."""
+    return float(np.sqrt(tol)) / SLOW_RATE
+
+
+def largest_move(p0: Params, p1: Params, units: Units) -> float:
+    """The largest move of a packed coordinate (in the columns' ``units``) from ``p0`` to
+    ``p1``, relative to its size (at least 1)."""
     t0, t1 = pack(p0, units), pack(p1, units)
     ok = np.isfinite(t0) & np.isfinite(t1)
     rel = np.abs(t1[ok] - t0[ok]) / np.maximum(1.0, np.abs(t0[ok]))
-    return bool(rel.size and rel.max() > np.sqrt(tol) / SLOW_RATE)
+    return float(rel.max()) if rel.size else 0.0
 
 
 def _squarem(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior | None,
@@ -290,10 +300,7 @@ def _squarem(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior |
 
     def plain_step() -> bool:
         """One EM step; whether it met the stopping rule."""
-        p = run.params
-        obj, prev = _em_step(run, estep, covariance, prior, reg_covar)
-        gain = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n
-        run.converged = gain < tol and not _moved(p, run.params, tol, units)
+        run.converged = _em_step(run, estep, covariance, prior, reg_covar, tol, n, units)
         return run.converged
 
     while run.n_iter < max_iter:

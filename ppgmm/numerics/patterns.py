@@ -242,26 +242,29 @@ def _draw_missing(params: Params, e: EStep, layout: PatternLayout, rng: np.rando
     """
     n_draws = len(out)
     k, d = params.means.shape
-    # Cholesky of C_pk with the identity on the observed block, transposed and laid side
-    # by side per pattern so that one product gives every component's noise
+    # Cholesky of C_pk with the identity on the observed block: C_pk has no entries across
+    # the blocks, so its factor's missing block is the factor of C_pk,mm, the only part used
     c = cond + layout.patterns.astype(float)[:, None, :, None] * np.eye(d)
-    chol_t = np.swapaxes(np.linalg.cholesky(c), -1, -2)  # (P, K, D, D)
-    chol_t = np.ascontiguousarray(np.moveaxis(chol_t, 1, 2)).reshape(len(c), d, k * d)
+    chol = np.linalg.cholesky(c)  # (P, K, D, D)
     cum = np.cumsum(e.resp[rows], axis=1)
     u = rng.random((n_draws, len(rows)))
     comp = np.minimum((u[:, :, None] > cum).sum(-1), k - 1)  # (S, rows)
     eps = rng.standard_normal((n_draws, len(rows), d))
     pos = np.cumsum(~layout.observed.all(axis=1)) - 1  # row -> its place in ``rows``
-    starts, xs = layout.starts, layout.xs
+    starts = layout.starts
     for p in range(len(starts) - 1):
         a, b = starts[p], starts[p + 1]
-        if b == a or layout.patterns[p].all():
+        miss = np.flatnonzero(~layout.patterns[p])
+        if b == a or not len(miss):
             continue
-        i = pos[a]
-        z = (eps[:, i:i + b - a] @ chol_t[p]).reshape(n_draws, b - a, k, d)
-        z += cond_mean[a:b]
+        i, m = pos[a], len(miss)
+        # every component's noise from one product: (S, rows, M) @ (M, K M)
+        low_t = np.swapaxes(chol[p][:, miss[:, None], miss], -1, -2)  # (K, M, M)
+        low_t = np.moveaxis(low_t, 0, 1).reshape(m, k * m)
+        z = (eps[:, i:i + b - a, miss] @ low_t).reshape(n_draws, b - a, k, m)
+        z += cond_mean[a:b][:, :, miss]
         pick = np.take_along_axis(z, comp[:, i:i + b - a, None, None], axis=2)[:, :, 0]
-        out[:, a:b] = np.where(layout.patterns[p], xs[a:b], pick)
+        out[:, a:b, miss] = pick
 
 
 def _back_transform(transform: ColumnTransforms, e: EStep, layout: PatternLayout,

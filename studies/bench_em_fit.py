@@ -137,8 +137,13 @@ def main() -> None:
                         "the CPU-time ratio is the figure a shared machine cannot distort")
     args = p.parse_args()
     if args.threads is not None:
+        import sklearn.mixture  # noqa: F401 (scipy's BLAS, scikit-learn's OpenMP)
         from threadpoolctl import threadpool_limits
 
+        import ppgmm  # noqa: F401
+
+        # a limit reaches only the thread pools already loaded: before these imports it
+        # missed scikit-learn's OpenMP and scipy's BLAS (both ran on 2 threads)
         threadpool_limits(args.threads)
     if args.memory:
         memory(args)

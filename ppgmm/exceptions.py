@@ -44,13 +44,18 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def warn_user(message: str | Warning, category: type[Warning] = UserWarning) -> None:
-    """Issue a warning attributed to the first line outside ppgmm that led to it.
+    """Issue a warning attributed to the line that called into ppgmm.
 
-    The user's own call is then what Python shows (and what a warnings filter by module or
-    line sees), however deep inside ppgmm the warning arises and whichever public function
-    (``fit``, ``prepare``, ``compare``, a dask fit) was called, with no stack depths to count.
+    That is the caller of ppgmm's outermost frame on the stack, so frames of other code in
+    the middle of ppgmm's own calls (``functools``, ``contextlib``, generated ``__init__``)
+    do not stop the walk. The user's own call is then what Python shows (and what a warnings
+    filter by line sees), however deep inside ppgmm the warning arises and whichever public
+    function (``fit``, ``prepare``, ``compare``, a dask fit) was called, with no stack depths
+    to count.
     """
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    frame, level, outside = sys._getframe(1), 2, 2  # level: ``frame``'s stacklevel
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_PACKAGE):
+            outside = level + 1
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+    warnings.warn(message, category, stacklevel=outside)

@@ -123,6 +123,32 @@ def test_empty_rows_dropped_with_warning_saying_how_many():
     assert {w.filename for w in [*one, *two]} == {__file__}
 
 
+def test_warnings_skip_foreign_frames_between_ppgmm_frames():
+    """A frame of other code in the middle of ppgmm's own calls (functools, contextlib, a
+    generated __init__) must not be taken for the caller: the warning goes to the line that
+    called into ppgmm. Two functions compiled as if in ppgmm's files call through a frame of
+    this file."""
+    import inspect
+    import os
+
+    from ppgmm.exceptions import warn_user
+
+    pkg = os.path.dirname(ppgmm.__file__)
+    outer, inner = {}, {"warn_user": warn_user}
+    exec(compile("def outer(cb):\n    return cb()\n", os.path.join(pkg, "_outer.py"), "exec"),
+         outer)
+    exec(compile("def inner():\n    warn_user('deep')\n", os.path.join(pkg, "_inner.py"),
+                 "exec"), inner)
+
+    def foreign():  # stands in for functools, contextlib, ...
+        return inner["inner"]()
+
+    with pytest.warns(UserWarning, match="deep") as rec:
+        line = inspect.currentframe().f_lineno + 1
+        outer["outer"](foreign)
+    assert (rec[0].filename, rec[0].lineno) == (__file__, line)
+
+
 def test_prediction_data_keeps_empty_rows():
     x = _x(5)
     x[1] = np.nan

@@ -380,6 +380,27 @@ def test_convergence_warning_reports_the_last_plain_step_against_both_tests():
             "1e-07") in str(rec[0].message)
 
 
+def test_convergence_warning_gives_the_signed_change_and_sklearns_extra_step():
+    """With reg_covar > 0 a step may lower the objective: the message gives the signed
+    change from the trace (a fall is no "gain"). Under stop="sklearn" a last step below tol
+    is explained by scikit-learn's rule taking one more M-step."""
+    x, _ = ppgmm.simulate(ppgmm.GMM(3), 400, n_features=4, missing=0.3, seed=0)
+    spec = ppgmm.GMM(3, prior=None)
+    with pytest.warns(UserWarning) as rec:  # also: reg_covar is most of a column's variance
+        fit = ppgmm.fit(spec, x, seed=3, reg_covar=3.0, max_iter=1, accelerate=False)
+    said = [str(w.message) for w in rec if w.category is ppgmm.ConvergenceWarning]
+    trace = fit.idata.sample_stats["objective"].values
+    change = (trace[-1] - trace[-2]) / fit.n_obs
+    assert change < -1e-3  # a fall, far from tol
+    assert len(said) == 1 and f"per-row gain {change:.3g}, not below tol=1e-10" in said[0]
+    done = ppgmm.fit(spec, x, seed=3, stop="sklearn")
+    assert done.converged
+    with pytest.warns(ppgmm.ConvergenceWarning) as rec:
+        ppgmm.fit(spec, x, seed=3, stop="sklearn", max_iter=done.attrs["n_iter"] - 1)
+    assert re.search(r"per-row gain [0-9.e-]+, below tol=1e-10 \(scikit-learn's rule stops "
+                     r"one M-step after such a step\)", str(rec[0].message))
+
+
 def test_convergence_warning_says_when_only_the_parameters_still_move():
     """A column seen in 2 of 30 rows leaves a nearly flat direction: the objective stops
     gaining long before the parameters stop moving (it converges after about 1,300 E-steps,

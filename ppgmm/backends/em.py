@@ -219,12 +219,16 @@ def _unconverged_step(run: EMRun, tol: float, stop: str) -> str:
     if not run.n_estep:
         return "no iteration was run"
     gain, move, limit = run.last_gain, run.last_move, move_limit(tol)
-    said = f"last EM step: per-row gain {gain:.3g}, {'below' if gain < tol else 'not below'} " \
+    # a fall beyond rounding happens only with reg_covar > 0, where its size is what counts
+    below = abs(gain) < tol
+    said = f"last EM step: per-row gain {gain:.3g}, {'below' if below else 'not below'} " \
         f"tol={tol:g}"
-    if stop == "gain":  # scikit-learn's rule has no move test
-        said += (f"; largest relative parameter move {move:.2g}, "
-                 f"{'within' if move <= limit else 'above'} sqrt(tol)/{SLOW_RATE:g} = {limit:.2g}")
-    return said
+    if stop != "gain":  # scikit-learn's rule has no move test, and stops one step later
+        return said + (" (scikit-learn's rule stops one M-step after such a step)"
+                       if below else "")
+    return said + (f"; largest relative parameter move {move:.2g}, "
+                   f"{'within' if move <= limit else 'above'} sqrt(tol)/{SLOW_RATE:g} = "
+                   f"{limit:.2g}")
 
 
 def _degenerate_message(params: Params, md: MissingData, idx: np.ndarray, low: np.ndarray,

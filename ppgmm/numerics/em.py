@@ -176,8 +176,8 @@ class EMRun:
     converged: bool = False
     n_estep: int = 0  # E-steps taken after the first (extrapolations tried included)
     n_accepted: int = 0  # extrapolations accepted
-    # the last plain EM step's per-row gain and largest relative move (see :func:`run_em`),
-    # what a "did not converge" message reports
+    # the last plain EM step's per-row change of the objective and largest relative move
+    # (see :func:`run_em`), what a "did not converge" message reports
     last_gain: float = np.nan
     last_move: float = np.nan
 
@@ -261,13 +261,15 @@ def _em_step(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior |
     obj = objective(stats, new, prior)
     prev = run.objective[-1]
     _check_step(obj, prev, new, len(run.objective), reg_covar)
-    # without reg_covar a gain at or below rounding (even slightly negative) is convergence
-    run.last_gain = (abs(obj - prev) if reg_covar > 0 else obj - prev) / n
+    run.last_gain = (obj - prev) / n
     run.last_move = largest_move(run.params, new, units)
     run.params, run.stats = new, stats
     run.objective.append(obj)
     run.n_estep += 1
-    return run.last_gain < tol and (not moves or run.last_move <= move_limit(tol))
+    # without reg_covar a gain at or below rounding (even slightly negative) is convergence;
+    # with it a step may lower the objective, and a large fall is no convergence
+    small = (abs(run.last_gain) if reg_covar > 0 else run.last_gain) < tol
+    return small and (not moves or run.last_move <= move_limit(tol))
 
 
 #: EM ends creeping along its slowest direction, so the distance left to the fixed point is

@@ -262,7 +262,7 @@ def _em_step(run: EMRun, estep: EStepFn, covariance: str, prior: ResolvedPrior |
     prev = run.objective[-1]
     _check_step(obj, prev, new, len(run.objective), reg_covar)
     run.last_gain = (obj - prev) / n
-    run.last_move = largest_move(run.params, new, units)
+    run.last_move = largest_move(run.params, new, units) if moves else np.nan
     run.params, run.stats = new, stats
     run.objective.append(obj)
     run.n_estep += 1

@@ -36,7 +36,7 @@ from .data import (
     match_features,
 )
 from .exceptions import DataError, warn_user
-from .numerics.em import SINGLE_GAUSSIAN_TOL, SuffStats, expected_stats, run_em
+from .numerics.em import SuffStats, expected_stats, single_gaussian_em
 from .numerics.patterns import conditional_draws, e_step
 from .spec import Params
 
@@ -350,15 +350,14 @@ class ChunkedData:
         complete data one E-step gives the column means and covariance exactly.
         """
         if self._moments is None:
-            var = np.where(self.var > 0, self.var, 1.0)
-            p0 = Params(np.ones(1), self.mean[None], np.diag(var)[None])
             if self.complete:
-                stats = self.expected_stats(p0)
+                var = np.where(self.var > 0, self.var, 1.0)
+                stats = self.expected_stats(Params(np.ones(1), self.mean[None],
+                                                   np.diag(var)[None]))
                 self._moments = stats.mean[0], stats.scatter[0] / self.n
             else:
-                run = run_em(p0, self.expected_stats, "full", None, max_iter=10_000,
-                             tol=SINGLE_GAUSSIAN_TOL, reg_covar=0.0, n=self.n)
-                self._moments = run.params.means[0], run.params.covariances[0]
+                self._moments = single_gaussian_em(self.mean, self.var, self.expected_stats,
+                                                   n=self.n)
         return self._moments
 
 

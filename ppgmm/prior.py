@@ -32,9 +32,15 @@ _SINGLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _single_gaussian(md: Any, chunked: bool) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (N denominator) of :func:`fit_single_gaussian`, computed once per
-    data object (chunked data compute it chunk by chunk)."""
+    data object (chunked data compute it chunk by chunk), and so is its failure (a fit
+    without a maximum takes all of its max_iter steps to find out)."""
     if md not in _SINGLE:
-        _SINGLE[md] = md.single_gaussian() if chunked else fit_single_gaussian(md)
+        try:
+            _SINGLE[md] = md.single_gaussian() if chunked else fit_single_gaussian(md)
+        except (ObjectiveDecreaseError, PpgmmError) as err:
+            _SINGLE[md] = err
+    if isinstance(_SINGLE[md], Exception):
+        raise _SINGLE[md].with_traceback(None)
     mean, cov = _SINGLE[md]
     return mean.copy(), cov.copy()
 

@@ -12,7 +12,7 @@ from scipy import stats
 
 import ppgmm
 from ppgmm.numerics.densities import log_prior
-from ppgmm.prior import resolve_prior
+from ppgmm.prior import data_moments, resolve_prior
 from ppgmm.spec import ResolvedPrior
 
 COV_TYPES = ["full", "diag", "spherical", "tied"]
@@ -207,6 +207,24 @@ def test_degenerate_single_gaussian_fit_is_a_data_error():
         fit = ppgmm.fit(ppgmm.GMM(2, prior=ppgmm.Prior(mean=[0.0] * 3, scale=np.eye(3))), x,
                         seed=0, max_iter=5000)
     assert np.isfinite(fit.loglik) and fit.converged
+
+
+def test_single_gaussian_fit_without_a_maximum_is_not_returned():
+    """A column seen in 3 of 120 rows beside two others: regressed on them through 3 points,
+    its conditional variance goes to 0 and the one-Gaussian MAR likelihood has no maximum.
+    EM creeps towards it without raising; where it stopped (at max_iter) used to become the
+    default prior's scale, silently. Now full covariances get the DataError naming the
+    column, and diagonal ones the column-wise moments (numpy's), with a warning."""
+    rng = np.random.default_rng(0)
+    x = rng.multivariate_normal([0, 0, 0], [[1, .5, .2], [.5, 1, .3], [.2, .3, 1]], size=120)
+    x[3:, 2] = np.nan
+    md = ppgmm.prepare(x)
+    with pytest.raises(ppgmm.DataError, match=r"'x2' \(3 rows\) are observed in too few rows"):
+        data_moments(md, "full")
+    with pytest.warns(UserWarning, match="come from each column's observed mean and variance"):
+        mean, scale = data_moments(md, "diag")
+    assert_allclose(mean, np.nanmean(x, axis=0), rtol=1e-15)
+    assert_allclose(scale, np.diag(np.nanvar(x, axis=0, ddof=1)), rtol=1e-15)
 
 
 @pytest.mark.parametrize("missing", [False, True])

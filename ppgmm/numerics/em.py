@@ -24,7 +24,7 @@ from .patterns import BLOCK_ENTRIES, EStep, e_step, row_blocks
 
 __all__ = ["constrain_covariance", "SuffStats", "expected_stats", "m_step", "EMRun", "run_em",
            "objective", "move_limit", "BLOCK_ENTRIES",
-           "fit_single_gaussian", "mean_imputed", "params_from_resp"]
+           "fit_single_gaussian", "single_gaussian_em", "mean_imputed", "params_from_resp"]
 
 EPS = 10 * np.finfo(float).eps
 #: n_k |vbar_k|^2 over the centred Gram matrix's smallest diagonal entry beyond which
@@ -390,11 +390,30 @@ SINGLE_GAUSSIAN_TOL = 1e-16
 
 def fit_single_gaussian(md: MissingData, max_iter: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
     """Maximum-likelihood mean and covariance (N denominator) of one Gaussian under MAR."""
-    mean = np.nanmean(md.values, axis=0)
-    var = np.where(md.var > 0, md.var, 1.0)
-    p0 = Params(np.ones(1), mean[None], np.diag(var)[None])
-    run = run_em(p0, md.layout, "full", None, max_iter=max_iter, tol=SINGLE_GAUSSIAN_TOL,
-                 reg_covar=0.0)
+    return single_gaussian_em(np.nanmean(md.values, axis=0), md.var, md.layout,
+                              max_iter=max_iter)
+
+
+def single_gaussian_em(mean: np.ndarray, var: np.ndarray, data: PatternLayout | EStepFn,
+                       n: int | None = None, max_iter: int = 10_000
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The one-Gaussian MAR MLE by EM from the observed columns' ``mean`` and ``var``
+    (``data`` and ``n`` as in :func:`run_em`; plain EM, whose path does not branch on
+    rounding, so that in memory and chunk by chunk agree to about 1e-12).
+
+    The MLE need not exist: with a column observed in no more rows than it has regressors
+    (e.g. in 3 rows beside 2 other columns) the likelihood grows without bound as that
+    column's conditional variance goes to 0, and EM creeps towards it for ever, so where it
+    stops would depend on ``max_iter``. A run that does not converge raises a
+    :class:`~ppgmm.exceptions.PpgmmError` instead of returning such an iterate.
+    """
+    var = np.where(var > 0, var, 1.0)
+    p0 = Params(np.ones(1), np.asarray(mean, float)[None], np.diag(var)[None])
+    run = run_em(p0, data, "full", None, max_iter=max_iter, tol=SINGLE_GAUSSIAN_TOL,
+                 reg_covar=0.0, n=n)
+    if not run.converged:
+        raise PpgmmError(f"the one-Gaussian EM did not converge in {max_iter} iterations: "
+                         "its likelihood may have no maximum")
     return run.params.means[0], run.params.covariances[0]
 
 

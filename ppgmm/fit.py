@@ -74,7 +74,9 @@ def _versions() -> str:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for name in ("ppgmm", "numpy", "scipy", "xarray", "arviz", "pymc", "pytensor"):
+    # the samplers too: NUTS's and ADVI's draws move in their digits with any of these
+    for name in ("ppgmm", "numpy", "scipy", "xarray", "arviz", "pymc", "pytensor", "jax",
+                 "nutpie", "numpyro"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:

@@ -291,7 +291,10 @@ def test_per_row_outputs_lazy_and_equal(client, data, tmp_path):
     before = [x.compute() for x in dsk.impute(draws=2, seed=5)]
     assert_allclose(back.impute(draws=2, seed=5)[1].compute(), before[1], rtol=0, atol=0)
     assert_allclose(dsk.impute(draws=1, seed=5)[0].compute(), before[0], rtol=0, atol=0)
-    assert_allclose(back.impute().compute(), mem.impute()[kept], rtol=1e-10, atol=1e-12)
+    # the two fits' parameters agree to 1e-10 relative, so an imputed entry to 1e-10 of the
+    # data's scale: one near 0 has no relative agreement (4.6e-12 apart at -0.019 was seen)
+    scale = np.nanmax(np.abs(data))
+    assert_allclose(back.impute().compute(), mem.impute()[kept], rtol=1e-10, atol=1e-10 * scale)
     zpath = dsk.to_zarr(str(tmp_path / "fit.zarr"))
     read = xr.open_zarr(zpath, group="observed_data")
     assert_allclose(read["x"].values, mem.idata.observed_data["x"].values)

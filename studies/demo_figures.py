@@ -37,6 +37,7 @@ def copy_figures(report: Path, img: Path) -> None:
     lost = sorted(set(FIGURES) - set(found))
     if lost:  # a renamed figure would otherwise leave its old image in the guides
         raise SystemExit(f"{report} has no figure {lost}; update FIGURES")
+    img.mkdir(parents=True, exist_ok=True)
     for alt, name in FIGURES.items():
         (img / name).write_bytes(base64.b64decode(found[alt]))
         print(f"wrote {img / name}")
@@ -66,6 +67,7 @@ def numbers(folder: Path) -> None:
     nuts = fits[2].attrs  # the diagnostics ppgmm judged convergence by
     print(f"NUTS: largest R-hat {nuts['rhat_max']:.4f}, smallest bulk ESS "
           f"{nuts['ess_bulk_min']:.0f}, divergences {nuts['divergences']}")
+    print(f"versions: {nuts['versions']}")  # NUTS's digits move with them
 
 
 def main() -> None:

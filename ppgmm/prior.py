@@ -38,9 +38,11 @@ def _single_gaussian(md: Any, chunked: bool) -> tuple[np.ndarray, np.ndarray]:
         try:
             _SINGLE[md] = md.single_gaussian() if chunked else fit_single_gaussian(md)
         except (ObjectiveDecreaseError, PpgmmError) as err:
-            _SINGLE[md] = err
-    if isinstance(_SINGLE[md], Exception):
-        raise _SINGLE[md].with_traceback(None)
+            # the type and message only: the exception's traceback holds ``md`` alive
+            _SINGLE[md] = (type(err), err.args)
+    if isinstance(_SINGLE[md][0], type):
+        cls, args = _SINGLE[md]
+        raise cls(*args)
     mean, cov = _SINGLE[md]
     return mean.copy(), cov.copy()
 
@@ -82,6 +84,10 @@ def data_moments(md: MissingData, covariance: str | None = None
         # few rows to regress it on the others, or when columns are linearly dependent
         if chunked:
             counts = md.col_counts
+            if covariance in ("diag", "spherical") and (counts >= 2).all():
+                _warn_column_moments(covariance, "a column observed in too few rows, or "
+                                     "columns that are linear combinations of others")
+                return md.mean.copy(), np.diag(md.var * counts / (counts - 1))
             j = int(np.argmin(counts))
             raise DataError(
                 f"the one-Gaussian fit that sets the default prior's mean and scale is "
@@ -100,19 +106,23 @@ def _moments_of_degenerate(md: MissingData, covariance: str | None,
     cause = _degenerate_cause(md)
     counts = md.observed.sum(axis=0)
     if covariance in ("diag", "spherical") and (counts >= 2).all():
-        # diagonal covariances never need the columns' joint covariance: the prior's
-        # mean and scale come from each column's observed rows instead
-        warn_user(
-            f"the one-Gaussian fit under MAR that sets the default prior's mean and scale "
-            f"is degenerate ({cause}); for covariance={covariance!r} they come from each "
-            "column's observed mean and variance instead",
-            UserWarning,
-        )
+        _warn_column_moments(covariance, cause)
         return np.nanmean(x, axis=0), np.diag(np.nanvar(x, axis=0, ddof=1))
     raise DataError(
         f"the one-Gaussian fit that sets the default prior's mean and scale is degenerate: "
         f"{cause}. Drop sparse or redundant columns, use covariance='diag', {remedy}"
     ) from None
+
+
+def _warn_column_moments(covariance: str, cause: str) -> None:
+    """Diagonal covariances never need the columns' joint covariance: the prior's mean and
+    scale come from each column's observed rows instead, and the user is told so."""
+    warn_user(
+        f"the one-Gaussian fit under MAR that sets the default prior's mean and scale "
+        f"is degenerate ({cause}); for covariance={covariance!r} they come from each "
+        "column's observed mean and variance instead",
+        UserWarning,
+    )
 
 
 def _degenerate_cause(md: MissingData) -> str:

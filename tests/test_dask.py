@@ -123,6 +123,27 @@ def test_prior_moments_chunk_by_chunk(client, data):
     assert_allclose(cov, np.cov(full, rowvar=False), rtol=1e-12)
 
 
+def test_degenerate_prior_fit_chunk_by_chunk_falls_back_as_in_memory(client, monkeypatch):
+    """When the one-Gaussian fit behind the default prior has no maximum, chunked data take
+    the in-memory way out: a DataError for full covariances, for diagonal ones each
+    column's observed mean and variance (numpy's), with a warning. The fit's failure is
+    stubbed: found chunk by chunk it takes its 12,000 passes over the chunks (minutes)."""
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    x[2:, 1] = np.nan
+    cd = prepare_chunked(da.from_array(x, chunks=10))
+
+    def no_maximum():
+        raise ppgmm.PpgmmError("the one-Gaussian EM appears to have no maximum")
+
+    monkeypatch.setattr(cd, "single_gaussian", no_maximum)
+    with pytest.raises(ppgmm.DataError, match="degenerate"):
+        data_moments(cd, "full")
+    with pytest.warns(UserWarning, match="come from each column's observed mean and variance"):
+        mean, scale = data_moments(cd, "diag")
+    assert_allclose(mean, np.nanmean(x, axis=0), rtol=1e-12)
+    assert_allclose(scale, np.diag(np.nanvar(x, axis=0, ddof=1)), rtol=1e-12)
+
+
 def test_default_start_from_sample(client, data):
     """With every row in the sample the start is the in-memory default's; from a 200-row
     sample the fit reaches the same optimum."""

@@ -36,7 +36,7 @@ from .data import (
     match_features,
 )
 from .exceptions import DataError, warn_user
-from .numerics.em import SuffStats, expected_stats, single_gaussian_em
+from .numerics.em import SuffStats, expected_stats, single_gaussian_em, single_gaussian_start
 from .numerics.patterns import conditional_draws, e_step
 from .spec import Params
 
@@ -351,9 +351,7 @@ class ChunkedData:
         """
         if self._moments is None:
             if self.complete:
-                var = np.where(self.var > 0, self.var, 1.0)
-                stats = self.expected_stats(Params(np.ones(1), self.mean[None],
-                                                   np.diag(var)[None]))
+                stats = self.expected_stats(single_gaussian_start(self.mean, self.var))
                 self._moments = stats.mean[0], stats.scatter[0] / self.n
             else:
                 self._moments = single_gaussian_em(self.mean, self.var, self.expected_stats,

@@ -82,47 +82,41 @@ def data_moments(md: MissingData, covariance: str | None = None
     except (ObjectiveDecreaseError, PpgmmError):
         # the MAR likelihood of one Gaussian is unbounded when a column is observed in too
         # few rows to regress it on the others, or when columns are linearly dependent
-        if chunked:
-            counts = md.col_counts
-            if covariance in ("diag", "spherical") and (counts >= 2).all():
-                _warn_column_moments(covariance, "a column observed in too few rows, or "
-                                     "columns that are linear combinations of others")
-                return md.mean.copy(), np.diag(md.var * counts / (counts - 1))
-            j = int(np.argmin(counts))
-            raise DataError(
-                f"the one-Gaussian fit that sets the default prior's mean and scale is "
-                f"degenerate: a column is observed in too few rows (the fewest: "
-                f"{md.feature_names[j]!r}, {int(counts[j])} rows) or some columns are linear "
-                f"combinations of others. Drop sparse or redundant columns, {remedy}"
-            ) from None
-        return _moments_of_degenerate(md, covariance, remedy)
+        return _moments_of_degenerate(md, covariance, remedy, chunked)
     return mean, cov * n / (n - 1)
 
 
-def _moments_of_degenerate(md: MissingData, covariance: str | None,
-                           remedy: str) -> tuple[np.ndarray, np.ndarray]:
-    """Column-wise moments for diagonal covariances, else the error naming the cause."""
-    x = md.values
-    cause = _degenerate_cause(md)
-    counts = md.observed.sum(axis=0)
+def _moments_of_degenerate(md: Any, covariance: str | None, remedy: str,
+                           chunked: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise moments for diagonal covariances, else the error naming the cause (for
+    chunked data, which keep no rows to look at, the likely causes)."""
+    counts = md.col_counts if chunked else md.observed.sum(axis=0)
+    cause = ("a column observed in too few rows, or columns that are linear combinations of "
+             "others") if chunked else _degenerate_cause(md)
     if covariance in ("diag", "spherical") and (counts >= 2).all():
-        _warn_column_moments(covariance, cause)
-        return np.nanmean(x, axis=0), np.diag(np.nanvar(x, axis=0, ddof=1))
+        # diagonal covariances never need the columns' joint covariance: the prior's
+        # mean and scale come from each column's observed rows instead
+        warn_user(
+            f"the one-Gaussian fit under MAR that sets the default prior's mean and scale "
+            f"is degenerate ({cause}); for covariance={covariance!r} they come from each "
+            "column's observed mean and variance instead",
+            UserWarning,
+        )
+        if chunked:
+            return md.mean.copy(), np.diag(md.var * counts / (counts - 1))
+        return np.nanmean(md.values, axis=0), np.diag(np.nanvar(md.values, axis=0, ddof=1))
+    if chunked:
+        j = int(np.argmin(counts))
+        raise DataError(
+            f"the one-Gaussian fit that sets the default prior's mean and scale is "
+            f"degenerate: a column is observed in too few rows (the fewest: "
+            f"{md.feature_names[j]!r}, {int(counts[j])} rows) or some columns are linear "
+            f"combinations of others. Drop sparse or redundant columns, {remedy}"
+        ) from None
     raise DataError(
         f"the one-Gaussian fit that sets the default prior's mean and scale is degenerate: "
         f"{cause}. Drop sparse or redundant columns, use covariance='diag', {remedy}"
     ) from None
-
-
-def _warn_column_moments(covariance: str, cause: str) -> None:
-    """Diagonal covariances never need the columns' joint covariance: the prior's mean and
-    scale come from each column's observed rows instead, and the user is told so."""
-    warn_user(
-        f"the one-Gaussian fit under MAR that sets the default prior's mean and scale "
-        f"is degenerate ({cause}); for covariance={covariance!r} they come from each "
-        "column's observed mean and variance instead",
-        UserWarning,
-    )
 
 
 def _degenerate_cause(md: MissingData) -> str:

@@ -24,7 +24,8 @@ from .patterns import BLOCK_ENTRIES, EStep, e_step, row_blocks
 
 __all__ = ["constrain_covariance", "SuffStats", "expected_stats", "m_step", "EMRun", "run_em",
            "objective", "move_limit", "BLOCK_ENTRIES",
-           "fit_single_gaussian", "single_gaussian_em", "mean_imputed", "params_from_resp"]
+           "fit_single_gaussian", "single_gaussian_start", "single_gaussian_em",
+           "mean_imputed", "params_from_resp"]
 
 EPS = 10 * np.finfo(float).eps
 #: n_k |vbar_k|^2 over the centred Gram matrix's smallest diagonal entry beyond which
@@ -394,6 +395,13 @@ def fit_single_gaussian(md: MissingData, max_iter: int = 10_000) -> tuple[np.nda
                               max_iter=max_iter)
 
 
+def single_gaussian_start(mean: np.ndarray, var: np.ndarray) -> Params:
+    """The one-Gaussian EM's start: the observed columns' means and variances (1 for a
+    column without spread)."""
+    var = np.where(var > 0, var, 1.0)
+    return Params(np.ones(1), np.asarray(mean, float)[None], np.diag(var)[None])
+
+
 def single_gaussian_em(mean: np.ndarray, var: np.ndarray, data: PatternLayout | EStepFn,
                        n: int | None = None, max_iter: int = 10_000
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -415,19 +423,21 @@ def single_gaussian_em(mean: np.ndarray, var: np.ndarray, data: PatternLayout | 
     raises a :class:`~ppgmm.exceptions.PpgmmError`; otherwise it is returned, unconverged
     (a weak prior's centre and scale: its mean carries the weight of kappa = 0.01 rows).
     """
-    var = np.where(var > 0, var, 1.0)
-    p0 = Params(np.ones(1), np.asarray(mean, float)[None], np.diag(var)[None])
+    p0 = single_gaussian_start(mean, var)
     run = run_em(p0, data, "full", None, max_iter=max_iter, tol=SINGLE_GAUSSIAN_TOL,
                  reg_covar=0.0, n=n)
+    if run.converged:
+        return run.params.means[0], run.params.covariances[0]
     steps = run.n_estep
+    run = run_em(run.params, data, "full", None, max_iter=max(1, max_iter // 5),
+                 tol=SINGLE_GAUSSIAN_TOL, reg_covar=0.0, n=n, accelerate=True)
     if not run.converged:
-        run = run_em(run.params, data, "full", None, max_iter=max(1, max_iter // 5),
-                     tol=SINGLE_GAUSSIAN_TOL, reg_covar=0.0, n=n, accelerate=True)
-        steps += run.n_estep
-        idx, low = collapsing_components(run.params.covariances, var)
-        if not run.converged and len(idx):
+        scale = np.diagonal(p0.covariances[0])  # the columns' variances, floored
+        idx, low = collapsing_components(run.params.covariances, scale)
+        if len(idx):
             raise PpgmmError(
-                f"the one-Gaussian EM appears to have no maximum: after {steps} E-steps its "
+                f"the one-Gaussian EM appears to have no maximum: after "
+                f"{steps + run.n_estep} E-steps its "
                 f"covariance is nearly singular (smallest correlation-scale eigenvalue "
                 f"{low[0]:.1e}) and the log-likelihood still rising")
     return run.params.means[0], run.params.covariances[0]

@@ -14,7 +14,7 @@ one-component maximum-likelihood fit under MAR (EM with K = 1, V rescaled by N/(
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +30,14 @@ __all__ = ["resolve_prior", "data_moments", "warn_if_prior_dominates"]
 _SINGLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class _Failed(NamedTuple):
+    """A cached failure of that fit: the type and message only (the exception's traceback
+    would hold the data object alive)."""
+
+    cls: type
+    args: tuple
+
+
 def _single_gaussian(md: Any, chunked: bool) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (N denominator) of :func:`fit_single_gaussian`, computed once per
     data object (chunked data compute it chunk by chunk), and so is its failure (a fit
@@ -38,11 +46,9 @@ def _single_gaussian(md: Any, chunked: bool) -> tuple[np.ndarray, np.ndarray]:
         try:
             _SINGLE[md] = md.single_gaussian() if chunked else fit_single_gaussian(md)
         except (ObjectiveDecreaseError, PpgmmError) as err:
-            # the type and message only: the exception's traceback holds ``md`` alive
-            _SINGLE[md] = (type(err), err.args)
-    if isinstance(_SINGLE[md][0], type):
-        cls, args = _SINGLE[md]
-        raise cls(*args)
+            _SINGLE[md] = _Failed(type(err), err.args)
+    if isinstance(_SINGLE[md], _Failed):
+        raise _SINGLE[md].cls(*_SINGLE[md].args)
     mean, cov = _SINGLE[md]
     return mean.copy(), cov.copy()
 

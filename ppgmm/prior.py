@@ -97,8 +97,12 @@ def _moments_of_degenerate(md: Any, covariance: str | None, remedy: str,
     """Column-wise moments for diagonal covariances, else the error naming the cause (for
     chunked data, which keep no rows to look at, the likely causes)."""
     counts = md.col_counts if chunked else md.observed.sum(axis=0)
-    cause = ("a column observed in too few rows, or columns that are linear combinations of "
-             "others") if chunked else _degenerate_cause(md)
+    if chunked:
+        j = int(np.argmin(counts))
+        cause = (f"a column is observed in too few rows (the fewest: {md.feature_names[j]!r}, "
+                 f"{int(counts[j])} rows) or some columns are linear combinations of others")
+    else:
+        cause = _degenerate_cause(md)
     if covariance in ("diag", "spherical") and (counts >= 2).all():
         # diagonal covariances never need the columns' joint covariance: the prior's
         # mean and scale come from each column's observed rows instead
@@ -111,14 +115,6 @@ def _moments_of_degenerate(md: Any, covariance: str | None, remedy: str,
         if chunked:
             return md.mean.copy(), np.diag(md.var * counts / (counts - 1))
         return np.nanmean(md.values, axis=0), np.diag(np.nanvar(md.values, axis=0, ddof=1))
-    if chunked:
-        j = int(np.argmin(counts))
-        raise DataError(
-            f"the one-Gaussian fit that sets the default prior's mean and scale is "
-            f"degenerate: a column is observed in too few rows (the fewest: "
-            f"{md.feature_names[j]!r}, {int(counts[j])} rows) or some columns are linear "
-            f"combinations of others. Drop sparse or redundant columns, {remedy}"
-        ) from None
     raise DataError(
         f"the one-Gaussian fit that sets the default prior's mean and scale is degenerate: "
         f"{cause}. Drop sparse or redundant columns, use covariance='diag', {remedy}"
